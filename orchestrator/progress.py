@@ -1,0 +1,69 @@
+"""What `kd-sweep run` prints: a line per finished or failed trial with its numbers, then a summary."""
+from __future__ import annotations
+
+import time
+
+
+def _fmt_time(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+class Progress:
+    def __init__(self, out):
+        self.out = out
+        self.t0 = time.time()
+        self.total = 0
+        self.done = 0
+        self.failures: list[tuple[str, str]] = []
+        self.started_at: dict[str, float] = {}
+        self.last: dict[str, dict] = {}
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
+
+    def note(self, line: str) -> None:
+        self._print(line)
+
+    def begin(self, title: str, total: int) -> None:
+        self.total, self.done = total, 0
+        self.phase_t0 = time.time()
+        self._print(title)
+
+    def started(self, trial) -> None:
+        self.started_at.setdefault(trial.trial_id, time.time())
+
+    def result(self, trial, result: dict) -> None:
+        self.last[trial.trial_id] = result
+
+    def _eta(self) -> str:
+        if not self.done:
+            return "?"
+        per = (time.time() - self.phase_t0) / self.done
+        return _fmt_time(per * (self.total - self.done))
+
+    def completed(self, trial) -> None:
+        self.done += 1
+        cfg = trial.config["trial"]
+        res = self.last.get(trial.trial_id, {})
+        scores = "  ".join(f"{k.removeprefix('eval/').removesuffix('_top1')} {v:.2f}"
+                           for k, v in res.items() if k.startswith("eval/") and k.endswith("_top1"))
+        took = time.time() - self.started_at.get(trial.trial_id, time.time())
+        self._print(f"[{self.done}/{self.total}] done   {cfg['name']:<44} {cfg['labels']['pair']:<24} {scores}"
+                    f"  ({_fmt_time(took)}; elapsed {_fmt_time(time.time() - self.t0)}, eta {self._eta()})")
+
+    def failed(self, trial, reason: str) -> None:
+        self.done += 1
+        name = trial.config["trial"]["name"]
+        self.failures.append((name, reason))
+        self._print(f"[{self.done}/{self.total}] FAILED {name}: {reason}")
+
+    def summary(self) -> int:
+        total = _fmt_time(time.time() - self.t0)
+        if self.failures:
+            self._print(f"{len(self.failures)} trial(s) failed ({total}):")
+            for name, reason in self.failures:
+                self._print(f"  {name}: {reason}")
+        else:
+            self._print(f"all trials finished ({total})")
+        return len(self.failures)

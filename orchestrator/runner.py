@@ -1,0 +1,168 @@
+"""`kd-sweep run`: pre-flight checks, teachers first, then the students, all as Ray Tune trials.
+
+Reading order: `preflight` (nothing started yet) -> `run_sweep` (MLflow parent, Ray, two Tuner
+phases) -> `_fit_phase` (one Tuner) -> summary and exit code.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+import torch
+import yaml
+
+from trainables.checkpoints import CheckpointError, load_into, read_state_dict
+from trainables.datasets import DatasetMissing, load_dataset
+from trainables.models import build_model
+
+from .progress import Progress
+from .spec import SpecError, Sweep, resolve_path
+from .tracking import Store, make_callback
+from .trials import _dataset, file_digest, student_trials, teacher_trial
+
+
+@dataclass
+class Plan:
+    dataset: dict
+    teachers: list[dict]                                  # one per distinct teacher config
+    pair_teacher: dict[int, str]                          # pair index -> teacher config hash
+    students: list[dict]
+    given: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # hash -> checkpoint weights
+
+
+def preflight(sweep: Sweep, file: str, base: str) -> Plan:
+    """Everything that can be wrong with the inputs, found before Ray or MLflow start."""
+    root = resolve_path(sweep.dataset.root, None)
+    try:
+        data = load_dataset(sweep.dataset.name, root, sweep.dataset.download, sweep.dataset.verify_checksum)
+    except DatasetMissing as e:
+        raise SpecError(file, "dataset", str(e)) from None
+    dataset = _dataset(sweep, root, data.fingerprint())
+    teachers: dict[str, dict] = {}
+    pair_teacher: dict[int, str] = {}
+    given: dict[str, dict[str, torch.Tensor]] = {}
+    for i, pair in enumerate(sweep.pairs):
+        spec = pair.teacher
+        digest, state = None, None
+        if spec.checkpoint:
+            path = resolve_path(spec.checkpoint, base)
+            if not os.path.isfile(path):
+                raise SpecError(file, f"pairs.{i}.teacher.checkpoint",
+                                f"{path} does not exist (give a RepDistiller/mdistiller file or a state dict,"
+                                " or drop `checkpoint:` and kd-sweep trains the teacher)")
+            try:
+                state = read_state_dict(path)
+                model = build_model(spec.model, data.num_classes, data.in_channels, data.image_size, **spec.options)
+                load_into(model, state, path)
+            except CheckpointError as e:
+                raise SpecError(file, f"pairs.{i}.teacher.checkpoint", str(e)) from None
+            digest = file_digest(path)
+        cfg = teacher_trial(sweep, spec, dataset, digest)
+        teachers.setdefault(cfg["config_hash"], cfg)
+        pair_teacher[i] = cfg["config_hash"]
+        if state is not None:
+            given[cfg["config_hash"]] = state
+    return Plan(dataset, list(teachers.values()), pair_teacher, student_trials(sweep, dataset, pair_teacher), given)
+
+
+def _init_ray(address: str | None, sweep: Sweep, file: str) -> None:
+    import ray
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # Per-epoch checkpoints with num_to_keep make Tune warn about snapshot frequency on every short epoch.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True,
+                  configure_logging=True)
+    ray.init(address=address, **kwargs) if address else ray.init(**kwargs)
+    have = ray.cluster_resources()
+    want = sweep.resources
+    if want.gpu > 0 and have.get("GPU", 0) < min(want.gpu, 1):
+        ray.shutdown()
+        raise SpecError(file, "resources.gpu",
+                        f"each trial asks for {want.gpu:g} GPU and the Ray cluster has "
+                        f"{have.get('GPU', 0):g}; run on a GPU cluster (--address) or set resources.gpu: 0"
+                        " (e.g. --set resources.gpu=0) to train on CPU")
+    if want.cpu > have.get("CPU", 0):
+        ray.shutdown()
+        raise SpecError(file, "resources.cpu",
+                        f"each trial asks for {want.cpu:g} CPUs and the Ray cluster has {have.get('CPU', 0):g}")
+
+
+def _fit_phase(name: str, configs: list[dict], sweep: Sweep, storage: str, callback,
+               weights: dict[str, dict[str, torch.Tensor]]):
+    from ray import tune
+
+    from trainables.trial import tune_trainable
+
+    trainable = tune.with_resources(tune.with_parameters(tune_trainable, teachers=weights),
+                                    {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu})
+    namer = lambda t: t.config["trial"]["name"]  # noqa: E731
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search(configs)},
+        tune_config=tune.TuneConfig(trial_name_creator=namer, trial_dirname_creator=namer),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage, callbacks=[callback], verbose=0,
+            failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+    )
+    return tuner.fit()
+
+
+def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, storage: str | None,
+              out=sys.stdout) -> int:
+    base = os.path.dirname(os.path.abspath(file))
+    plan = preflight(sweep, file, base)
+    storage_path = resolve_path(storage or sweep.storage or "ray_results", None)
+    store = Store(tracking_uri)
+    _init_ray(address, sweep, file)
+    import ray
+
+    exp_id = store.experiment(sweep.name)
+    resolved = yaml.safe_dump(sweep.model_dump(mode="json", by_alias=True), sort_keys=False)
+    parent = store.start_parent(exp_id, sweep.name, resolved, len(plan.students))
+    progress = Progress(out)
+    status = "FAILED"
+    try:
+        weights = dict(plan.given)
+        # Phase 1: teachers. A teacher with the same config finished in any sweep is reused.
+        todo = []
+        for cfg in plan.teachers:
+            run = store.find_teacher(cfg["config_hash"])
+            if run is None:
+                todo.append(cfg)
+            else:
+                progress.note(f"teacher {cfg['labels']['student']}: reusing run {run.info.run_id[:8]}"
+                              f" (config {cfg['config_hash'][:8]})")
+        if todo:
+            progress.begin(f"training {len(todo)} teacher(s)", len(todo))
+            _fit_phase(f"{sweep.name}-teachers-{parent[:8]}", todo, sweep, storage_path,
+                       make_callback(store, exp_id, parent, progress), weights)
+        for cfg in plan.teachers:
+            run = store.find_teacher(cfg["config_hash"])
+            if run is None:
+                progress.note(f"teacher {cfg['labels']['student']} failed: its students cannot run")
+                progress.summary()
+                return 1
+            weights[cfg["config_hash"]] = torch.load(store.download(run.info.run_id, "teacher/model.pt"),
+                                                     map_location="cpu", weights_only=True)
+        # Phase 2: the students of every cell x pair x seed, and the from-scratch students.
+        progress.begin(f"sweep {sweep.name}: {len(plan.students)} trials", len(plan.students))
+        _fit_phase(f"{sweep.name}-{parent[:8]}", plan.students, sweep, storage_path,
+                   make_callback(store, exp_id, parent, progress), weights)
+        failed = progress.summary()
+        status = "FAILED" if failed else "FINISHED"
+        progress.note(f"MLflow: {tracking_uri} (experiment {sweep.name!r}, parent run {parent});"
+                      f" `kd-sweep report {sweep.name} --table` prints the table")
+        return 1 if failed else 0
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        store.finish(parent, status)
+        ray.shutdown()
+

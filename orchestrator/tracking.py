@@ -1,0 +1,194 @@
+"""MLflow, from the driver only: one experiment per sweep, a parent run per `kd-sweep run`, a child
+run per trial. Workers never talk to the store, so a cluster's nodes need no access to it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+from .trials import flat_params
+
+KD_VERSION = "0.1.0"
+# Per-epoch names the trainable reports; everything else in a Tune result is Ray's bookkeeping.
+METRIC_PREFIXES = ("train/", "eval/")
+
+logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else MLflow's own default (sqlite:///mlflow.db here)."""
+    if uri:
+        mlflow.set_tracking_uri(uri)
+    return mlflow.get_tracking_uri()
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def trial_tags(cfg: dict) -> dict[str, str]:
+    lab = cfg["labels"]
+    tags = {
+        "kd.role": cfg["role"], "kd.sweep": cfg["sweep"], "kd.method": cfg["method"],
+        "kd.pair": lab["pair"], "kd.teacher": lab["teacher"], "kd.student": lab["student"],
+        "kd.seed": str(cfg["seed"]), "kd.cell": json.dumps(lab["cell"], sort_keys=True),
+        "kd.config_hash": cfg["config_hash"], "kd.dataset": cfg["dataset"]["name"], "kd.version": KD_VERSION,
+        MLFLOW_RUN_NAME: cfg["name"],
+    }
+    if cfg.get("teacher"):
+        tags["kd.teacher_hash"] = cfg["teacher"]["hash"]
+    commit = git_commit()
+    if commit:
+        tags["kd.git_commit"] = commit
+    return tags
+
+
+class Store:
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.client = MlflowClient(uri)
+
+    def experiment(self, name: str) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        return exp.experiment_id if exp else self.client.create_experiment(name)
+
+    def start_parent(self, exp_id: str, sweep_name: str, resolved_yaml: str, n_trials: int) -> str:
+        run = self.client.create_run(exp_id, run_name=f"{sweep_name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                     tags={"kd.role": "sweep", "kd.sweep": sweep_name, "kd.version": KD_VERSION,
+                                           "kd.n_trials": str(n_trials), **({"kd.git_commit": c}
+                                                                            if (c := git_commit()) else {})})
+        run_id = run.info.run_id
+        with tempfile.TemporaryDirectory() as d:
+            p = Path(d, "sweep.yaml")
+            p.write_text(resolved_yaml)
+            self.client.log_artifact(run_id, str(p))
+        return run_id
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status)
+
+    def find_teacher(self, config_hash: str):
+        """A finished teacher run with this config, from any sweep; None if there is none."""
+        runs = self.client.search_runs(
+            [e.experiment_id for e in self.client.search_experiments()],
+            filter_string=f"tags.`kd.role` = 'teacher' and tags.`kd.config_hash` = '{config_hash}'"
+                          " and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"], max_results=1)
+        return runs[0] if runs else None
+
+    def download(self, run_id: str, artifact: str) -> str:
+        return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact,
+                                                   tracking_uri=self.uri)
+
+
+def _numbers(result: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in result.items()
+            if k.startswith(METRIC_PREFIXES) and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def make_callback(store: Store, exp_id: str, parent_id: str, progress=None):
+    from ray import tune
+
+    class MLflowTrials(tune.Callback):
+        """Tune trial events -> MLflow child runs. Runs are keyed by the trial's config hash under
+        this parent, so a restarted trial continues its run instead of opening a second one."""
+
+        def __init__(self):
+            self.runs: dict[str, str] = {}
+
+        def _run_for(self, trial) -> str:
+            cfg = trial.config["trial"]
+            key = cfg["config_hash"]
+            if key in self.runs:
+                return self.runs[key]
+            found = store.client.search_runs(
+                [exp_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_id}'"
+                                        f" and tags.`kd.config_hash` = '{key}'", max_results=1)
+            if found:
+                run_id = found[0].info.run_id
+                store.client.update_run(run_id, status="RUNNING")
+            else:
+                run = store.client.create_run(exp_id, tags={MLFLOW_PARENT_RUN_ID: parent_id, **trial_tags(cfg)})
+                run_id = run.info.run_id
+                params = [Param(k, v[:6000]) for k, v in flat_params(cfg).items()]
+                for i in range(0, len(params), 100):
+                    store.client.log_batch(run_id, params=params[i:i + 100])
+            self.runs[key] = run_id
+            return run_id
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self._run_for(trial)
+            if progress:
+                progress.started(trial)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            run_id = self._run_for(trial)
+            step = int(result.get("epoch", 0))
+            ts = int(time.time() * 1000)
+            metrics = [Metric(k, v, ts, step) for k, v in _numbers(result).items()]
+            store.client.log_batch(run_id, metrics=metrics)
+            if progress:
+                progress.result(trial, result)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            run_id = self._run_for(trial)
+            cfg = trial.config["trial"]
+            ckpt = trial.checkpoint
+            if ckpt is not None:
+                with ckpt.as_directory() as d:
+                    model = os.path.join(d, "model.pt")
+                    if os.path.exists(model):
+                        store.client.log_artifact(run_id, model, artifact_path=cfg["role"])
+            store.client.set_tag(run_id, "kd.state", "done")
+            store.finish(run_id, "FINISHED")
+            if progress:
+                progress.completed(trial)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            run_id = self._run_for(trial)
+            reason = error_reason(trial)
+            store.client.log_batch(run_id, tags=[RunTag("kd.state", "failed"), RunTag("kd.error", reason[:5000])])
+            store.finish(run_id, "FAILED")
+            if progress:
+                progress.failed(trial, reason)
+
+    return MLflowTrials()
+
+
+def error_reason(trial) -> str:
+    """The last line of the trial's exception: the one a user needs in a summary."""
+    try:
+        err = trial.get_pickled_error()
+        if err is not None:
+            cause = getattr(err, "cause", None) or err
+            return f"{type(cause).__name__}: {cause}".strip().splitlines()[-1][:500]
+    except Exception:  # noqa: BLE001 - a missing error file must not hide the failure itself
+        pass
+    if trial.error_file and os.path.exists(trial.error_file):
+        lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
+        if lines:
+            return lines[-1][:500]
+    return "trial failed (no error recorded)"
+
+
+def any_value(d: dict, *keys: str, default: Any = None) -> Any:
+    for k in keys:
+        if k in d:
+            return d[k]
+    return default

@@ -1,0 +1,129 @@
+"""A validated sweep becomes a list of trial configs: plain dicts, one per teacher, cell x pair x seed.
+
+Each config carries a content hash of everything that decides its result (`config_hash`). Teachers
+are keyed by theirs, so every later sweep with the same teacher config reuses the trained one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from trainables.methods import method_class
+
+from .spec import Pair, Sweep, TeacherSpec, grid_cells
+
+# Bump when a change to the trainables changes what the same config produces: old runs then stop
+# matching and are neither reused as teachers nor counted as the same trial.
+RESULT_VERSION = 1
+TEACHER_SEED = 0
+
+
+def digest(obj: Any, n: int = 16) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+def file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _model(spec) -> dict:
+    return {"model": spec.model, "options": dict(spec.options)}
+
+
+def _eval(sweep: Sweep, with_classifier: bool = False) -> dict:
+    protocols = {p: getattr(sweep.eval, p).model_dump() for p in sweep.eval.protocols()}
+    if with_classifier:
+        protocols.setdefault("classifier", {})
+    return protocols
+
+
+def _dataset(sweep: Sweep, root: str, fingerprint: str) -> dict:
+    return {"name": sweep.dataset.name, "root": root, "download": sweep.dataset.download,
+            "verify_checksum": sweep.dataset.verify_checksum, "fingerprint": fingerprint}
+
+
+def _hash(cfg: dict) -> str:
+    """Everything that decides the result; not where files lie, the sweep's name or the resources."""
+    keep = {k: v for k, v in cfg.items() if k not in ("sweep", "resources", "name", "config_hash", "labels")}
+    keep["dataset"] = {k: v for k, v in cfg["dataset"].items() if k not in ("root", "download")}
+    keep["result_version"] = RESULT_VERSION
+    return digest(keep)
+
+
+def teacher_trial(sweep: Sweep, spec: TeacherSpec, dataset: dict, checkpoint_digest: str | None) -> dict:
+    sched = sweep.teacher_schedule.model_dump()
+    if checkpoint_digest is not None:
+        sched["epochs"] = 0  # a given teacher is only evaluated
+    cfg = {
+        "role": "teacher", "sweep": sweep.name, "dataset": dataset, "student": _model(spec),
+        "teacher": None, "method": "none", "knobs": method_class("none").Knobs().model_dump(by_alias=True),
+        "train": sched, "eval": _eval(sweep, with_classifier=True), "seed": TEACHER_SEED,
+        "checkpoint_digest": checkpoint_digest, "resources": sweep.resources.model_dump(),
+    }
+    cfg["config_hash"] = _hash(cfg)
+    cfg["init"] = cfg["config_hash"] if checkpoint_digest else None
+    cfg["labels"] = {"teacher": spec.label, "student": spec.label, "pair": spec.label, "cell": {}}
+    cfg["name"] = f"teacher_{spec.label}_{cfg['config_hash'][:6]}"
+    return cfg
+
+
+def student_trials(sweep: Sweep, dataset: dict, teacher_hash: dict[int, str]) -> list[dict]:
+    """One per grid cell x pair x seed, then the from-scratch students (one per student and seed)."""
+    trials = []
+    for i, pair in enumerate(sweep.pairs):
+        for cell in grid_cells(sweep.grid):
+            method = cell.get("method", sweep.method)
+            raw = {**sweep.knobs, **{k: v for k, v in cell.items() if k != "method"}}
+            knobs = method_class(method).Knobs.model_validate(raw).model_dump(by_alias=True)
+            for seed in sweep.seeds:
+                needs_teacher = method_class(method).needs_teacher
+                cfg = _student(sweep, pair, dataset, method, knobs, seed, "student",
+                               teacher_hash[i] if needs_teacher else None, cell)
+                trials.append(cfg)
+    if sweep.scratch:
+        seen = set()
+        for pair in sweep.pairs:
+            if pair.student.label in seen:
+                continue
+            seen.add(pair.student.label)
+            knobs = method_class("none").Knobs().model_dump(by_alias=True)
+            for seed in sweep.seeds:
+                trials.append(_student(sweep, pair, dataset, "none", knobs, seed, "scratch", None, {}))
+    return trials
+
+
+def _student(sweep: Sweep, pair: Pair, dataset: dict, method: str, knobs: dict, seed: int, role: str,
+             teacher_hash: str | None, cell: dict) -> dict:
+    cfg = {
+        "role": role, "sweep": sweep.name, "dataset": dataset, "student": _model(pair.student),
+        "teacher": ({**_model(pair.teacher), "hash": teacher_hash} if teacher_hash else None),
+        "method": method, "knobs": knobs, "train": sweep.train.model_dump(),
+        "eval": _eval(sweep, with_classifier=role == "scratch"), "seed": seed,
+        "resources": sweep.resources.model_dump(),
+    }
+    cfg["config_hash"] = _hash(cfg)
+    cfg["labels"] = {"teacher": pair.teacher.label if teacher_hash else "", "student": pair.student.label,
+                     "pair": pair.label if role == "student" else pair.student.label, "cell": cell}
+    cell_name = "_".join(f"{k}={v}" for k, v in cell.items()) or method
+    cfg["name"] = f"{role}_{cell_name}_s{seed}_{cfg['config_hash'][:6]}"
+    return cfg
+
+
+def flat_params(cfg: dict) -> dict[str, str]:
+    """The resolved config as MLflow params: one dotted name per value, as named in the YAML."""
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, v: Any) -> None:
+        if isinstance(v, dict) and v:
+            for k, x in v.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), x)
+        else:
+            out[prefix] = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+
+    walk("", {k: v for k, v in cfg.items() if k not in ("labels", "name")})
+    return out

@@ -1,0 +1,1 @@
+"""Collect kd-sweep runs from MLflow and render paper-style tables."""

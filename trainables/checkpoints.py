@@ -1,0 +1,45 @@
+"""Teacher weights from a file: RepDistiller/mdistiller `{'model': ...}`, MoCo-style `{'state_dict': ...}`,
+or a plain state dict. Always `weights_only=True`: a checkpoint is data, never code."""
+from __future__ import annotations
+
+import pickle
+
+import torch
+
+from .models import Backbone
+
+
+class CheckpointError(Exception):
+    pass
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"teacher checkpoint {path} does not exist") from None
+    except (pickle.UnpicklingError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"{path} is not a weights-only checkpoint ({first})") from None
+    for key in ("model", "state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
+        raise CheckpointError(f"{path} holds no state dict (expected tensors, or a dict with 'model')")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_into(model: Backbone, state: dict[str, torch.Tensor], path: str) -> None:
+    """Load strictly; a mismatch names the first offending key."""
+    own = model.state_dict()
+    for k, v in own.items():
+        if k not in state:
+            raise CheckpointError(f"{path}: missing key {k!r} for this model")
+        if state[k].shape != v.shape:
+            raise CheckpointError(f"{path}: key {k!r} has shape {tuple(state[k].shape)},"
+                                  f" the model expects {tuple(v.shape)}")
+    extra = [k for k in state if k not in own]
+    if extra:
+        raise CheckpointError(f"{path}: unexpected key {extra[0]!r} (is this checkpoint for another model?)")
+    model.load_state_dict(state)

@@ -1,0 +1,87 @@
+"""The protocols that score a student: its own classifier, a linear probe and k-NN on frozen features."""
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .datasets import ImageData, eval_batches
+from .models import Backbone
+
+
+@torch.no_grad()
+def extract(model: Backbone, data: ImageData, x: torch.Tensor, batch_size: int = 512
+            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Pooled features (and logits, when the model has a head) under the evaluation transform."""
+    was_training = model.training
+    model.eval()
+    feats, logits = [], []
+    for sl in eval_batches(len(x), batch_size):
+        out = model(data.normalise(x[sl]))
+        feats.append(out.feature.float())
+        if out.logits is not None:
+            logits.append(out.logits.float())
+    model.train(was_training)
+    return torch.cat(feats), (torch.cat(logits) if logits else None)
+
+
+def top1(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return 100.0 * (logits.argmax(1) == y).float().mean().item()
+
+
+def knn_top1(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
+             num_classes: int, k: int = 10, temperature: float = 0.07) -> float:
+    """Cosine k-NN: exact inner product on L2-normalised features (faiss), votes weighted exp(sim/T)."""
+    tr = np.ascontiguousarray(F.normalize(train_f, dim=1).cpu().numpy(), dtype=np.float32)
+    te = np.ascontiguousarray(F.normalize(test_f, dim=1).cpu().numpy(), dtype=np.float32)
+    k = min(k, len(tr))
+    sims, idx = faiss.knn(te, tr, k, metric=faiss.METRIC_INNER_PRODUCT)
+    votes = torch.zeros(len(te), num_classes, dtype=torch.float64)
+    weights = torch.exp(torch.from_numpy(sims).double() / temperature)
+    votes.scatter_add_(1, train_y.cpu()[torch.from_numpy(idx)], weights)
+    return 100.0 * (votes.argmax(1) == test_y.cpu()).float().mean().item()
+
+
+def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
+                 num_classes: int, epochs: int, batch_size: int, lr: float, momentum: float,
+                 weight_decay: float, milestones: list[int], gamma: float, seed: int) -> tuple[float, float]:
+    """A new linear head on frozen features; returns (last-epoch, best-epoch) test top-1."""
+    gen = torch.Generator(device=train_f.device).manual_seed(seed)
+    torch.manual_seed(seed)
+    head = torch.nn.Linear(train_f.shape[1], num_classes).to(train_f.device)
+    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma)
+    best = last = 0.0
+    for _ in range(epochs):
+        order = torch.randperm(len(train_f), generator=gen, device=train_f.device)
+        for i in range(0, len(order), batch_size):
+            b = order[i:i + batch_size]
+            loss = F.cross_entropy(head(train_f[b]), train_y[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sched.step()
+        with torch.no_grad():
+            last = top1(head(test_f), test_y)
+        best = max(best, last)
+    return last, best
+
+
+def evaluate(model: Backbone, data: ImageData, protocols: dict, seed: int) -> dict[str, float]:
+    """Run the asked protocols; keys are `eval/<protocol>_top1` (+ `_best` where it is per epoch)."""
+    out: dict[str, float] = {}
+    test_f, test_logits = extract(model, data, data.test_x)
+    if "classifier" in protocols and test_logits is not None:
+        out["eval/classifier_top1"] = top1(test_logits, data.test_y)
+    if "linear" in protocols or "knn" in protocols:
+        train_f, _ = extract(model, data, data.train_x)
+        if "knn" in protocols:
+            p = protocols["knn"]
+            out["eval/knn_top1"] = knn_top1(train_f, data.train_y, test_f, data.test_y, data.num_classes,
+                                            p["k"], p["temperature"])
+        if "linear" in protocols:
+            last, best = linear_probe(train_f, data.train_y, test_f, data.test_y, data.num_classes,
+                                      seed=seed, **protocols["linear"])
+            out["eval/linear_top1"], out["eval/linear_top1_best"] = last, best
+    return out

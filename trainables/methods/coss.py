@@ -1,0 +1,59 @@
+"""CoSS (Singh & Wang): cosine similarity per sample plus *space* similarity per feature dimension.
+
+loss = beta * ( term(z_t, a_s) + lambda * term(z_t^T, a_s^T) ),
+term(T, S) = -mean_rows <row(T)/tau_t, row(S)/tau_s>. On the transposes, each feature dimension
+is L2-normalised over the batch (no centring): that is the space-similarity term.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from ..registry import METHODS
+from .base import Knobs, Method
+
+EPS = 1e-8
+
+
+class CoSSKnobs(Knobs):
+    lam: float = Field(1.0, ge=0, alias="lambda", description="weight of the space-similarity term")
+    beta: float | None = Field(None, gt=0, description="loss scale; default 1 on ImageNet, 50 elsewhere")
+    tau_t: float = Field(0.07, gt=0, description="teacher temperature (temperature: post)")
+    tau_s: float = Field(0.1, gt=0, description="student temperature (temperature: post)")
+    temperature: Literal["post", "pre"] | None = Field(
+        None, description="post: normalise then divide (ImageNet code); pre: divide then normalise,"
+                          " i.e. plain cosine (CIFAR code); default by dataset")
+
+
+def similarity_term(t: torch.Tensor, s: torch.Tensor, tau_t: float = 1.0, tau_s: float = 1.0) -> torch.Tensor:
+    """-mean over rows of <row(t)/tau_t, row(s)/tau_s>."""
+    return -((F.normalize(t, dim=1, eps=EPS) / tau_t) * (F.normalize(s, dim=1, eps=EPS) / tau_s)).sum(1).mean()
+
+
+def projector(d_in: int, d_out: int) -> nn.Module:
+    """The CoSS CIFAR projector: Linear -> ReLU -> Linear, no BatchNorm."""
+    return nn.Sequential(nn.Linear(d_in, 2048), nn.ReLU(inplace=True), nn.Linear(2048, d_out))
+
+
+@METHODS.register("coss")
+class CoSS(Method):
+    Knobs = CoSSKnobs
+
+    def __init__(self, knobs: CoSSKnobs, student_dim: int, teacher_dim: int, dataset: str):
+        super().__init__(knobs, student_dim, teacher_dim, dataset)
+        imagenet = dataset == "imagenet"
+        self.beta = knobs.beta if knobs.beta is not None else (1.0 if imagenet else 50.0)
+        mode = knobs.temperature or ("post" if imagenet else "pre")
+        # "pre" divides before normalising, so the temperatures cancel: plain cosine.
+        self.tau_t, self.tau_s = (knobs.tau_t, knobs.tau_s) if mode == "post" else (1.0, 1.0)
+        self.proj = projector(student_dim, teacher_dim) if student_dim != teacher_dim else nn.Identity()
+
+    def distill(self, s, t):
+        a_s, z_t = self.proj(s.feature), t.feature
+        co = similarity_term(z_t, a_s, self.tau_t, self.tau_s)
+        ss = similarity_term(z_t.T, a_s.T, self.tau_t, self.tau_s)
+        return {"co": self.beta * co, "ss": self.beta * self.knobs.lam * ss}

@@ -1,0 +1,174 @@
+"""One trial: train a student (or a teacher) from a resolved config, report once per epoch.
+
+`fit` knows nothing of Ray: it takes a `report(metrics, state, final_model)` callback and an
+optional state to resume from. `tune_trainable` adapts it to Ray Tune (checkpoint per epoch).
+The config is the plain dict `orchestrator.trials` builds; every number that matters is in it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import tempfile
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .datasets import ImageData, load_dataset, train_batches
+from .evaluate import evaluate
+from .methods import method_class
+from .models import Backbone, build_model
+
+Report = Callable[[dict[str, float], dict[str, Any], dict[str, torch.Tensor] | None], None]
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(cfg: dict) -> torch.device:
+    if cfg["resources"]["gpu"] > 0 and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def make_model(spec: dict, data: ImageData, with_head: bool) -> Backbone:
+    return build_model(spec["model"], num_classes=data.num_classes if with_head else 0,
+                       in_channels=data.in_channels, image_size=data.image_size, **spec.get("options", {}))
+
+
+def load_teacher(cfg: dict, data: ImageData, state: dict[str, torch.Tensor], device: torch.device) -> Backbone:
+    teacher = make_model(cfg["teacher"], data, with_head=True)
+    teacher.load_state_dict(state)
+    teacher.to(device).eval()  # frozen: BatchNorm statistics and dropout stay in eval mode
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def fit(cfg: dict, report: Report, teacher_state: dict[str, torch.Tensor] | None = None,
+        resume: dict[str, Any] | None = None, init_state: dict[str, torch.Tensor] | None = None) -> None:
+    """`teacher_state`: the frozen teacher's weights; `init_state`: weights to start the model from
+    (a teacher given as a checkpoint is evaluated from them)."""
+    device = pick_device(cfg)
+    seed = cfg["seed"]
+    seed_everything(seed)
+    ds = cfg["dataset"]
+    data = load_dataset(ds["name"], ds["root"], ds["download"], ds["verify_checksum"]).to(device)
+
+    cls = method_class(cfg["method"])
+    knobs = cls.Knobs.model_validate(cfg["knobs"])
+    teacher = None
+    if cls.needs_teacher:
+        if teacher_state is None:
+            raise RuntimeError(f"method {cfg['method']!r} needs a teacher and the trial was given none")
+        teacher = load_teacher(cfg, data, teacher_state, device)
+    student = make_model(cfg["student"], data, with_head=cls.student_needs_head(knobs)).to(device)
+    if init_state is not None:
+        student.load_state_dict(init_state)
+    method = cls(knobs, student.feature_dim, teacher.feature_dim if teacher else None, ds["name"]).to(device)
+
+    sched_cfg = cfg["train"]
+    params = [p for p in list(student.parameters()) + list(method.parameters()) if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=sched_cfg["lr"], momentum=sched_cfg["momentum"],
+                          weight_decay=sched_cfg["weight_decay"])
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, sched_cfg["milestones"], sched_cfg["gamma"])
+
+    start = 1
+    if resume is not None:
+        student.load_state_dict(resume["student"])
+        method.load_state_dict(resume["method"])
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        start = resume["epoch"] + 1
+
+    def state(epoch: int) -> dict[str, Any]:
+        return {"student": student.state_dict(), "method": method.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "epoch": epoch}
+
+    epochs = sched_cfg["epochs"]
+    gen = torch.Generator(device=device)
+    for epoch in range(start, epochs + 1):
+        # The data order of epoch e is a function of (seed, e) alone, so a resumed trial replays it.
+        gen.manual_seed(seed * 1_000_003 + epoch)
+        lr = opt.param_groups[0]["lr"]
+        metrics = train_epoch(student, teacher, method, data, opt, gen, sched_cfg["batch_size"], epoch)
+        sched.step()
+        metrics["train/lr"] = lr
+        if epoch == epochs:
+            metrics.update(evaluate(student, data, cfg["eval"], seed))
+        report({"epoch": epoch, **metrics}, state(epoch), student.state_dict() if epoch == epochs else None)
+    if start > epochs:  # nothing to train (a given teacher, or a resume after the last epoch)
+        report({"epoch": epochs, **evaluate(student, data, cfg["eval"], seed)}, state(epochs),
+               student.state_dict())
+
+
+def train_epoch(student: Backbone, teacher: Backbone | None, method: torch.nn.Module, data: ImageData,
+                opt: torch.optim.Optimizer, gen: torch.Generator, batch_size: int, epoch: int) -> dict[str, float]:
+    student.train()
+    method.train()
+    sums: dict[str, float] = {}
+    seen, steps = 0, 0
+    t0 = time.perf_counter()
+    needs_maps = method.needs_maps
+    for idx in train_batches(len(data.train_x), batch_size, gen):
+        x, y = data.augment(data.train_x[idx], gen), data.train_y[idx]
+        t_out = None
+        if teacher is not None:
+            with torch.no_grad():
+                t_out = teacher(x, with_maps=needs_maps)
+        s_out = student(x, with_maps=needs_maps)
+        terms = method(s_out, t_out, y)
+        loss = sum(terms.values())
+        if not torch.isfinite(loss):
+            bad = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+            raise NonFiniteLoss(f"loss is not finite at epoch {epoch}, step {steps + 1} ({bad})")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + v.detach()
+        sums["loss"] = sums.get("loss", 0.0) + loss.detach()
+        seen += len(idx)
+        steps += 1
+    elapsed = time.perf_counter() - t0
+    out = {f"train/{k}": float(v) / max(steps, 1) for k, v in sums.items()}
+    out["train/images_per_s"] = seen / elapsed if elapsed > 0 else 0.0
+    out["train/epoch_s"] = elapsed
+    return out
+
+
+# --- Ray Tune adapter ---------------------------------------------------------------------------
+
+def tune_trainable(config: dict, teachers: dict[str, dict[str, torch.Tensor]] | None = None) -> None:
+    from ray import tune
+
+    cfg = config["trial"]
+    logging.getLogger("ray").setLevel(logging.WARNING)  # one INFO line per checkpoint otherwise
+    # Ray sets OMP_NUM_THREADS=1 in workers; a trial uses the CPU share it asked for.
+    torch.set_num_threads(max(1, int(cfg["resources"]["cpu"])))
+    resume = None
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            resume = torch.load(os.path.join(d, "state.pt"), weights_only=True, map_location="cpu")
+
+    def report(metrics: dict[str, float], state: dict[str, Any], final_model: dict | None) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(state, os.path.join(d, "state.pt"))
+            if final_model is not None:
+                torch.save(final_model, os.path.join(d, "model.pt"))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+    teachers = teachers or {}
+    teacher_state = teachers[cfg["teacher"]["hash"]] if cfg.get("teacher") else None
+    init_state = teachers[cfg["init"]] if cfg.get("init") else None
+    fit(cfg, report, teacher_state, resume, init_state)
