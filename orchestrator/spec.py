@@ -6,8 +6,8 @@ prints it and exits 2. Nothing here touches Ray or MLflow.
 from __future__ import annotations
 
 import copy
+import difflib
 import itertools
-import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -285,7 +285,7 @@ def load_sweep(path: str | Path, sets: list[str] | None = None) -> Sweep:
         err = e.errors()[0]
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = f"unknown field {err['loc'][-1]!r}"
+            msg = f"unknown field {err['loc'][-1]!r}{_did_you_mean(str(err['loc'][-1]), _all_fields())}"
         elif err["type"] == "missing":
             msg = "required field is missing"
         raise SpecError(file, _loc(err["loc"]), msg) from None
@@ -313,8 +313,8 @@ def check_method_knobs(sweep: Sweep, file: str) -> None:
                     continue
                 if k not in known:
                     listed = sorted(f.alias or n for n, f in model.model_fields.items())
-                    raise SpecError(file, f"{where}.{k}",
-                                    f"method {method!r} has no knob {k!r} (knobs: {', '.join(listed)})")
+                    raise SpecError(file, f"{where}.{k}", f"method {method!r} has no knob {k!r}"
+                                    f"{_did_you_mean(k, listed)} (knobs: {', '.join(listed)})")
         for cell in grid_cells(sweep.grid):
             knobs = {**sweep.knobs, **{k: v for k, v in cell.items() if k != "method"}}
             try:
@@ -325,6 +325,16 @@ def check_method_knobs(sweep: Sweep, file: str) -> None:
                 where = "grid" if field in sweep.grid else "knobs"
                 raise SpecError(file, f"{where}.{field}", f"{err['msg'].removeprefix('Value error, ')}"
                                 f" (method {method!r})") from None
+
+
+def _all_fields() -> list[str]:
+    models = [Sweep, DatasetSpec, Pair, TeacherSpec, Schedule, LinearProbe, KNN, EvalSpec, Resources]
+    return sorted({n for m in models for n in m.model_fields})
+
+
+def _did_you_mean(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def grid_cells(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -347,9 +357,3 @@ def count_trials(sweep: Sweep) -> int:
         n += len({p.student.label for p in sweep.pairs}) * len(sweep.seeds)
     return n
 
-
-def is_finite_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-KnobValue = Literal["str"]  # placeholder for type hints in callers

@@ -69,10 +69,11 @@ def sweep_runs(tracking_uri: str, sweep: str | None = None) -> tuple[object, pd.
     wanted = sorted(set(df["teacher_hash"].dropna()) - have)
     if wanted:
         all_exps = [e.experiment_id for e in client.search_experiments()]
-        quoted = ", ".join(f"'{h}'" for h in wanted)
-        teachers = mlflow.search_runs(all_exps, filter_string=f"tags.`kd.role` = 'teacher' and "
-                                                             f"tags.`kd.config_hash` IN ({quoted})",
-                                      output_format="pandas", order_by=["attributes.start_time DESC"])
+        # Tag filters take no IN: one query per teacher (a sweep has a handful).
+        teachers = pd.concat([mlflow.search_runs(all_exps, filter_string=f"tags.`kd.role` = 'teacher' and "
+                                                                        f"tags.`kd.config_hash` = '{h}'",
+                                                 output_format="pandas", order_by=["attributes.start_time DESC"])
+                              for h in wanted], ignore_index=True)
         teachers = _frame(teachers).drop_duplicates("config_hash")
         df = pd.concat([df, teachers], ignore_index=True)
     return parent, df

@@ -70,12 +70,14 @@ def build(runs: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, str]:
     return table, col
 
 
-def best_columns(table: pd.DataFrame) -> dict[str, str | None]:
-    """Per row, the student column with the highest mean (the teacher never competes)."""
+def best_columns(table: pd.DataFrame) -> dict[str, set[str]]:
+    """Per row, the student columns with the highest mean as printed (ties all bold; the teacher never
+    competes)."""
     out = {}
     for pair, row in table.iterrows():
-        scored = [(c.mean, name) for name, c in row.items() if isinstance(c, Cell) and name != TEACHER]
-        out[pair] = max(scored)[1] if scored else None
+        scored = {name: round(c.mean, 2) for name, c in row.items() if isinstance(c, Cell) and name != TEACHER}
+        top = max(scored.values(), default=None)
+        out[pair] = {name for name, m in scored.items() if m == top}
     return out
 
 
@@ -96,11 +98,11 @@ def render(table: pd.DataFrame, fmt: str, caption: str = "") -> str:
                 if isinstance(c, Cell):
                     rows.append({"pair": pair, "column": name, "mean": round(c.mean, 4),
                                  "std": None if math.isnan(c.std) else round(c.std, 4), "n": c.n,
-                                 "best": name == best[pair]})
+                                 "best": name in best[pair]})
         return pd.DataFrame(rows).to_csv(index=False)
     latex = fmt == "latex"
     bold = (lambda s: rf"\textbf{{{s}}}") if latex else (lambda s: f"**{s}**")
-    body = [[str(pair)] + [bold(_text(c, latex)) if name == best[pair] else _text(c, latex)
+    body = [[str(pair)] + [bold(_text(c, latex)) if name in best[pair] else _text(c, latex)
                            for name, c in row.items()] for pair, row in table.iterrows()]
     header = ["teacher/student", *table.columns]
     if latex:

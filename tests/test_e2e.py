@@ -1,0 +1,119 @@
+"""End to end through the real CLI: trials run under Ray Tune, land in MLflow, come back as the table."""
+import io
+import json
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from .conftest import SWEEPS, kd_sweep
+
+SHRINK = ["--set", "train.epochs=2", "--set", "teacher_train.epochs=2",
+          "--set", "eval.linear.epochs=3", "--set", "eval.linear.milestones=[2]"]
+
+
+def runs(uri: str, role: str | None = None):
+    client = MlflowClient(uri)
+    exps = [e.experiment_id for e in client.search_experiments()]
+    filt = f"tags.`kd.role` = '{role}'" if role else ""
+    return client.search_runs(exps, filter_string=filt, max_results=1000)
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("quickstart")
+    res = kd_sweep("run", str(SWEEPS / "quickstart.yaml"), *SHRINK, cwd=cwd)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return cwd, res
+
+
+def test_quickstart_trials_ran_and_logged(quickstart):
+    cwd, res = quickstart
+    uri = f"sqlite:///{cwd}/mlflow.db"
+    assert (cwd / "mlflow.db").exists()  # MLflow's own default store, where `mlflow ui` looks
+    parents = runs(uri, "sweep")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0].info.run_id
+    children = [r for r in runs(uri) if r.data.tags.get("mlflow.parentRunId") == parent]
+    roles = pd.Series([r.data.tags["kd.role"] for r in children]).value_counts().to_dict()
+    assert roles == {"student": 6, "scratch": 2, "teacher": 1}
+    client = MlflowClient(uri)
+    for r in children:
+        assert r.info.status == "FINISHED"
+        assert 0 <= r.data.metrics["eval/linear_top1"] <= 100 and "eval/knn_top1" in r.data.metrics
+        history = client.get_metric_history(r.info.run_id, "train/loss")
+        assert [m.step for m in history] == [1, 2]
+        assert r.data.params["seed"] in {"0", "1"}
+        role = r.data.tags["kd.role"]
+        assert [a.path for a in client.list_artifacts(r.info.run_id, role)] == [f"{role}/model.pt"]
+    students = [r for r in children if r.data.tags["kd.role"] == "student"]
+    assert sorted(json.loads(r.data.tags["kd.cell"])["lambda"] for r in students) == [0, 0, 0.5, 0.5, 1.0, 1.0]
+    assert all("train/ss" in r.data.metrics and "train/co" in r.data.metrics for r in students)
+    assert [a.path for a in client.list_artifacts(parent)] == ["sweep.yaml"]
+    assert "all trials finished" in res.stdout
+
+
+def test_report_table_holds_the_numbers_mlflow_holds(quickstart):
+    cwd, _ = quickstart
+    uri = f"sqlite:///{cwd}/mlflow.db"
+    res = kd_sweep("report", "--table", "--format", "csv", cwd=cwd)
+    assert res.returncode == 0, res.stderr
+    table = pd.read_csv(io.StringIO(res.stdout))
+    assert list(table["pair"].unique()) == ["mlp-256-256/mlp-64"]
+    assert list(table["column"]) == ["Teacher", "Scratch", "lambda=0", "lambda=0.5", "lambda=1.0"]
+    by = {}
+    for r in runs(uri):
+        if r.data.tags.get("kd.role") in ("student", "scratch", "teacher"):
+            role = r.data.tags["kd.role"]
+            key = {"teacher": "Teacher", "scratch": "Scratch"}.get(role) or \
+                f"lambda={json.loads(r.data.tags['kd.cell'])['lambda']}"
+            by.setdefault(key, []).append(r.data.metrics["eval/linear_top1"])
+    for _, row in table.iterrows():
+        vals = pd.Series(by[row["column"]])
+        assert row["n"] == len(vals)
+        assert row["mean"] == pytest.approx(vals.mean(), abs=1e-3)
+        if len(vals) > 1:
+            assert row["std"] == pytest.approx(vals.std(ddof=1), abs=1e-3)
+    students = table[table["column"] != "Teacher"]
+    top = students["mean"].round(2).max()
+    best = students.loc[students["mean"].round(2) == top, "column"].tolist()
+    assert table.loc[table["best"], "column"].tolist() == best
+
+    md = kd_sweep("report", cwd=cwd).stdout  # default: the latest sweep, markdown
+    header = md.splitlines()[0]
+    assert [c.strip() for c in header.strip("|").split("|")] == \
+        ["teacher/student", "Teacher", "Scratch", "lambda=0", "lambda=0.5", "lambda=1.0"]
+    assert md.count("**") == 2 * len(best)
+
+
+def test_second_sweep_reuses_the_trained_teacher(quickstart):
+    cwd, _ = quickstart
+    uri = f"sqlite:///{cwd}/mlflow.db"
+    res = kd_sweep("run", str(SWEEPS / "quickstart.yaml"), *SHRINK, "--set", "grid.lambda=[0.25]",
+                   "--set", "seeds=[0]", "--set", "scratch=false", cwd=cwd)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "reusing run" in res.stdout and "training 1 teacher" not in res.stdout
+    assert len(runs(uri, "teacher")) == 1
+    assert len(runs(uri, "sweep")) == 2
+    table = kd_sweep("report", "quickstart", "--format", "csv", cwd=cwd).stdout
+    assert pd.read_csv(io.StringIO(table))["column"].tolist() == ["Teacher", "lambda=0.25"]
+
+
+def test_lambda_ablation_on_cifar100_format_data(cifar_root, tmp_path):
+    res = kd_sweep("run", str(SWEEPS / "lambda_ablation.yaml"),
+                   "--set", f"dataset.root={cifar_root}", "--set", "dataset.verify_checksum=false",
+                   "--set", "resources.gpu=0", "--set", "resources.cpu=1", "--set", "seeds=[0]",
+                   "--set", "train.batch_size=64", "--set", "teacher_train.batch_size=64", *SHRINK[:4],
+                   "--set", "train.epochs=1", "--set", "teacher_train.epochs=1",
+                   "--set", "eval.linear.epochs=2", "--set", "eval.linear.milestones=[1]", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert len(runs(uri, "teacher")) == 2 and len(runs(uri, "student")) == 8
+    out = kd_sweep("report", "lambda_ablation", "--format", "csv", cwd=tmp_path)
+    table = pd.read_csv(io.StringIO(out.stdout))
+    assert list(table["pair"].unique()) == ["resnet32x4/resnet8x4", "resnet56/resnet20"]
+    assert table.groupby("pair")["column"].apply(list).tolist() == \
+        [["Teacher", "lambda=0", "lambda=0.25", "lambda=0.5", "lambda=1.0"]] * 2
+    latex = kd_sweep("report", "lambda_ablation", "--format", "latex", cwd=tmp_path).stdout
+    assert r"\toprule" in latex and latex.count(r"\textbf{") == 2 and "resnet32x4/resnet8x4" in latex

@@ -1,0 +1,107 @@
+"""Bad sweep files end with one line naming the file and the field, exit 2, and nothing started."""
+import copy
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+from orchestrator.spec import count_trials, load_sweep
+
+from .conftest import SWEEPS
+
+BASE = yaml.safe_load((SWEEPS / "quickstart.yaml").read_text())
+
+
+def mutate(path: str, value=None, delete: bool = False) -> dict:
+    raw = copy.deepcopy(BASE)
+    node, keys = raw, path.split(".")
+    for k in keys[:-1]:
+        node = node[int(k)] if isinstance(node, list) else node[k]
+    if delete:
+        del node[keys[-1]]
+    else:
+        node[keys[-1]] = value
+    return raw
+
+
+CASES = [
+    # (what, raw sweep or text, field the line must name, words it must say)
+    ("unknown top-level field", mutate("seedz", [0]), "seedz", "unknown field"),
+    ("mistyped nested field", mutate("train.epoch", 3), "train.epoch", "unknown field"),
+    ("wrong type", mutate("train.epochs", "many"), "train.epochs", "integer"),
+    ("negative epochs", mutate("train.epochs", -1), "train.epochs", "greater than or equal to 0"),
+    ("unknown method", mutate("method", "cosss"), "method", "unknown method 'cosss'"),
+    ("unknown model", mutate("pairs.0.student.model", "resnet7"), "pairs.0.student.model", "unknown model"),
+    ("unknown model option", mutate("pairs.0.student.hiden", [8]), "pairs.0.student", "no option 'hiden'"),
+    ("unknown dataset", mutate("dataset.name", "cifar1000"), "dataset.name", "unknown dataset"),
+    ("empty grid axis", mutate("grid.lambda", []), "grid.lambda", "empty grid axis"),
+    ("unknown knob", mutate("grid", {"lamda": [0.5]}), "grid.lamda", "method 'coss' has no knob 'lamda'"),
+    ("knob of wrong type", mutate("grid.lambda", [0.5, "big"]), "grid.lambda", "valid number"),
+    ("negative knob", mutate("knobs.beta", -1.0), "knobs.beta", "greater than 0"),
+    ("missing field", mutate("pairs", delete=True), "pairs", "required field is missing"),
+    ("no pairs", mutate("pairs", []), "pairs", "at least 1"),
+    ("CPU share under the minimum", mutate("resources.cpu", 0.1), "resources.cpu", "greater than or equal to 0.5"),
+    ("unknown protocol", mutate("eval", ["linear", "knnn"]), "eval", "unknown protocol 'knnn'"),
+    ("repeated seeds", mutate("seeds", [0, 0]), "seeds", "seeds repeat"),
+    ("milestones out of order", mutate("train.milestones", [25, 20]), "train.milestones", "increasing order"),
+    ("bad YAML", "name: x\npairs: [\n", "line", "not valid YAML"),
+    ("not a mapping", "- just\n- a list\n", "", "YAML mapping"),
+]
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+@pytest.mark.parametrize("what,raw,field,words", CASES, ids=[c[0] for c in CASES])
+def test_bad_sweep_is_one_line_exit_2_and_nothing_started(what, raw, field, words, tmp_path, monkeypatch, runner):
+    monkeypatch.chdir(tmp_path)
+    f = tmp_path / "bad.yaml"
+    f.write_text(raw if isinstance(raw, str) else yaml.safe_dump(raw))
+    res = runner.invoke(app, ["run", str(f)])
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith(f"error: {f}: {field}"), lines[0]
+    assert words in lines[0], lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]  # no mlflow.db, no ray_results
+
+
+def test_missing_dataset_says_where_and_how(tmp_path, monkeypatch, runner):
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["run", str(SWEEPS / "lambda_ablation.yaml"), "--set", f"dataset.root={tmp_path}/none"])
+    assert res.exit_code == 2
+    line = res.stderr.strip()
+    assert "lambda_ablation.yaml: dataset: CIFAR-100 not found" in line
+    assert f"{tmp_path}/none/cifar-100-python" in line and "download: true" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_missing_teacher_checkpoint_names_the_pair(tmp_path, monkeypatch, runner):
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["run", str(SWEEPS / "quickstart.yaml"), "--set", "pairs.0.teacher.checkpoint=nope.pth"])
+    assert res.exit_code == 2
+    assert "pairs.0.teacher.checkpoint" in res.stderr and "nope.pth does not exist" in res.stderr
+
+
+def test_gpu_sweep_on_cpu_cluster_is_refused_before_any_trial(tmp_path, monkeypatch, runner):
+    """A trial asking for a GPU the cluster lacks would wait forever: refuse it with what to change."""
+    from orchestrator.runner import _init_ray
+
+    sweep = load_sweep(SWEEPS / "quickstart.yaml", ["resources.gpu=1"])
+    with pytest.raises(Exception) as e:
+        _init_ray(None, sweep, "q.yaml")
+    assert "resources.gpu" in str(e.value) and "--set resources.gpu=0" in str(e.value)
+
+
+def test_set_overrides_and_counts():
+    sweep = load_sweep(SWEEPS / "quickstart.yaml", ["seeds=[0, 1, 2]", "grid.lambda=[0.5]", "train.epochs=1"])
+    assert sweep.seeds == [0, 1, 2] and sweep.grid == {"lambda": [0.5]} and sweep.train.epochs == 1
+    assert count_trials(sweep) == 1 * 3 + 3  # one cell x 3 seeds, plus the from-scratch student x 3 seeds
+
+
+def test_every_sweep_file_validates():
+    for f in sorted(SWEEPS.glob("*.yaml")):
+        assert count_trials(load_sweep(f)) > 0, f
