@@ -251,6 +251,8 @@ def apply_overrides(raw: dict, sets: list[str], file: str) -> dict:
             nxt = node.get(key)
             if nxt is None:
                 nxt = node[key] = {}
+            elif isinstance(nxt, str) and key in ("teacher", "student"):  # `teacher: resnet56` shorthand
+                nxt = node[key] = {"model": nxt}
             if not isinstance(nxt, (dict, list)):
                 raise SpecError(file, f"--set {path}", f"{'.'.join(keys[:i + 1])} is not a mapping")
             node = nxt

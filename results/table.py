@@ -106,7 +106,7 @@ def render(table: pd.DataFrame, fmt: str, caption: str = "") -> str:
                            for name, c in row.items()] for pair, row in table.iterrows()]
     header = ["teacher/student", *table.columns]
     if latex:
-        esc = lambda s: s.replace("_", r"\_")  # noqa: E731
+        esc = lambda s: s.replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$")  # noqa: E731
         lines = [r"\begin{table}[t]", r"\centering", rf"\begin{{tabular}}{{l{'c' * len(table.columns)}}}",
                  r"\toprule", " & ".join(esc(h) for h in header) + r" \\", r"\midrule"]
         lines += [" & ".join(esc(x) if i == 0 else x for i, x in enumerate(r)) + r" \\" for r in body]

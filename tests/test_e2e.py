@@ -116,4 +116,6 @@ def test_lambda_ablation_on_cifar100_format_data(cifar_root, tmp_path):
     assert table.groupby("pair")["column"].apply(list).tolist() == \
         [["Teacher", "lambda=0", "lambda=0.25", "lambda=0.5", "lambda=1.0"]] * 2
     latex = kd_sweep("report", "lambda_ablation", "--format", "latex", cwd=tmp_path).stdout
-    assert r"\toprule" in latex and latex.count(r"\textbf{") == 2 and "resnet32x4/resnet8x4" in latex
+    assert r"\toprule" in latex and "resnet32x4/resnet8x4" in latex
+    assert latex.count(r"\textbf{") == table["best"].sum() >= 2  # ties on random pixels are all bold
+    assert r"linear\_top1 (\%)" in latex and "±" not in latex

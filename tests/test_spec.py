@@ -102,6 +102,12 @@ def test_set_overrides_and_counts():
     assert count_trials(sweep) == 1 * 3 + 3  # one cell x 3 seeds, plus the from-scratch student x 3 seeds
 
 
+def test_set_reaches_into_model_shorthand(tmp_path, monkeypatch, runner):
+    sweep = load_sweep(SWEEPS / "lambda_ablation.yaml", ["pairs.1.teacher.checkpoint=ckpt.pth"])
+    assert sweep.pairs[1].teacher.model == "resnet56" and sweep.pairs[1].teacher.checkpoint == "ckpt.pth"
+    assert sweep.pairs[0].teacher.checkpoint is None
+
+
 def test_every_sweep_file_validates():
     for f in sorted(SWEEPS.glob("*.yaml")):
         assert count_trials(load_sweep(f)) > 0, f

@@ -1,0 +1,100 @@
+"""The trainable without Ray: resuming from an epoch checkpoint gives the uninterrupted result, and
+the evaluation protocols agree with brute force."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from orchestrator.runner import preflight
+from orchestrator.spec import load_sweep
+from trainables.datasets import load_dataset
+from trainables.evaluate import knn_top1
+from trainables.trial import NonFiniteLoss, fit
+
+from .conftest import SWEEPS
+
+
+@pytest.fixture(scope="module")
+def plan():
+    sweep = load_sweep(SWEEPS / "quickstart.yaml", ["train.epochs=4", "teacher_train.epochs=3",
+                                                   "eval.linear.epochs=5", "eval.linear.milestones=[4]"])
+    return preflight(sweep, "quickstart.yaml", str(SWEEPS))
+
+
+def collect():
+    got = {"metrics": [], "states": [], "model": None}
+
+    def report(metrics, state, model):
+        got["metrics"].append(metrics)
+        got["states"].append(copy.deepcopy(state))
+        if model is not None:
+            got["model"] = model
+    return got, report
+
+
+def test_teacher_is_well_above_chance_and_student_resumes_exactly(plan):
+    t, rep = collect()
+    fit(plan.teachers[0], rep)
+    assert [m["epoch"] for m in t["metrics"]] == [1, 2, 3]
+    final = t["metrics"][-1]
+    assert final["eval/classifier_top1"] > 80 and final["eval/linear_top1"] > 80 and final["eval/knn_top1"] > 80
+
+    cfg = plan.students[-3]  # coss, lambda 1.0
+    assert cfg["method"] == "coss" and cfg["knobs"]["lambda"] == 1.0
+    full, rep = collect()
+    fit(cfg, rep, t["model"])
+    assert [m["epoch"] for m in full["metrics"]] == [1, 2, 3, 4]
+    assert all(m["train/loss"] == pytest.approx(m["train/co"] + m["train/ss"]) for m in full["metrics"])
+    resumed, rep = collect()
+    fit(cfg, rep, t["model"], resume=full["states"][1])  # killed after epoch 2
+    assert [m["epoch"] for m in resumed["metrics"]] == [3, 4]
+    for k, v in full["model"].items():
+        assert torch.equal(v, resumed["model"][k]), k
+    assert resumed["metrics"][-1]["eval/linear_top1"] == full["metrics"][-1]["eval/linear_top1"]
+
+
+def test_teacher_receives_no_gradient_and_stays_in_eval_mode(plan, monkeypatch):
+    import trainables.trial as trial
+
+    seen = {}
+    real = trial.load_teacher
+
+    def spy(*a, **k):
+        teacher = real(*a, **k)
+        seen["teacher"] = teacher
+        return teacher
+    monkeypatch.setattr(trial, "load_teacher", spy)
+    t, rep = collect()
+    fit(plan.teachers[0], rep)
+    before = {k: v.clone() for k, v in t["model"].items()}
+    s, rep = collect()
+    fit(plan.students[0], rep, t["model"])
+    teacher = seen["teacher"]
+    assert not teacher.training and all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v.cpu(), before[k]), k
+
+
+def test_nan_loss_stops_the_trial_with_its_epoch(plan):
+    cfg = copy.deepcopy(plan.students[0])
+    cfg["train"]["lr"] = 1e30  # diverges at once
+    t, rep = collect()
+    fit(plan.teachers[0], rep)
+    with pytest.raises(NonFiniteLoss, match="epoch 1"):
+        fit(cfg, collect()[1], t["model"])
+
+
+def test_knn_matches_brute_force():
+    torch.manual_seed(0)
+    tr, te = torch.randn(200, 16), torch.randn(50, 16)
+    ytr, yte = torch.randint(0, 5, (200,)), torch.randint(0, 5, (50,))
+    sims = F.normalize(te, dim=1) @ F.normalize(tr, dim=1).T
+    top, idx = sims.topk(10, dim=1)
+    votes = torch.zeros(50, 5, dtype=torch.float64).scatter_add_(1, ytr[idx], torch.exp(top.double() / 0.07))
+    expect = 100.0 * (votes.argmax(1) == yte).float().mean().item()
+    assert knn_top1(tr, ytr, te, yte, 5, k=10, temperature=0.07) == pytest.approx(expect)
+    # and k-NN on a real dataset's pixels is far above chance (10 %)
+    d = load_dataset("digits", "x")
+    px = lambda x: x.flatten(1).float()  # noqa: E731
+    assert knn_top1(px(d.train_x), d.train_y, px(d.test_x), d.test_y, 10) > 90
