@@ -32,13 +32,15 @@ def run(
         sweep = load_sweep(file, set_)
     except SpecError as e:
         _fail(str(e), 2)
-    from .runner import run_sweep
+    from .runner import RunError, run_sweep
     from .tracking import resolve_tracking_uri
 
     try:
         code = run_sweep(sweep, file, address, resolve_tracking_uri(tracking_uri), storage)
     except SpecError as e:
         _fail(str(e), 2)
+    except RunError as e:
+        _fail(str(e), 1)
     raise typer.Exit(code)
 
 

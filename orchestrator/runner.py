@@ -5,6 +5,7 @@ phases) -> `_fit_phase` (one Tuner) -> summary and exit code.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -20,16 +21,20 @@ from trainables.models import build_model
 from .progress import Progress
 from .spec import SpecError, Sweep, resolve_path
 from .tracking import Store, make_callback
-from .trials import _dataset, file_digest, student_trials, teacher_trial
+from .trials import _dataset, evaluate_only, file_digest, student_trials, teacher_trial
+
+
+class RunError(Exception):
+    """The sweep is valid but cannot run here (no cluster to join...): one line, exit 1."""
 
 
 @dataclass
 class Plan:
     dataset: dict
     teachers: list[dict]                                  # one per distinct teacher config
-    pair_teacher: dict[int, str]                          # pair index -> teacher config hash
+    pair_teacher: dict[int, str]                          # pair index -> teacher weights hash
     students: list[dict]
-    given: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # hash -> checkpoint weights
+    given: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # weights hash -> checkpoint
 
 
 def preflight(sweep: Sweep, file: str, base: str) -> Plan:
@@ -61,9 +66,9 @@ def preflight(sweep: Sweep, file: str, base: str) -> Plan:
             digest = file_digest(path)
         cfg = teacher_trial(sweep, spec, dataset, digest)
         teachers.setdefault(cfg["config_hash"], cfg)
-        pair_teacher[i] = cfg["config_hash"]
+        pair_teacher[i] = cfg["weights_hash"]
         if state is not None:
-            given[cfg["config_hash"]] = state
+            given[cfg["weights_hash"]] = state
     return Plan(dataset, list(teachers.values()), pair_teacher, student_trials(sweep, dataset, pair_teacher), given)
 
 
@@ -77,7 +82,18 @@ def _init_ray(address: str | None, sweep: Sweep, file: str) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True,
                   configure_logging=True)
-    ray.init(address=address, **kwargs) if address else ray.init(**kwargs)
+    if not address:
+        ray.init(**kwargs)
+    else:
+        try:
+            ray.init(address=address, **kwargs)
+        except Exception as e:  # noqa: BLE001 - Ray raises several types here; all mean "not joined"
+            text = f"{e} {e.__cause__ or ''}"
+            hint = ("the cluster wants token authentication: export RAY_AUTH_MODE=token (the token comes"
+                    " from ~/.ray/auth_token or RAY_AUTH_TOKEN; `ray get-auth-token` prints it on the head)"
+                    if "AuthToken" in text or "Authentication" in text else
+                    "is `ray start --head` running there, and is the port right?")
+            raise RunError(f"cannot join the Ray cluster at {address}: {hint}") from None
     have = ray.cluster_resources()
     want = sweep.resources
     if want.gpu > 0 and have.get("GPU", 0) < min(want.gpu, 1):
@@ -113,6 +129,10 @@ def _fit_phase(name: str, configs: list[dict], sweep: Sweep, storage: str, callb
     return tuner.fit()
 
 
+def _teacher_weights(store: Store, run) -> dict[str, torch.Tensor]:
+    return torch.load(store.download(run.info.run_id, "teacher/model.pt"), map_location="cpu", weights_only=True)
+
+
 def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, storage: str | None,
               out=sys.stdout) -> int:
     base = os.path.dirname(os.path.abspath(file))
@@ -129,27 +149,34 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
     status = "FAILED"
     try:
         weights = dict(plan.given)
-        # Phase 1: teachers. A teacher with the same config finished in any sweep is reused.
-        todo = []
+        # Phase 1: teachers. Weights trained by any earlier sweep are reused (and only re-scored
+        # when this sweep evaluates differently); the rest are trained here.
+        todo, teacher_runs = [], {}
         for cfg in plan.teachers:
-            run = store.find_teacher(cfg["config_hash"])
-            if run is None:
-                todo.append(cfg)
+            label = cfg["labels"]["student"]
+            if (run := store.find_teacher("config_hash", cfg["config_hash"])) is not None:
+                progress.note(f"teacher {label}: reusing run {run.info.run_id[:8]} (weights {cfg['weights_hash'][:8]})")
+            elif (run := store.find_teacher("weights_hash", cfg["weights_hash"])) is not None:
+                progress.note(f"teacher {label}: re-scoring the weights of run {run.info.run_id[:8]}")
+                weights[cfg["weights_hash"]] = _teacher_weights(store, run)
+                todo.append(evaluate_only(cfg))
             else:
-                progress.note(f"teacher {cfg['labels']['student']}: reusing run {run.info.run_id[:8]}"
-                              f" (config {cfg['config_hash'][:8]})")
+                todo.append(cfg)
         if todo:
-            progress.begin(f"training {len(todo)} teacher(s)", len(todo))
+            progress.begin(f"teachers: {len(todo)} trial(s)", len(todo))
             _fit_phase(f"{sweep.name}-teachers-{parent[:8]}", todo, sweep, storage_path,
                        make_callback(store, exp_id, parent, progress), weights)
         for cfg in plan.teachers:
-            run = store.find_teacher(cfg["config_hash"])
+            run = store.find_teacher("config_hash", cfg["config_hash"])
             if run is None:
                 progress.note(f"teacher {cfg['labels']['student']} failed: its students cannot run")
                 progress.summary()
                 return 1
-            weights[cfg["config_hash"]] = torch.load(store.download(run.info.run_id, "teacher/model.pt"),
-                                                     map_location="cpu", weights_only=True)
+            if cfg["weights_hash"] not in weights:
+                weights[cfg["weights_hash"]] = _teacher_weights(store, run)
+            teacher_runs[cfg["weights_hash"]] = run.info.run_id
+        # The report's Teacher column reads the exact runs this sweep used.
+        store.client.set_tag(parent, "kd.teacher_runs", json.dumps(teacher_runs, sort_keys=True))
         # Phase 2: the students of every cell x pair x seed, and the from-scratch students.
         progress.begin(f"sweep {sweep.name}: {len(plan.students)} trials", len(plan.students))
         _fit_phase(f"{sweep.name}-{parent[:8]}", plan.students, sweep, storage_path,

@@ -10,7 +10,6 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
@@ -53,6 +52,8 @@ def trial_tags(cfg: dict) -> dict[str, str]:
     }
     if cfg.get("teacher"):
         tags["kd.teacher_hash"] = cfg["teacher"]["hash"]
+    if cfg.get("weights_hash"):
+        tags["kd.weights_hash"] = cfg["weights_hash"]
     commit = git_commit()
     if commit:
         tags["kd.git_commit"] = commit
@@ -83,11 +84,11 @@ class Store:
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)
 
-    def find_teacher(self, config_hash: str):
-        """A finished teacher run with this config, from any sweep; None if there is none."""
+    def find_teacher(self, key: str, value: str):
+        """The latest finished teacher run whose `kd.<key>` tag is `value`, from any sweep; or None."""
         runs = self.client.search_runs(
             [e.experiment_id for e in self.client.search_experiments()],
-            filter_string=f"tags.`kd.role` = 'teacher' and tags.`kd.config_hash` = '{config_hash}'"
+            filter_string=f"tags.`kd.role` = 'teacher' and tags.`kd.{key}` = '{value}'"
                           " and attributes.status = 'FINISHED'",
             order_by=["attributes.start_time DESC"], max_results=1)
         return runs[0] if runs else None
@@ -186,9 +187,3 @@ def error_reason(trial) -> str:
             return lines[-1][:500]
     return "trial failed (no error recorded)"
 
-
-def any_value(d: dict, *keys: str, default: Any = None) -> Any:
-    for k in keys:
-        if k in d:
-            return d[k]
-    return default

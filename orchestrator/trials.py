@@ -49,26 +49,41 @@ def _dataset(sweep: Sweep, root: str, fingerprint: str) -> dict:
 
 def _hash(cfg: dict) -> str:
     """Everything that decides the result; not where files lie, the sweep's name or the resources."""
-    keep = {k: v for k, v in cfg.items() if k not in ("sweep", "resources", "name", "config_hash", "labels")}
+    skip = ("sweep", "resources", "name", "config_hash", "labels", "init")
+    keep = {k: v for k, v in cfg.items() if k not in skip}
     keep["dataset"] = {k: v for k, v in cfg["dataset"].items() if k not in ("root", "download")}
     keep["result_version"] = RESULT_VERSION
     return digest(keep)
 
 
 def teacher_trial(sweep: Sweep, spec: TeacherSpec, dataset: dict, checkpoint_digest: str | None) -> dict:
+    """A teacher has two keys. `weights_hash` names its weights (model, data, schedule, or the file
+    it came from): students refer to it, and trained weights are reused by it. `config_hash` adds the
+    evaluation, so a sweep with another probe re-scores the same weights instead of retraining."""
     sched = sweep.teacher_schedule.model_dump()
     if checkpoint_digest is not None:
-        sched["epochs"] = 0  # a given teacher is only evaluated
+        sched = {"from_checkpoint": checkpoint_digest}
+    ds = {k: v for k, v in dataset.items() if k not in ("root", "download")}
+    weights_hash = digest({"model": _model(spec), "dataset": ds, "train": sched, "seed": TEACHER_SEED,
+                           "result_version": RESULT_VERSION})
     cfg = {
         "role": "teacher", "sweep": sweep.name, "dataset": dataset, "student": _model(spec),
         "teacher": None, "method": "none", "knobs": method_class("none").Knobs().model_dump(by_alias=True),
-        "train": sched, "eval": _eval(sweep, with_classifier=True), "seed": TEACHER_SEED,
-        "checkpoint_digest": checkpoint_digest, "resources": sweep.resources.model_dump(),
+        "train": sweep.teacher_schedule.model_dump(), "eval": _eval(sweep, with_classifier=True),
+        "seed": TEACHER_SEED, "weights_hash": weights_hash, "resources": sweep.resources.model_dump(),
     }
     cfg["config_hash"] = _hash(cfg)
-    cfg["init"] = cfg["config_hash"] if checkpoint_digest else None
+    cfg["init"] = None
     cfg["labels"] = {"teacher": spec.label, "student": spec.label, "pair": spec.label, "cell": {}}
-    cfg["name"] = f"teacher_{spec.label}_{cfg['config_hash'][:6]}"
+    cfg["name"] = f"teacher_{spec.label}_{weights_hash[:6]}"
+    if checkpoint_digest is not None:
+        cfg = evaluate_only(cfg)
+    return cfg
+
+
+def evaluate_only(teacher: dict) -> dict:
+    """The same teacher trial, scoring weights that exist (a checkpoint, or an earlier training run)."""
+    cfg = {**teacher, "train": {**teacher["train"], "epochs": 0}, "init": teacher["weights_hash"]}
     return cfg
 
 

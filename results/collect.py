@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 
-import mlflow
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
@@ -15,7 +14,7 @@ class NoRuns(Exception):
 
 TAGS = {"role": "kd.role", "pair": "kd.pair", "teacher": "kd.teacher", "student": "kd.student",
         "method": "kd.method", "cell": "kd.cell", "seed": "kd.seed", "config_hash": "kd.config_hash",
-        "teacher_hash": "kd.teacher_hash", "error": "kd.error"}
+        "teacher_hash": "kd.teacher_hash", "weights_hash": "kd.weights_hash", "error": "kd.error"}
 
 
 def latest_parent(client: MlflowClient, sweep: str | None):
@@ -55,26 +54,41 @@ def _frame(runs: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+def _search_all(client: MlflowClient, exps: list[str], filt: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs(exps, filter_string=filt, order_by=["attributes.start_time ASC"],
+                                  max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _runs_frame(runs) -> pd.DataFrame:
+    """Run objects in the shape `mlflow.search_runs` gives as pandas."""
+    rows = []
+    for r in runs:
+        row = {"run_id": r.info.run_id, "status": r.info.status}
+        row.update({f"tags.{k}": v for k, v in r.data.tags.items()})
+        row.update({f"metrics.{k}": v for k, v in r.data.metrics.items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def sweep_runs(tracking_uri: str, sweep: str | None = None) -> tuple[object, pd.DataFrame]:
     """The latest `kd-sweep run` of SWEEP (or of any sweep): its parent run and its trials, plus the
     runs of the teachers its students used (which may live in an earlier sweep)."""
     client = MlflowClient(tracking_uri)
     parent = latest_parent(client, sweep)
     exp = parent.info.experiment_id
-    mlflow.set_tracking_uri(tracking_uri)  # search_runs reads the global URI
-    children = mlflow.search_runs([exp], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent.info.run_id}'",
-                                  order_by=["attributes.start_time ASC"], output_format="pandas")
-    df = _frame(children)
-    have = set(df.loc[df["role"] == "teacher", "config_hash"])
-    wanted = sorted(set(df["teacher_hash"].dropna()) - have)
-    if wanted:
-        all_exps = [e.experiment_id for e in client.search_experiments()]
-        # Tag filters take no IN: one query per teacher (a sweep has a handful).
-        teachers = pd.concat([mlflow.search_runs(all_exps, filter_string=f"tags.`kd.role` = 'teacher' and "
-                                                                        f"tags.`kd.config_hash` = '{h}'",
-                                                 output_format="pandas", order_by=["attributes.start_time DESC"])
-                              for h in wanted], ignore_index=True)
-        teachers = _frame(teachers).drop_duplicates("config_hash")
-        df = pd.concat([df, teachers], ignore_index=True)
+    children = _search_all(client, [exp], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent.info.run_id}'")
+    df = _frame(_runs_frame(children))
+    # Teachers this sweep used, wherever they were trained (the parent records their runs).
+    used = json.loads(parent.data.tags.get("kd.teacher_runs", "{}"))
+    here = set(df.loc[df["role"] == "teacher", "run_id"])
+    extra = [client.get_run(r) for r in used.values() if r not in here]
+    if extra:
+        df = pd.concat([df, _frame(_runs_frame(extra))], ignore_index=True)
     return parent, df
 

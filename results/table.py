@@ -57,7 +57,7 @@ def build(runs: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, str]:
                                                    methods_vary), axis=1)
     for (pair, label), grp in students.groupby([students["pair"], labels]):
         table.loc[pair, label] = agg(grp[col])
-    teachers = done[done["role"] == "teacher"].drop_duplicates("config_hash").set_index("config_hash")
+    teachers = done[done["role"] == "teacher"].drop_duplicates("weights_hash").set_index("weights_hash")
     scratch = done[done["role"] == "scratch"]
     for pair in pairs:
         rows = students[students["pair"] == pair]

@@ -100,6 +100,45 @@ def test_second_sweep_reuses_the_trained_teacher(quickstart):
     assert pd.read_csv(io.StringIO(table))["column"].tolist() == ["Teacher", "lambda=0.25"]
 
 
+ONE_TRIAL = [*SHRINK, "--set", "grid.lambda=[0.5]", "--set", "seeds=[0]", "--set", "scratch=false"]
+
+
+def test_teacher_from_a_repdistiller_checkpoint_is_evaluated_not_trained(quickstart):
+    import torch
+
+    cwd, _ = quickstart
+    uri = f"sqlite:///{cwd}/mlflow.db"
+    trained = runs(uri, "teacher")[0]
+    local = mlflow.artifacts.download_artifacts(run_id=trained.info.run_id, artifact_path="teacher/model.pt",
+                                                tracking_uri=uri)
+    ckpt = cwd / "ckpt_epoch_240.pth"
+    torch.save({"model": torch.load(local, weights_only=True), "epoch": 240, "accuracy": 0.0}, ckpt)
+    res = kd_sweep("run", str(SWEEPS / "quickstart.yaml"), *ONE_TRIAL,
+                   "--set", f"pairs.0.teacher.checkpoint={ckpt}", cwd=cwd)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "teachers: 1 trial(s)" in res.stdout
+    given = [r for r in runs(uri, "teacher") if r.info.run_id != trained.info.run_id]
+    assert len(given) == 1
+    client = MlflowClient(uri)
+    assert client.get_metric_history(given[0].info.run_id, "train/loss") == []  # not trained
+    # Same weights, same test set: the same score.
+    assert given[0].data.metrics["eval/classifier_top1"] == trained.data.metrics["eval/classifier_top1"]
+
+
+def test_new_evaluation_rescores_the_teacher_without_retraining(quickstart):
+    cwd, _ = quickstart
+    uri = f"sqlite:///{cwd}/mlflow.db"
+    before = len(runs(uri, "teacher"))
+    res = kd_sweep("run", str(SWEEPS / "quickstart.yaml"), *ONE_TRIAL, "--set", "eval.knn.k=3", cwd=cwd)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "re-scoring the weights of run" in res.stdout
+    new = runs(uri, "teacher")
+    assert len(new) == before + 1
+    rescored = max(new, key=lambda r: r.info.start_time)
+    assert MlflowClient(uri).get_metric_history(rescored.info.run_id, "train/loss") == []
+    assert rescored.data.params["eval.knn.k"] == "3"
+
+
 def test_lambda_ablation_on_cifar100_format_data(cifar_root, tmp_path):
     res = kd_sweep("run", str(SWEEPS / "lambda_ablation.yaml"),
                    "--set", f"dataset.root={cifar_root}", "--set", "dataset.verify_checksum=false",

@@ -11,7 +11,8 @@ from results.table import Cell, build, render
 def run(role, pair, method, cell, seed, value, status="FINISHED", student="s", th="T1", ch=None):
     return {"run_id": f"{role}{pair}{cell}{seed}", "status": status, "role": role, "pair": pair,
             "teacher": "t", "student": student, "method": method, "cell": cell, "seed": seed,
-            "config_hash": ch or f"h{role}{pair}{cell}{seed}", "teacher_hash": th if role == "student" else None,
+            "config_hash": f"h{role}{pair}{cell}{seed}", "teacher_hash": th if role == "student" else None,
+            "weights_hash": ch if role == "teacher" else None,
             "error": None, "eval/linear_top1": value}
 
 
