@@ -16,10 +16,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from dataclasses import dataclass
+
 from .datasets import ImageData, load_dataset, train_batches
 from .evaluate import evaluate
 from .methods import method_class
-from .models import Backbone, build_model
+from .methods.base import DataInfo, Method, ModelInfo, Step
+from .models import Backbone, Output, build_model
 
 Report = Callable[[dict[str, float], dict[str, Any], dict[str, torch.Tensor] | None], None]
 
@@ -43,6 +46,33 @@ def pick_device(cfg: dict) -> torch.device:
 def make_model(spec: dict, data: ImageData, with_head: bool) -> Backbone:
     return build_model(spec["model"], num_classes=data.num_classes if with_head else 0,
                        in_channels=data.in_channels, image_size=data.image_size, **spec.get("options", {}))
+
+
+@torch.no_grad()
+def model_info(model: Backbone, data: ImageData, preact: bool) -> ModelInfo:
+    was = model.training
+    model.eval()
+    out = model(data.normalise(data.train_x[:2]), with_maps=True, preact=preact)
+    model.train(was)
+    return ModelInfo(out.feature.shape[1], [tuple(m.shape[1:]) for m in out.maps], model.num_classes)
+
+
+@dataclass
+class Context:
+    """What a method's `setup` and `pretrain` hooks may use."""
+    cfg: dict
+    data: ImageData
+    student: Backbone
+    teacher: Backbone | None
+    device: torch.device
+    seed: int
+    batch_size: int
+
+    def batches(self, epoch: int):
+        """(x, y, idx) of one shuffled, augmented epoch; a function of (seed, epoch) alone."""
+        gen = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + epoch)
+        for idx in train_batches(len(self.data.train_x), self.batch_size, gen):
+            yield self.data.augment(self.data.train_x[idx], gen), self.data.train_y[idx], idx
 
 
 def load_teacher(cfg: dict, data: ImageData, state: dict[str, torch.Tensor], device: torch.device) -> Backbone:
@@ -74,7 +104,11 @@ def fit(cfg: dict, report: Report, teacher_state: dict[str, torch.Tensor] | None
     student = make_model(cfg["student"], data, with_head=cls.student_needs_head(knobs)).to(device)
     if init_state is not None:
         student.load_state_dict(init_state)
-    method = cls(knobs, student.feature_dim, teacher.feature_dim if teacher else None, ds["name"]).to(device)
+    method = cls(knobs, model_info(student, data, cls.preact),
+                 model_info(teacher, data, cls.preact) if teacher is not None else None,
+                 DataInfo(ds["name"], data.num_classes, len(data.train_x))).to(device)
+    ctx = Context(cfg, data, student, teacher, device, seed, cfg["train"]["batch_size"])
+    method.setup(ctx)
 
     sched_cfg = cfg["train"]
     params = [p for p in list(student.parameters()) + list(method.parameters()) if p.requires_grad]
@@ -82,13 +116,15 @@ def fit(cfg: dict, report: Report, teacher_state: dict[str, torch.Tensor] | None
                           weight_decay=sched_cfg["weight_decay"])
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, sched_cfg["milestones"], sched_cfg["gamma"])
 
-    start = 1
+    start, pre = 1, {}
     if resume is not None:
         student.load_state_dict(resume["student"])
         method.load_state_dict(resume["method"])
         opt.load_state_dict(resume["optimizer"])
         sched.load_state_dict(resume["scheduler"])
         start = resume["epoch"] + 1
+    else:
+        pre = {f"pretrain/{k}": v for k, v in method.pretrain(ctx).items()}
 
     def state(epoch: int) -> dict[str, Any]:
         return {"student": student.state_dict(), "method": method.state_dict(), "optimizer": opt.state_dict(),
@@ -103,6 +139,8 @@ def fit(cfg: dict, report: Report, teacher_state: dict[str, torch.Tensor] | None
         metrics = train_epoch(student, teacher, method, data, opt, gen, sched_cfg["batch_size"], epoch)
         sched.step()
         metrics["train/lr"] = lr
+        if epoch == start:
+            metrics.update(pre)
         if epoch == epochs:
             metrics.update(evaluate(student, data, cfg["eval"], seed))
         report({"epoch": epoch, **metrics}, state(epoch), student.state_dict() if epoch == epochs else None)
@@ -111,22 +149,28 @@ def fit(cfg: dict, report: Report, teacher_state: dict[str, torch.Tensor] | None
                student.state_dict())
 
 
-def train_epoch(student: Backbone, teacher: Backbone | None, method: torch.nn.Module, data: ImageData,
+def train_epoch(student: Backbone, teacher: Backbone | None, method: Method, data: ImageData,
                 opt: torch.optim.Optimizer, gen: torch.Generator, batch_size: int, epoch: int) -> dict[str, float]:
     student.train()
     method.train()
-    sums: dict[str, float] = {}
+    sums: dict[str, torch.Tensor] = {}
     seen, steps = 0, 0
     t0 = time.perf_counter()
-    needs_maps = method.needs_maps
-    for idx in train_batches(len(data.train_x), batch_size, gen):
+    maps, preact = method.needs_maps, method.preact
+
+    def run_student(x: torch.Tensor) -> Output:
+        return student(x, with_maps=maps, preact=preact)
+
+    def run_teacher(x: torch.Tensor) -> Output:
+        with torch.no_grad():
+            return teacher(x, with_maps=maps, preact=preact)
+
+    for sampled in train_batches(len(data.train_x), batch_size, gen):
+        idx = method.batch_indices(sampled, gen)
         x, y = data.augment(data.train_x[idx], gen), data.train_y[idx]
-        t_out = None
-        if teacher is not None:
-            with torch.no_grad():
-                t_out = teacher(x, with_maps=needs_maps)
-        s_out = student(x, with_maps=needs_maps)
-        terms = method(s_out, t_out, y)
+        step = Step(x, y, idx, run_student(x), run_teacher(x) if teacher is not None else None,
+                    run_student, run_teacher if teacher is not None else None, epoch)
+        terms = method(step)
         loss = sum(terms.values())
         if not torch.isfinite(loss):
             bad = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())

@@ -1,13 +1,16 @@
-"""What every distillation method shares: typed knobs, the common CE/KD terms, and named loss terms.
+"""What every distillation method shares: typed knobs, the common CE/KD terms, named loss terms.
 
-A method is one file: a `Method` subclass with a `Knobs` model, registered in METHODS. Its
-`distill` returns named terms (each logged on its own); the base adds `ce` and `kd` and applies
-`scale`. Learnable modules a method adds (projectors...) are attributes of the method, so they
-train with the student and are dropped with the method after training.
+A method is one file: a `Method` subclass with a `Knobs` model, registered in METHODS. The trainer
+calls, in order: `__init__` (build learnable modules: projectors, regressors...), `setup(ctx)` once
+per trial (neighbour pools, anchor sets, memory banks), `pretrain(ctx)` once before training (FT's
+paraphraser, AB/FSP's initialisation), then per step `batch_indices` and `forward(step)`.
+`distill` returns named terms (each logged on its own); the base applies `scale` and adds `ce` and
+`kd`. Modules a method adds are its attributes: they train with the student and are dropped after.
 """
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from ..models import Output
+
+if TYPE_CHECKING:
+    from ..trial import Context
 
 
 class Knobs(BaseModel):
@@ -26,31 +32,86 @@ class Knobs(BaseModel):
     scale: float = Field(1.0, gt=0, description="multiplier on the method's own terms")
 
 
+@dataclass
+class ModelInfo:
+    """What a method may size its modules by: read off a forward pass of the real model."""
+    feature_dim: int
+    map_shapes: list[tuple[int, ...]]  # each stage map without the batch dim: (C, H, W), or (H,) for an MLP
+    num_classes: int                   # 0 when the model has no head
+
+
+@dataclass
+class DataInfo:
+    name: str
+    num_classes: int
+    num_train: int
+
+
+@dataclass
+class Step:
+    x: torch.Tensor           # the augmented batch, as the networks saw it
+    y: torch.Tensor
+    idx: torch.Tensor         # dataset indices of the batch's samples (memory banks key on them)
+    s: Output
+    t: Output | None
+    student: Callable[[torch.Tensor], Output]           # extra forwards, with gradient (anchors...)
+    teacher: Callable[[torch.Tensor], Output] | None    # extra forwards, no gradient
+    epoch: int
+
+
 class Method(nn.Module):
     Knobs: ClassVar[type[Knobs]] = Knobs
     needs_teacher: ClassVar[bool] = True
-    needs_maps: ClassVar[bool] = False  # ask the models for their stage maps
+    needs_maps: ClassVar[bool] = False   # ask the models for their stage maps
+    preact: ClassVar[bool] = False       # ...taken before the last ReLU of each stage
+    teacher_logits: ClassVar[bool] = False  # the method itself reads the teacher's logits
 
-    def __init__(self, knobs: Knobs, student_dim: int, teacher_dim: int | None, dataset: str):
+    def __init__(self, knobs: Knobs, student: ModelInfo, teacher: ModelInfo | None, data: DataInfo):
         super().__init__()
         self.knobs = knobs
-        self.dataset = dataset
+        self.data = data
+
+    # --- what the method needs: used by validation and by the trainer --------------------------
+
+    @classmethod
+    def uses_labels(cls, knobs: Knobs) -> bool:
+        return knobs.lambda_ce > 0
+
+    @classmethod
+    def uses_teacher_logits(cls, knobs: Knobs) -> bool:
+        return cls.teacher_logits or knobs.lambda_kd > 0
 
     @classmethod
     def student_needs_head(cls, knobs: Knobs) -> bool:
-        return knobs.lambda_ce > 0 or knobs.lambda_kd > 0
+        return cls.uses_labels(knobs) or cls.uses_teacher_logits(knobs)
 
-    def distill(self, s: Output, t: Output | None) -> dict[str, torch.Tensor]:
+    # --- hooks --------------------------------------------------------------------------------
+
+    def setup(self, ctx: "Context") -> None:
+        """Once per trial, before training (also after a resume): derived data, no learning."""
+
+    def pretrain(self, ctx: "Context") -> dict[str, float]:
+        """A stage before distillation; runs once (not again after a resume). Returns its metrics."""
+        return {}
+
+    def batch_indices(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """The dataset indices that make up a step's batch, given the step's sampled indices."""
+        return idx
+
+    def distill(self, step: Step) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def forward(self, s: Output, t: Output | None, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, step: Step) -> dict[str, torch.Tensor]:
         k = self.knobs
-        terms = {name: k.scale * v for name, v in self.distill(s, t).items()}
+        terms = {name: k.scale * v for name, v in self.distill(step).items()}
         if k.lambda_ce > 0:
-            terms["ce"] = k.lambda_ce * F.cross_entropy(s.logits, y)
+            terms["ce"] = k.lambda_ce * F.cross_entropy(step.s.logits, step.y)
         if k.lambda_kd > 0:
-            T = k.kd_T
-            terms["kd"] = k.lambda_kd * T * T * F.kl_div(
-                F.log_softmax(s.logits / T, 1), F.log_softmax(t.logits / T, 1),
-                reduction="batchmean", log_target=True)
+            terms["kd"] = k.lambda_kd * kd_loss(step.s.logits, step.t.logits, k.kd_T)
         return terms
+
+
+def kd_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, T: float) -> torch.Tensor:
+    """Hinton et al.: T^2 * KL(softmax(t/T) || softmax(s/T)), averaged over the batch."""
+    return T * T * F.kl_div(F.log_softmax(s_logits / T, 1), F.log_softmax(t_logits / T, 1),
+                            reduction="batchmean", log_target=True)

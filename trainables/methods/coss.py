@@ -14,7 +14,7 @@ from pydantic import Field
 from torch import nn
 
 from ..registry import METHODS
-from .base import Knobs, Method
+from .base import DataInfo, Knobs, Method, ModelInfo, Step
 
 EPS = 1e-8
 
@@ -43,17 +43,18 @@ def projector(d_in: int, d_out: int) -> nn.Module:
 class CoSS(Method):
     Knobs = CoSSKnobs
 
-    def __init__(self, knobs: CoSSKnobs, student_dim: int, teacher_dim: int, dataset: str):
-        super().__init__(knobs, student_dim, teacher_dim, dataset)
-        imagenet = dataset == "imagenet"
+    def __init__(self, knobs: CoSSKnobs, student: ModelInfo, teacher: ModelInfo, data: DataInfo):
+        super().__init__(knobs, student, teacher, data)
+        imagenet = data.name == "imagenet"
         self.beta = knobs.beta if knobs.beta is not None else (1.0 if imagenet else 50.0)
         mode = knobs.temperature or ("post" if imagenet else "pre")
         # "pre" divides before normalising, so the temperatures cancel: plain cosine.
         self.tau_t, self.tau_s = (knobs.tau_t, knobs.tau_s) if mode == "post" else (1.0, 1.0)
-        self.proj = projector(student_dim, teacher_dim) if student_dim != teacher_dim else nn.Identity()
+        d_s, d_t = student.feature_dim, teacher.feature_dim
+        self.proj = projector(d_s, d_t) if d_s != d_t else nn.Identity()
 
-    def distill(self, s, t):
-        a_s, z_t = self.proj(s.feature), t.feature
+    def distill(self, step: Step) -> dict[str, torch.Tensor]:
+        a_s, z_t = self.proj(step.s.feature), step.t.feature
         co = similarity_term(z_t, a_s, self.tau_t, self.tau_s)
         ss = similarity_term(z_t.T, a_s.T, self.tau_t, self.tau_s)
         return {"co": self.beta * co, "ss": self.beta * self.knobs.lam * ss}

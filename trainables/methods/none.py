@@ -16,5 +16,5 @@ class Scratch(Method):
     Knobs = NoneKnobs
     needs_teacher = False
 
-    def distill(self, s, t):
+    def distill(self, step):
         return {}
