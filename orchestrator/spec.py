@@ -16,7 +16,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
                       model_validator)
 
 from trainables.datasets import DATASETS
-from trainables.methods import METHODS, method_knob_model
+from trainables.methods import METHODS, method_class, method_knob_model
 from trainables.models import MODELS, model_options
 
 
@@ -187,6 +187,9 @@ class Sweep(Strict):
     description: str = ""
     dataset: DatasetSpec
     pairs: list[Pair] = Field(min_length=1)
+    # unsupervised (CoSS): no labels in the loss and the teacher's classifier is removed, so methods
+    # that need either are refused at validation; the from-scratch column still uses labels.
+    setting: Literal["supervised", "unsupervised"] = "supervised"
     method: str
     knobs: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
@@ -318,15 +321,34 @@ def check_method_knobs(sweep: Sweep, file: str) -> None:
                     raise SpecError(file, f"{where}.{k}", f"method {method!r} has no knob {k!r}"
                                     f"{_did_you_mean(k, listed)} (knobs: {', '.join(listed)})")
         for cell in grid_cells(sweep.grid):
+            if cell.get("method", method) != method:
+                continue
             knobs = {**sweep.knobs, **{k: v for k, v in cell.items() if k != "method"}}
             try:
-                model.model_validate(knobs)
+                resolved = model.model_validate(knobs)
             except ValidationError as e:
                 err = e.errors()[0]
-                field = _loc(err["loc"])
+                field = _loc(err["loc"]) or "knobs"
                 where = "grid" if field in sweep.grid else "knobs"
-                raise SpecError(file, f"{where}.{field}", f"{err['msg'].removeprefix('Value error, ')}"
-                                f" (method {method!r})") from None
+                raise SpecError(file, f"{where}.{field}" if field != "knobs" else where,
+                                f"{err['msg'].removeprefix('Value error, ')} (method {method!r})") from None
+            if sweep.setting == "unsupervised":
+                check_unsupervised(method, resolved, sweep, file)
+
+
+def check_unsupervised(method: str, knobs: Any, sweep: "Sweep", file: str) -> None:
+    cls = method_class(method)
+    field = "grid.method" if "method" in sweep.grid else "method"
+    why = None
+    if cls.uses_labels(knobs):
+        why = (f"uses labels (lambda_ce {knobs.lambda_ce:g})" if knobs.lambda_ce > 0 else "needs labels")
+    elif cls.uses_teacher_logits(knobs):
+        why = (f"uses the teacher's logits (lambda_kd {knobs.lambda_kd:g})" if knobs.lambda_kd > 0
+               else "needs the teacher's logits")
+    if why:
+        raise SpecError(file, field, f"method {method!r} {why}, and this sweep's setting is unsupervised (no"
+                        " labels in the loss, the teacher's classifier removed); use setting: supervised,"
+                        " or set its label/logit weights to 0")
 
 
 def _all_fields() -> list[str]:

@@ -45,6 +45,10 @@ CASES = [
     ("unknown protocol", mutate("eval", ["linear", "knnn"]), "eval", "unknown protocol 'knnn'"),
     ("repeated seeds", mutate("seeds", [0, 0]), "seeds", "seeds repeat"),
     ("milestones out of order", mutate("train.milestones", [25, 20]), "train.milestones", "increasing order"),
+    ("labels in the unsupervised setting", mutate("knobs.lambda_ce", 1.0), "method", "uses labels (lambda_ce 1)"),
+    ("teacher logits in the unsupervised setting", mutate("knobs.lambda_kd", 0.5), "method", "teacher's logits"),
+    ("unknown setting", mutate("setting", "semi"), "setting", "'supervised' or 'unsupervised'"),
+    ("k above its pool", mutate("knobs.k", 40), "knobs", "k (40) cannot exceed k_pool (31)"),
     ("bad YAML", "name: x\npairs: [\n", "line", "not valid YAML"),
     ("not a mapping", "- just\n- a list\n", "", "YAML mapping"),
 ]

@@ -1,5 +1,8 @@
 """CoSS (Singh & Wang): cosine similarity per sample plus *space* similarity per feature dimension.
 
+With `k > 0` each batch of b anchors is extended by k of each anchor's `k_pool` nearest neighbours
+in the teacher's embedding (pre-computed once, see trainables/neighbours.py): b*(1+k) images.
+
 loss = beta * ( term(z_t, a_s) + lambda * term(z_t^T, a_s^T) ),
 term(T, S) = -mean_rows <row(T)/tau_t, row(S)/tau_s>. On the transposes, each feature dimension
 is L2-normalised over the batch (no centring): that is the space-similarity term.
@@ -10,9 +13,10 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
+from ..neighbours import neighbour_pools, sample_neighbours
 from ..registry import METHODS
 from .base import DataInfo, Knobs, Method, ModelInfo, Step
 
@@ -24,9 +28,18 @@ class CoSSKnobs(Knobs):
     beta: float | None = Field(None, gt=0, description="loss scale; default 1 on ImageNet, 50 elsewhere")
     tau_t: float = Field(0.07, gt=0, description="teacher temperature (temperature: post)")
     tau_s: float = Field(0.1, gt=0, description="student temperature (temperature: post)")
+    k: int = Field(0, ge=0, description="neighbours appended per anchor (CoSS ImageNet 15; CIFAR tables 0)")
+    k_pool: int = Field(31, ge=1, description="pool of nearest teacher neighbours the k are drawn from (CoSS 31)")
     temperature: Literal["post", "pre"] | None = Field(
         None, description="post: normalise then divide (ImageNet code); pre: divide then normalise,"
                           " i.e. plain cosine (CIFAR code); default by dataset")
+
+    @model_validator(mode="after")
+    def _pool_holds_k(self) -> "CoSSKnobs":
+        if self.k > self.k_pool:
+            raise ValueError(f"k ({self.k}) cannot exceed k_pool ({self.k_pool}): neighbours are drawn"
+                             " without replacement from the pool")
+        return self
 
 
 def similarity_term(t: torch.Tensor, s: torch.Tensor, tau_t: float = 1.0, tau_s: float = 1.0) -> torch.Tensor:
@@ -52,6 +65,18 @@ class CoSS(Method):
         self.tau_t, self.tau_s = (knobs.tau_t, knobs.tau_s) if mode == "post" else (1.0, 1.0)
         d_s, d_t = student.feature_dim, teacher.feature_dim
         self.proj = projector(d_s, d_t) if d_s != d_t else nn.Identity()
+        self.pools: torch.Tensor | None = None  # set by setup when k > 0
+
+    def setup(self, ctx) -> None:
+        if self.knobs.k > 0:
+            fingerprint = ctx.cfg["dataset"].get("fingerprint") or ctx.data.fingerprint()
+            key = f"{ctx.cfg['teacher']['hash']}_{fingerprint}"
+            self.pools = neighbour_pools(ctx.teacher, ctx.data, self.knobs.k_pool, key).to(ctx.device)
+
+    def batch_indices(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        if self.pools is None:
+            return idx
+        return sample_neighbours(self.pools, idx, self.knobs.k, gen)
 
     def distill(self, step: Step) -> dict[str, torch.Tensor]:
         a_s, z_t = self.proj(step.s.feature), step.t.feature
