@@ -220,6 +220,14 @@ class Sweep(Strict):
     def methods(self) -> list[str]:
         return list(self.grid.get("method", [self.method]))
 
+    def shared_knobs(self) -> dict[str, Any]:
+        """Knobs for every method; a mapping under a method's name holds that method's own."""
+        return {k: v for k, v in self.knobs.items() if not (k in METHODS and isinstance(v, dict))}
+
+    def knobs_for(self, method: str, cell: dict[str, Any]) -> dict[str, Any]:
+        own = self.knobs.get(method) if isinstance(self.knobs.get(method), dict) else {}
+        return {**self.shared_knobs(), **own, **{k: v for k, v in cell.items() if k != "method"}}
+
     @property
     def teacher_schedule(self) -> Schedule:
         return self.teacher_train or self.train
@@ -309,10 +317,18 @@ def check_method_knobs(sweep: Sweep, file: str) -> None:
             raise SpecError(file, f"grid.{axis}", "empty grid axis: give at least one value")
         if len(values) != len({repr(v) for v in values}):
             raise SpecError(file, f"grid.{axis}", "values repeat")
+    for name, value in sweep.knobs.items():
+        if name in METHODS and not isinstance(value, dict):
+            raise SpecError(file, f"knobs.{name}", f"knobs under a method's name are that method's own:"
+                            f" give a mapping, e.g. {name}: {{weight: 1.0}}")
+        if isinstance(value, dict) and name in METHODS and name not in sweep.methods:
+            raise SpecError(file, f"knobs.{name}", f"method {name!r} is not in this sweep"
+                            f" (methods: {', '.join(sweep.methods)})")
     for method in sweep.methods:
         model = method_knob_model(method)
         known = set(model.model_fields) | {f.alias for f in model.model_fields.values() if f.alias}
-        for where, names in (("knobs", sweep.knobs), ("grid", sweep.grid)):
+        own = sweep.knobs.get(method, {})
+        for where, names in (("knobs", sweep.shared_knobs()), (f"knobs.{method}", own), ("grid", sweep.grid)):
             for k in names:
                 if where == "grid" and k == "method":
                     continue
@@ -323,14 +339,13 @@ def check_method_knobs(sweep: Sweep, file: str) -> None:
         for cell in grid_cells(sweep.grid):
             if cell.get("method", method) != method:
                 continue
-            knobs = {**sweep.knobs, **{k: v for k, v in cell.items() if k != "method"}}
             try:
-                resolved = model.model_validate(knobs)
+                resolved = model.model_validate(sweep.knobs_for(method, cell))
             except ValidationError as e:
                 err = e.errors()[0]
-                field = _loc(err["loc"]) or "knobs"
-                where = "grid" if field in sweep.grid else "knobs"
-                raise SpecError(file, f"{where}.{field}" if field != "knobs" else where,
+                field = _loc(err["loc"])
+                where = "grid" if field in sweep.grid else f"knobs.{method}" if field in own else "knobs"
+                raise SpecError(file, f"{where}.{field}" if field else where,
                                 f"{err['msg'].removeprefix('Value error, ')} (method {method!r})") from None
             if sweep.setting == "unsupervised":
                 check_unsupervised(method, resolved, sweep, file)

@@ -20,7 +20,7 @@ from .trials import flat_params
 
 KD_VERSION = "0.1.0"
 # Per-epoch names the trainable reports; everything else in a Tune result is Ray's bookkeeping.
-METRIC_PREFIXES = ("train/", "eval/")
+METRIC_PREFIXES = ("train/", "eval/", "pretrain/")
 
 logging.getLogger("mlflow").setLevel(logging.WARNING)
 

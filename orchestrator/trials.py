@@ -93,8 +93,7 @@ def student_trials(sweep: Sweep, dataset: dict, teacher_hash: dict[int, str]) ->
     for i, pair in enumerate(sweep.pairs):
         for cell in grid_cells(sweep.grid):
             method = cell.get("method", sweep.method)
-            raw = {**sweep.knobs, **{k: v for k, v in cell.items() if k != "method"}}
-            knobs = method_class(method).Knobs.model_validate(raw).model_dump(by_alias=True)
+            knobs = method_class(method).Knobs.model_validate(sweep.knobs_for(method, cell)).model_dump(by_alias=True)
             for seed in sweep.seeds:
                 needs_teacher = method_class(method).needs_teacher
                 cfg = _student(sweep, pair, dataset, method, knobs, seed, "student",

@@ -112,6 +112,23 @@ def test_set_reaches_into_model_shorthand(tmp_path, monkeypatch, runner):
     assert sweep.pairs[0].teacher.checkpoint is None
 
 
+def test_method_axis_with_knobs_of_one_method(tmp_path):
+    f = tmp_path / "m.yaml"
+    f.write_text(yaml.safe_dump({**BASE, "setting": "supervised", "grid": {"method": ["coss", "none"]},
+                                 "knobs": {"lambda_ce": 0.5, "coss": {"lambda": 0.25, "beta": 2.0}}}))
+    sweep = load_sweep(f)
+    assert sweep.knobs_for("coss", {"method": "coss"}) == {"lambda_ce": 0.5, "lambda": 0.25, "beta": 2.0}
+    assert sweep.knobs_for("none", {"method": "none"}) == {"lambda_ce": 0.5}
+    f.write_text(yaml.safe_dump({**BASE, "setting": "supervised", "grid": {"method": ["coss", "none"]},
+                                 "knobs": {"coss": {"lamda": 0.25}}}))
+    with pytest.raises(Exception, match=r"knobs.coss.lamda: method 'coss' has no knob 'lamda'"):
+        load_sweep(f)
+    f.write_text(yaml.safe_dump({**BASE, "setting": "supervised", "grid": {"method": ["coss", "none"]},
+                                 "knobs": {"beta": 2.0}}))  # beta is CoSS's alone: not shared by `none`
+    with pytest.raises(Exception, match=r"knobs.beta: method 'none' has no knob 'beta'"):
+        load_sweep(f)
+
+
 def test_every_sweep_file_validates():
     for f in sorted(SWEEPS.glob("*.yaml")):
         assert count_trials(load_sweep(f)) > 0, f
