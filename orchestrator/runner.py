@@ -60,7 +60,7 @@ def preflight(sweep: Sweep, file: str, base: str) -> Plan:
             try:
                 state = read_state_dict(path)
                 model = build_model(spec.model, data.num_classes, data.in_channels, data.image_size, **spec.options)
-                load_into(model, state, path)
+                state = load_into(model, state, path)
             except CheckpointError as e:
                 raise SpecError(file, f"pairs.{i}.teacher.checkpoint", str(e)) from None
             digest = file_digest(path)

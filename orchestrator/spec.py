@@ -349,6 +349,10 @@ def check_method_knobs(sweep: Sweep, file: str) -> None:
                                 f"{err['msg'].removeprefix('Value error, ')} (method {method!r})") from None
             if sweep.setting == "unsupervised":
                 check_unsupervised(method, resolved, sweep, file)
+            if not method_class(method).has_main_loss(resolved):
+                raise SpecError(file, "grid.method" if "method" in sweep.grid else "method",
+                                f"method {method!r} has nothing to train the student with after its pre-stage"
+                                " (weight 0, lambda_ce 0, lambda_kd 0): give it a weight or a label term")
 
 
 def check_unsupervised(method: str, knobs: Any, sweep: "Sweep", file: str) -> None:

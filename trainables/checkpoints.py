@@ -30,8 +30,11 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def load_into(model: Backbone, state: dict[str, torch.Tensor], path: str) -> None:
-    """Load strictly; a mismatch names the first offending key."""
+def load_into(model: Backbone, state: dict[str, torch.Tensor], path: str) -> dict[str, torch.Tensor]:
+    """Load strictly (after the model's own renaming of foreign keys, e.g. CRD's `linear` -> `fc`);
+    a mismatch names the first offending key. Returns the state as loaded."""
+    if hasattr(model, "adapt_state_dict"):
+        state = model.adapt_state_dict(state)
     own = model.state_dict()
     for k, v in own.items():
         if k not in state:
@@ -43,3 +46,4 @@ def load_into(model: Backbone, state: dict[str, torch.Tensor], path: str) -> Non
     if extra:
         raise CheckpointError(f"{path}: unexpected key {extra[0]!r} (is this checkpoint for another model?)")
     model.load_state_dict(state)
+    return state

@@ -88,6 +88,8 @@ def fit(cfg: dict, report: Report, teacher_state: dict[str, torch.Tensor] | None
         resume: dict[str, Any] | None = None, init_state: dict[str, torch.Tensor] | None = None) -> None:
     """`teacher_state`: the frozen teacher's weights; `init_state`: weights to start the model from
     (a teacher given as a checkpoint is evaluated from them)."""
+    # A trial uses the CPU share it asked for (Ray sets OMP_NUM_THREADS=1 in its workers otherwise).
+    torch.set_num_threads(max(1, int(cfg["resources"]["cpu"])))
     device = pick_device(cfg)
     seed = cfg["seed"]
     seed_everything(seed)
@@ -197,8 +199,6 @@ def tune_trainable(config: dict, teachers: dict[str, dict[str, torch.Tensor]] | 
 
     cfg = config["trial"]
     logging.getLogger("ray").setLevel(logging.WARNING)  # one INFO line per checkpoint otherwise
-    # Ray sets OMP_NUM_THREADS=1 in workers; a trial uses the CPU share it asked for.
-    torch.set_num_threads(max(1, int(cfg["resources"]["cpu"])))
     resume = None
     ckpt = tune.get_checkpoint()
     if ckpt is not None:

@@ -4,12 +4,19 @@ from __future__ import annotations
 import os
 
 from ..registry import DATASETS
-from . import cifar, digits  # noqa: F401  (registration side effect)
-from .base import DatasetMissing, ImageData, eval_batches, train_batches
+from . import cifar, digits, mnist, svhn  # noqa: F401  (registration side effect)
+from .base import AUGMENTATIONS, MAX_VAL_SPLIT, DatasetMissing, ImageData, check_options, eval_batches, train_batches
 
-__all__ = ["DATASETS", "DatasetMissing", "ImageData", "eval_batches", "load_dataset", "train_batches"]
+__all__ = ["AUGMENTATIONS", "DATASETS", "DatasetMissing", "ImageData", "MAX_VAL_SPLIT", "eval_batches", "load_dataset",
+           "train_batches"]
 
 
-def load_dataset(name: str, root: str, download: bool = False, verify_checksum: bool = True) -> ImageData:
+def load_dataset(name: str, root: str, download: bool = False, verify_checksum: bool = True,
+                 augment: str | None = None, val_split: float = 0.0, val_seed: int = 0) -> ImageData:
+    """`augment`: None (the dataset's default view) or one of AUGMENTATIONS. `val_split` > 0: a stratified part
+    of the training set, seeded by `val_seed`, comes back in place of the test split (eval_split "val") and
+    leaves the training set; keep the test split for final numbers."""
+    check_options(augment, val_split)  # before any reading or downloading
     root = os.path.abspath(os.path.expanduser(root))
-    return DATASETS.get(name)(root, download=download, verify_checksum=verify_checksum)
+    return DATASETS.get(name)(root, download=download, verify_checksum=verify_checksum, augment=augment,
+                              val_split=val_split, val_seed=val_seed)

@@ -6,10 +6,20 @@ and augmenting whole batches at once replaces a DataLoader of per-image PIL tran
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Iterator
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from typing import Callable, Iterator, Optional, Sequence, TypeVar
 
+import numpy as np
 import torch
+
+# `augment` overrides of a dataset's default training view (None keeps the default).
+AUGMENTATIONS = ("crop_flip", "crop", "flip", "none")
+MAX_VAL_SPLIT = 0.5  # a larger hold-out would leave less to train on than it tunes for
+
+T = TypeVar("T")
 
 
 class DatasetMissing(Exception):
@@ -27,6 +37,7 @@ class ImageData:
     std: tuple[float, ...]
     crop_padding: int = 0  # random crop with this zero padding; 0 = no crop
     flip: bool = False
+    eval_split: str = "test"  # what test_x/test_y hold: "test", or "val" (a part held out of train by `holdout`)
 
     @property
     def in_channels(self) -> int:
@@ -45,9 +56,43 @@ class ImageData:
         return h.hexdigest()[:16]
 
     def to(self, device: torch.device) -> "ImageData":
-        return ImageData(self.train_x.to(device), self.train_y.to(device), self.test_x.to(device),
-                         self.test_y.to(device), self.num_classes, self.mean, self.std,
-                         self.crop_padding, self.flip)
+        return replace(self, train_x=self.train_x.to(device), train_y=self.train_y.to(device),
+                       test_x=self.test_x.to(device), test_y=self.test_y.to(device))
+
+    def with_augment(self, augment: Optional[str]) -> "ImageData":
+        """The same data with another training view: one of AUGMENTATIONS, or None for the dataset's default.
+
+        Cropping keeps the dataset's own padding; a dataset that does not crop by default pads by
+        image_size // 8 (4 for 32x32, as CIFAR's RandomCrop(32, padding=4); 3 for 28x28; 1 for 8x8)."""
+        if augment is None:
+            return self
+        check_options(augment, 0.0)
+        pad = self.crop_padding or max(1, self.image_size // 8)
+        return replace(self, crop_padding=pad if augment in ("crop_flip", "crop") else 0,
+                       flip=augment in ("crop_flip", "flip"))
+
+    def holdout(self, fraction: float, seed: int = 0) -> "ImageData":
+        """A stratified, seeded part of the training set in place of the test split (eval_split "val").
+
+        round(N * fraction) images are held out, each class giving its share (largest remainder, so
+        every class is within one image of N_c * fraction); the kept training part loses them. Both
+        parts keep the original order. The same data and seed always give the same split."""
+        check_options(None, fraction)
+        if fraction == 0:
+            return self
+        y = self.train_y.cpu().numpy()
+        classes, counts = np.unique(y, return_counts=True)
+        quota = counts * fraction
+        take = np.floor(quota).astype(np.int64)
+        rest = int(round(len(y) * fraction)) - int(take.sum())
+        take[np.argsort(-(quota - take), kind="stable")[:rest]] += 1
+        rng = np.random.default_rng(seed)
+        val = np.zeros(len(y), dtype=bool)
+        for c, k in zip(classes, take):
+            val[rng.permutation(np.flatnonzero(y == c))[:k]] = True
+        val_t = torch.from_numpy(val).to(self.train_y.device)
+        return replace(self, train_x=self.train_x[~val_t], train_y=self.train_y[~val_t],
+                       test_x=self.train_x[val_t], test_y=self.train_y[val_t], eval_split="val")
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
@@ -70,6 +115,90 @@ class ImageData:
             flip = torch.rand(b, generator=gen, device=gen.device).to(x.device) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         return self.normalise(x)
+
+
+def check_options(augment: Optional[str], val_split: float) -> None:
+    if augment is not None and augment not in AUGMENTATIONS:
+        raise ValueError(f"unknown augment {augment!r} (known: {', '.join(AUGMENTATIONS)}, or null for the"
+                         " dataset's default)")
+    if not 0.0 <= val_split <= MAX_VAL_SPLIT:
+        raise ValueError(f"val_split must be a fraction in [0, {MAX_VAL_SPLIT}], got {val_split}")
+
+
+def configure(data: ImageData, augment: Optional[str] = None, val_split: float = 0.0,
+              val_seed: int = 0) -> ImageData:
+    """What every loader applies last: the `augment` override and the validation hold-out."""
+    check_options(augment, val_split)
+    return data.with_augment(augment).holdout(val_split, val_seed)
+
+
+def download_atomically(root: str, fetch: Callable[[str], object], keep: Sequence[str], what: str,
+                        by_hand: str) -> None:
+    """Runs `fetch(tmp)` (torchvision's download and check) in a temporary folder inside `root` and, once it
+    returned, moves the paths `keep` (relative to tmp) into place under `root`, file by file with os.replace.
+    On any failure the temporary folder goes (and `root`, if this made it): no partial file is left behind."""
+    made = []
+    p = root
+    while not os.path.exists(p):
+        made.append(p)
+        p = os.path.dirname(p)
+    os.makedirs(root, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".kd-sweep-download-", dir=root)
+    done = False
+    try:
+        try:
+            fetch(tmp)
+            absent = [rel for rel in keep if not os.path.exists(os.path.join(tmp, rel))]
+            if absent:
+                raise RuntimeError(f"the download did not produce {', '.join(absent)}")
+        except Exception as e:
+            raise DatasetMissing(
+                f"Downloading {what} failed ({type(e).__name__}: {str(e).strip()}); nothing was left under"
+                f" {root}. Check the network (or proxy) and retry, or {by_hand}") from e
+        for rel in keep:
+            _move_into_place(os.path.join(tmp, rel), os.path.join(root, rel))
+        done = True
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not done:
+            for folder in made:  # deepest first; stops at the first one that is not empty
+                try:
+                    os.rmdir(folder)
+                except OSError:
+                    break
+
+
+def _move_into_place(src: str, dst: str) -> None:
+    if os.path.isdir(src) and os.path.isdir(dst):
+        for name in sorted(os.listdir(src)):
+            _move_into_place(os.path.join(src, name), os.path.join(dst, name))
+        return
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    os.replace(src, dst)
+
+
+def missing_part(absent: Sequence[str], expected: Sequence[str]) -> str:
+    """The '; missing: a, b' part of a message: empty unless only some of the expected files are absent."""
+    return f"; missing: {', '.join(absent)}" if absent and len(absent) < len(expected) else ""
+
+
+def open_or_download(read: Callable[[], T], root: str, *, download: bool, present: bool, missing: str,
+                     corrupt: Callable[[Exception], str], fetch: Callable[[str], object],
+                     keep: Sequence[str], what: str, by_hand: str) -> T:
+    """`read()` the data in place (torchvision raises RuntimeError for absent or corrupt files); with
+    `download`, fetch it first when that fails, through `download_atomically`."""
+    if not present and not download:
+        raise DatasetMissing(missing)
+    try:
+        return read()
+    except RuntimeError as e:
+        if not download:
+            raise DatasetMissing(corrupt(e)) from None
+    download_atomically(root, fetch, keep, what, by_hand)
+    try:
+        return read()
+    except RuntimeError as e:
+        raise DatasetMissing(corrupt(e)) from None
 
 
 def train_batches(n: int, batch_size: int, gen: torch.Generator, drop_last: bool = True

@@ -5,13 +5,14 @@ import numpy as np
 import torch
 
 from ..registry import DATASETS
-from .base import ImageData
+from .base import ImageData, configure
 
 TEST_FRACTION = 0.2
 
 
 @DATASETS.register("digits")
-def load_digits(root: str, download: bool = False, verify_checksum: bool = True) -> ImageData:
+def load_digits(root: str, download: bool = False, verify_checksum: bool = True, augment: str | None = None,
+                val_split: float = 0.0, val_seed: int = 0) -> ImageData:
     from sklearn.datasets import load_digits as sk_digits
 
     d = sk_digits()
@@ -27,5 +28,6 @@ def load_digits(root: str, download: bool = False, verify_checksum: bool = True)
     train_x = xt[~torch.from_numpy(test)]
     mean = float(train_x.float().mean() / 255)
     std = float(train_x.float().std() / 255)
-    return ImageData(train_x, yt[~torch.from_numpy(test)], xt[torch.from_numpy(test)], yt[torch.from_numpy(test)],
+    data = ImageData(train_x, yt[~torch.from_numpy(test)], xt[torch.from_numpy(test)], yt[torch.from_numpy(test)],
                      num_classes=10, mean=(mean,), std=(std,))
+    return configure(data, augment, val_split, val_seed)  # mean/std stay those of the whole training part

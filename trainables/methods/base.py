@@ -82,6 +82,11 @@ class Method(nn.Module):
         return cls.teacher_logits or knobs.lambda_kd > 0
 
     @classmethod
+    def has_main_loss(cls, knobs: Knobs) -> bool:
+        """False when every term of the main stage is weighted 0 (AB/FSP act in their pre-stage only)."""
+        return getattr(knobs, "weight", 1.0) > 0 or knobs.lambda_ce > 0 or knobs.lambda_kd > 0
+
+    @classmethod
     def student_needs_head(cls, knobs: Knobs) -> bool:
         return cls.uses_labels(knobs) or cls.uses_teacher_logits(knobs)
 

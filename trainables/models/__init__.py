@@ -5,7 +5,7 @@ import inspect
 from typing import Any
 
 from ..registry import MODELS
-from . import cifar_resnet, mlp  # noqa: F401  (registration side effect)
+from . import cifar_resnet, mlp, wrn, vgg, mobilenetv2, shufflenet, resnetv2, imagenet, ae_encoder  # noqa: F401  (registration side effect)
 from .base import Backbone, Output
 
 __all__ = ["Backbone", "Output", "build_model", "model_options"]

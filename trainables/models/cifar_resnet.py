@@ -44,19 +44,20 @@ class CifarResNet(Backbone):
         n = (depth - 2) // 6
         self.conv1 = _conv3x3(in_channels, widths[0])
         self.bn1 = nn.BatchNorm2d(widths[0])
-        stages = []
         cin = widths[0]
-        for cout, stride in zip(widths[1:], (1, 2, 2)):
+        # CRD's attribute names (layer1..3, conv1/bn1/conv2/bn2/downsample), so the CRD zoo's
+        # teacher files load key for key.
+        for j, (cout, stride) in enumerate(zip(widths[1:], (1, 2, 2)), start=1):
             blocks = []
             for i in range(n):
                 blocks.append(BasicBlock(cin, cout, stride if i == 0 else 1))
                 cin = cout
-            stages.append(nn.ModuleList(blocks))
-        self.stages = nn.ModuleList(stages)
+            setattr(self, f"layer{j}", nn.ModuleList(blocks))
         # Adaptive rather than CRD's AvgPool2d(8): identical on 32x32 input, still valid on other sizes.
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.feature_dim = widths[-1]
         self.make_head()
+        self.stages = [self.layer1, self.layer2, self.layer3]
 
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

@@ -1,0 +1,66 @@
+"""VID against a hand computation, its variance parametrisation, where its gradients go, and real trials."""
+import math
+
+import pytest
+import torch
+
+from ..method_helpers import make, smoke_fit, step
+
+# 2 samples, 1 channel, 2x2 maps.
+S = torch.tensor([[[[1., 2.], [3., 4.]]], [[[0., 0.], [0., 0.]]]])
+T = torch.tensor([[[[1., 2.], [3., 2.]]], [[[1., 1.], [1., 1.]]]])
+# With every 1x1 conv weight 1 the regressor is relu(relu(s)) = s (s >= 0). Squared errors: sample 1
+# (0, 0, 0, 4), sample 2 (1, 1, 1, 1); mean 8/8 = 1. With variance v the loss is 0.5 * (1/v + log v).
+
+
+def vid(s_shapes=((1, 2, 2),), t_shapes=((1, 2, 2),), **knobs):
+    return make("vid", 2, 2, s_maps=s_shapes, t_maps=t_shapes, **knobs)
+
+
+def identity_regressor(m):
+    for layer in m.regressors[0]:
+        if isinstance(layer, torch.nn.Conv2d):
+            layer.weight.data.fill_(1.0)
+
+
+@pytest.mark.parametrize("init_var", [5.0, 1.0, 0.5])
+def test_loss_equals_hand_computation(init_var):
+    m = vid(init_var=init_var)
+    identity_regressor(m)
+    assert m.variances()[0].tolist() == pytest.approx([init_var], rel=1e-5)
+    terms = m(step(torch.zeros(2, 2), torch.zeros(2, 2), s_maps=[S], t_maps=[T]))
+    assert set(terms) == {"vid"}
+    expected = 2.0 * 0.5 * (1 / init_var + math.log(init_var))  # default weight 2
+    assert terms["vid"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_default_is_weight_2_and_variance_5():
+    m = vid()
+    identity_regressor(m)
+    loss = m(step(torch.zeros(2, 2), torch.zeros(2, 2), s_maps=[S], t_maps=[T]))["vid"]
+    assert loss.item() == pytest.approx(0.2 + math.log(5), rel=1e-5)
+
+
+def test_modules_sized_from_the_maps_with_the_teachers_width_inside():
+    m = vid([(16, 8, 8), (3, 8, 8), (4, 4, 4)], [(16, 8, 8), (5, 8, 8), (6, 4, 4)])  # stems dropped
+    assert len(m.regressors) == 2
+    assert [(r[0].in_channels, r[0].out_channels, r[4].out_channels) for r in m.regressors] == [(3, 5, 5), (4, 6, 6)]
+    assert [a.shape[0] for a in m.log_scales] == [5, 6]
+
+
+def test_gradients_reach_student_maps_regressors_and_variances_not_teacher():
+    torch.manual_seed(0)
+    s = [torch.randn(2, 3, 4, 4, requires_grad=True), torch.randn(2, 4, 2, 2, requires_grad=True)]
+    t = [torch.randn(2, 5, 2, 2, requires_grad=True), torch.randn(2, 6, 2, 2, requires_grad=True)]
+    m = vid([(1, 8, 8)] + [f.shape[1:] for f in s], [(1, 8, 8)] + [f.shape[1:] for f in t])
+    stem = torch.zeros(2, 1, 8, 8)
+    m(step(torch.zeros(2, 2), torch.zeros(2, 2), s_maps=[stem] + s, t_maps=[stem] + t))["vid"].backward()
+    assert all(f.grad is not None and f.grad.abs().sum() > 0 for f in s)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())
+    assert all(f.grad is None for f in t)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "resnet"])
+def test_one_real_epoch(tmp_path, arch):
+    (metrics,) = smoke_fit("vid", tmp_path, arch=arch)
+    assert "train/vid" in metrics and math.isfinite(metrics["train/vid"])

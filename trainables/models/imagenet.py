@@ -1,0 +1,222 @@
+"""ImageNet models from torchvision, behind kd-sweep's Backbone contract.
+
+Each builder makes the torchvision network with `weights=None` and keeps its modules under torchvision's
+names (so torchvision and MoCo checkpoints load), except the classifier, which becomes kd-sweep's `fc`
+(absent when `num_classes=0`):
+- ResNets: feature = the pooled layer4 output (512 for resnet18/34, 2048 for resnet50); `fc` = Linear.
+  Maps: layer1..layer4 outputs; `preact` gives each stage's last block before its final ReLU.
+- mobilenet_v2, efficientnet_b0: feature = the pooled 1280-d output of `features`; `fc` = torchvision's
+  Linear, with its Dropout(0.2) applied to the feature on the way to `fc` (the feature itself is not
+  dropped out).
+- mobilenet_v3_large: feature = the pooled 960-d output of `features`, i.e. *before* the classifier's
+  hidden Linear(960, 1280) + Hardswish; that hidden layer belongs to the head, so `fc` is torchvision's
+  whole classifier (hidden layer, Hardswish, Dropout, Linear) and the parameter count is torchvision's.
+  (Methods that need `fc` to be a single Linear, such as srrl's softmax-regression term, refuse this one.)
+  Maps of these three: the last output of `features` at strides 4, 8, 16 and 32 of the input (the
+  outputs where the resolution changes; the stride-32 one is the map that is pooled). No preact maps:
+  `preact` returns the same maps.
+
+`weights`: None (fresh initialisation), a local file (a state dict, or a dict holding one under
+'state_dict' or 'model'; read with `torch.load(..., weights_only=True)`), or a torchvision weights name
+such as "IMAGENET1K_V1" or "DEFAULT", used only if torchvision's file is already in the local torch hub
+cache ($TORCH_HOME/hub/checkpoints): nothing is ever downloaded. The body must match the file exactly;
+the classifier is loaded when its shape fits, dropped when the model has none, and otherwise left at its
+initialisation with a warning (fine-tuning an ImageNet model on other classes).
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import urllib.parse
+import warnings
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.resnet import Bottleneck
+
+from ..registry import MODELS
+from .base import Backbone, Output
+from .state_keys import ForeignKeys
+
+
+def _replace_input_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    if in_channels == conv.in_channels:
+        return conv
+    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    bias=conv.bias is not None)
+    nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
+    return new
+
+
+class TorchvisionBackbone(ForeignKeys, Backbone):
+    """Shared by the wrappers: the optional dropout in front of `fc`, and loading `weights`."""
+
+    arch: str
+    head_dropout: nn.Module
+
+    def forward(self, x: torch.Tensor, with_maps: bool = False, preact: bool = False) -> Output:
+        feature, maps = self.forward_features(x, with_maps, preact)
+        logits = self.fc(self.head_dropout(feature)) if self.fc is not None else None
+        return Output(feature, logits, maps)
+
+    def load_weights(self, weights: str) -> None:
+        path = Path(weights) if Path(weights).is_file() else cached_torchvision_weights(self.arch, weights)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError) as e:
+            first = str(e).strip().splitlines()[0]
+            raise ValueError(f"{path} is not a weights-only checkpoint ({first})") from None
+        for key in ("state_dict", "model"):
+            if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+        if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
+            raise ValueError(f"{path} holds no state dict (expected tensors, or a dict with 'state_dict' or"
+                             " 'model')")
+        state = self.adapt_state_dict(obj)
+        own = self.state_dict()
+        for k, v in own.items():
+            if k.startswith("fc.") or k.endswith("num_batches_tracked"):
+                continue  # BatchNorm fills a missing counter itself (old torchvision files have none)
+            if k not in state:
+                raise ValueError(f"{path}: missing key {k!r} for {self.arch}")
+            if state[k].shape != v.shape:
+                raise ValueError(f"{path}: key {k!r} has shape {tuple(state[k].shape)}, {self.arch} here"
+                                 f" expects {tuple(v.shape)} (in_channels?)")
+        extra = [k for k in state if k not in own and not k.startswith("fc.")]
+        if extra:
+            raise ValueError(f"{path}: unexpected key {extra[0]!r} (is this file for another model?)")
+        head = {k: v for k, v in own.items() if k.startswith("fc.")}
+        if head and not all(k in state and state[k].shape == v.shape for k, v in head.items()):
+            warnings.warn(f"{path}: the classifier does not fit {self.arch} with {self.num_classes} classes;"
+                          " it keeps its fresh initialisation", stacklevel=3)
+            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+            state.update(head)
+        self.load_state_dict(state)
+
+
+def cached_torchvision_weights(arch: str, name: str) -> Path:
+    """The local file of torchvision's weights `name` for `arch`; never downloads."""
+    enum = torchvision.models.get_model_weights(arch)
+    try:
+        w = enum[name]
+    except KeyError:
+        known = ", ".join(enum.__members__)
+        raise FileNotFoundError(f"weights={name!r} for {arch} is neither a file nor a torchvision weights name"
+                                f" ({known})") from None
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urllib.parse.urlparse(w.url).path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"torchvision weights {arch} {w.name} are not in the local torch hub cache: looked for {path}."
+            " kd-sweep never downloads weights. Fetch them where there is network access, e.g."
+            f" `python -c \"import torchvision; torchvision.models.{arch}(weights='{w.name}')\"` (stores the file"
+            f" in $TORCH_HOME/hub/checkpoints), or download {w.url} to {path}; or pass weights=<a local file>.")
+    return path
+
+
+class TorchvisionResNet(TorchvisionBackbone):
+    def __init__(self, arch: str, num_classes: int, in_channels: int):
+        super().__init__(num_classes)
+        self.arch = arch
+        tv = getattr(torchvision.models, arch)(weights=None, num_classes=max(num_classes, 1))
+        self.conv1 = _replace_input_conv(tv.conv1, in_channels)
+        self.bn1, self.relu, self.maxpool = tv.bn1, tv.relu, tv.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = tv.layer1, tv.layer2, tv.layer3, tv.layer4
+        self.avgpool = tv.avgpool
+        self.feature_dim = tv.fc.in_features
+        self.fc = tv.fc if num_classes > 0 else None
+        self.head_dropout = nn.Identity()
+
+    def forward_features(self, x: torch.Tensor, with_maps: bool, preact: bool
+                         ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        maps = []
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            if with_maps and preact:
+                for block in stage[:-1]:
+                    x = block(x)
+                x, pre = _block_with_preact(stage[-1], x)
+                maps.append(pre)
+            else:
+                x = stage(x)
+                maps.append(x)
+        feature = self.avgpool(x).flatten(1)
+        return feature, (maps if with_maps else [])
+
+
+def _block_with_preact(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A torchvision BasicBlock/Bottleneck forward that also returns the sum before the final ReLU."""
+    identity = x if block.downsample is None else block.downsample(x)
+    out = torch.relu(block.bn1(block.conv1(x)))
+    if isinstance(block, Bottleneck):
+        out = torch.relu(block.bn2(block.conv2(out)))
+        out = block.bn3(block.conv3(out))
+    else:
+        out = block.bn2(block.conv2(out))
+    pre = out + identity
+    return torch.relu(pre), pre
+
+
+def _stride_taps(features: nn.Sequential) -> list[int]:
+    """Indices of the last module at each cumulative stride 4, 8, 16, 32 (a module with a stride-2 conv
+    halves the resolution)."""
+    stride, last = 1, {}
+    for i, m in enumerate(features):
+        if any(isinstance(c, nn.Conv2d) and c.stride == (2, 2) for c in m.modules()):
+            stride *= 2
+        last[stride] = i
+    return [last[s] for s in (4, 8, 16, 32)]
+
+
+class TorchvisionFeatures(TorchvisionBackbone):
+    """mobilenet_v2, mobilenet_v3_large, efficientnet_b0: `features`, pooling, classifier."""
+
+    def __init__(self, arch: str, num_classes: int, in_channels: int):
+        super().__init__(num_classes)
+        self.arch = arch
+        tv = getattr(torchvision.models, arch)(weights=None, num_classes=max(num_classes, 1))
+        self.features = tv.features
+        self.features[0][0] = _replace_input_conv(self.features[0][0], in_channels)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.taps = _stride_taps(self.features)
+        head = tv.classifier
+        if isinstance(head[0], nn.Dropout):  # Dropout -> Linear: fc is the Linear
+            self.foreign_heads = ("classifier.1",)
+            self.head_dropout = nn.Dropout(head[0].p)  # not in place: the feature stays intact
+            self.fc = head[1] if num_classes > 0 else None
+            self.feature_dim = head[1].in_features
+        else:  # mobilenet_v3: Linear -> Hardswish -> Dropout -> Linear, all of it the head
+            self.foreign_heads = ("classifier",)
+            self.head_dropout = nn.Identity()
+            self.fc = head if num_classes > 0 else None
+            self.feature_dim = head[0].in_features
+
+    def forward_features(self, x: torch.Tensor, with_maps: bool, preact: bool
+                         ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        maps = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in self.taps:
+                maps.append(x)
+        feature = self.avgpool(x).flatten(1)
+        return feature, (maps if with_maps else [])
+
+
+def _register(arch: str, cls: type[TorchvisionBackbone]) -> None:
+    def builder(num_classes: int = 1000, in_channels: int = 3, weights: str | None = None) -> Backbone:
+        model = cls(arch, num_classes, in_channels)
+        if weights is not None:
+            model.load_weights(weights)
+        return model
+
+    builder.__name__ = builder.__qualname__ = arch
+    builder.__doc__ = f"torchvision {arch}; `weights`: None, a local file, or a cached torchvision weights name."
+    MODELS.register(arch)(builder)
+
+
+for _arch in ("resnet18", "resnet34", "resnet50"):
+    _register(_arch, TorchvisionResNet)
+for _arch in ("efficientnet_b0", "mobilenet_v2", "mobilenet_v3_large"):
+    _register(_arch, TorchvisionFeatures)
