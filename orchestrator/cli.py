@@ -75,7 +75,8 @@ def report(
     except KeyError as e:
         _fail(e.args[0], 2)
     name = parent.data.tags.get("kd.sweep", "")
-    caption = (f"{name}: {col.removeprefix('eval/')} (%), mean ± std (seeds) over finished runs;"
+    split = "held-out validation split" if (runs["eval_split"] == "val").any() else "test split"
+    caption = (f"{name}: {col.removeprefix('eval/')} (%) on the {split}, mean ± std (seeds) over finished runs;"
                f" best student per row in bold. Run {parent.info.run_id[:8]}.")
     sys.stdout.write(render(tab, fmt.value, caption if fmt != Fmt.csv else ""))
 

@@ -41,7 +41,7 @@ def preflight(sweep: Sweep, file: str, base: str) -> Plan:
     """Everything that can be wrong with the inputs, found before Ray or MLflow start."""
     root = resolve_path(sweep.dataset.root, None)
     try:
-        data = load_dataset(sweep.dataset.name, root, sweep.dataset.download, sweep.dataset.verify_checksum)
+        data = load_dataset(sweep.dataset.name, root, **sweep.dataset.loader_args())
     except DatasetMissing as e:
         raise SpecError(file, "dataset", str(e)) from None
     dataset = _dataset(sweep, root, data.fingerprint())

@@ -96,6 +96,14 @@ class DatasetSpec(Strict):
     download: bool = False
     # Off only for data that is not the official release (a copy the tests write, a re-pack).
     verify_checksum: bool = True
+    augment: Literal["crop_flip", "crop", "flip", "none"] | None = None  # None: the dataset's own default
+    # > 0: score on a held-out part of the training set (tuning sweeps); the test split is for final numbers.
+    val_split: float = Field(0.0, ge=0, le=0.5)
+    val_seed: int = 0
+
+    def loader_args(self) -> dict:
+        return {"download": self.download, "verify_checksum": self.verify_checksum, "augment": self.augment,
+                "val_split": self.val_split, "val_seed": self.val_seed}
 
     @field_validator("name")
     @classmethod

@@ -48,6 +48,8 @@ def trial_tags(cfg: dict) -> dict[str, str]:
         "kd.pair": lab["pair"], "kd.teacher": lab["teacher"], "kd.student": lab["student"],
         "kd.seed": str(cfg["seed"]), "kd.cell": json.dumps(lab["cell"], sort_keys=True),
         "kd.config_hash": cfg["config_hash"], "kd.dataset": cfg["dataset"]["name"], "kd.version": KD_VERSION,
+        # Which split the eval/* numbers are on: "val" numbers are for tuning, never for the paper.
+        "kd.eval_split": "val" if cfg["dataset"].get("val_split") else "test",
         MLFLOW_RUN_NAME: cfg["name"],
     }
     if cfg.get("teacher"):

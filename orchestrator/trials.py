@@ -43,8 +43,7 @@ def _eval(sweep: Sweep, with_classifier: bool = False) -> dict:
 
 
 def _dataset(sweep: Sweep, root: str, fingerprint: str) -> dict:
-    return {"name": sweep.dataset.name, "root": root, "download": sweep.dataset.download,
-            "verify_checksum": sweep.dataset.verify_checksum, "fingerprint": fingerprint}
+    return {"name": sweep.dataset.name, "root": root, **sweep.dataset.loader_args(), "fingerprint": fingerprint}
 
 
 def _hash(cfg: dict) -> str:

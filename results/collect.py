@@ -14,7 +14,8 @@ class NoRuns(Exception):
 
 TAGS = {"role": "kd.role", "pair": "kd.pair", "teacher": "kd.teacher", "student": "kd.student",
         "method": "kd.method", "cell": "kd.cell", "seed": "kd.seed", "config_hash": "kd.config_hash",
-        "teacher_hash": "kd.teacher_hash", "weights_hash": "kd.weights_hash", "error": "kd.error"}
+        "teacher_hash": "kd.teacher_hash", "weights_hash": "kd.weights_hash", "error": "kd.error",
+        "eval_split": "kd.eval_split"}
 
 
 def latest_parent(client: MlflowClient, sweep: str | None):

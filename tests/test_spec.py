@@ -49,6 +49,10 @@ CASES = [
     ("teacher logits in the unsupervised setting", mutate("knobs.lambda_kd", 0.5), "method", "teacher's logits"),
     ("unknown setting", mutate("setting", "semi"), "setting", "'supervised' or 'unsupervised'"),
     ("k above its pool", mutate("knobs.k", 40), "knobs", "k (40) cannot exceed k_pool (31)"),
+    ("validation split too large", mutate("dataset.val_split", 0.8), "dataset.val_split", "less than or equal to 0.5"),
+    ("unknown augmentation", mutate("dataset.augment", "rotate"), "dataset.augment", "'crop_flip'"),
+    ("main stage with nothing to train", {**mutate("method", "ab"), "knobs": {}, "grid": {"margin": [1.0]}},
+     "method", "nothing to train the student"),
     ("bad YAML", "name: x\npairs: [\n", "line", "not valid YAML"),
     ("not a mapping", "- just\n- a list\n", "", "YAML mapping"),
 ]

@@ -27,6 +27,9 @@ from .models import Backbone, Output, build_model
 Report = Callable[[dict[str, float], dict[str, Any], dict[str, torch.Tensor] | None], None]
 
 
+LOADER_ARGS = ("download", "verify_checksum", "augment", "val_split", "val_seed")
+
+
 class NonFiniteLoss(RuntimeError):
     pass
 
@@ -94,7 +97,7 @@ def fit(cfg: dict, report: Report, teacher_state: dict[str, torch.Tensor] | None
     seed = cfg["seed"]
     seed_everything(seed)
     ds = cfg["dataset"]
-    data = load_dataset(ds["name"], ds["root"], ds["download"], ds["verify_checksum"]).to(device)
+    data = load_dataset(ds["name"], ds["root"], **{k: ds[k] for k in LOADER_ARGS if k in ds}).to(device)
 
     cls = method_class(cfg["method"])
     knobs = cls.Knobs.model_validate(cfg["knobs"])
