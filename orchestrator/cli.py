@@ -95,11 +95,22 @@ def list_(kind: Kind = typer.Argument(..., help="methods, models or datasets")) 
     from trainables.models import MODELS, model_options
 
     if kind == Kind.methods:
+        from trainables.methods import Knobs
+
+        def line(k, f):
+            return f"    {f.alias or k:<14} {f.default!r:<9} {f.description or ''}"
+
+        typer.echo("every method:")
+        for k, f in Knobs.model_fields.items():
+            typer.echo(line(k, f))
         for name in METHODS.names():
-            knobs = METHODS.get(name).Knobs.model_fields
-            typer.echo(name)
-            for k, f in knobs.items():
-                typer.echo(f"    {f.alias or k:<12} default {f.default!r:<8} {f.description or ''}")
+            cls = METHODS.get(name)
+            doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip()
+            typer.echo(f"\n{name}: {doc.splitlines()[0] if doc else ''}")
+            for k, f in cls.Knobs.model_fields.items():
+                base = Knobs.model_fields.get(k)
+                if base is None or base.default != f.default:
+                    typer.echo(line(k, f))
     elif kind == Kind.models:
         for name in MODELS.names():
             opts = ", ".join(f"{k}={v!r}" for k, v in model_options(name).items())
