@@ -48,9 +48,10 @@ def preflight(sweep: Sweep, file: str, base: str) -> Plan:
     teachers: dict[str, dict] = {}
     pair_teacher: dict[int, str] = {}
     given: dict[str, dict[str, torch.Tensor]] = {}
+    headless: set[int] = set()
     for i, pair in enumerate(sweep.pairs):
         spec = pair.teacher
-        digest, state = None, None
+        digest, state, head = None, None, True
         if spec.checkpoint:
             path = resolve_path(spec.checkpoint, base)
             if not os.path.isfile(path):
@@ -58,18 +59,50 @@ def preflight(sweep: Sweep, file: str, base: str) -> Plan:
                                 f"{path} does not exist (give a RepDistiller/mdistiller file or a state dict,"
                                 " or drop `checkpoint:` and kd-sweep trains the teacher)")
             try:
-                state = read_state_dict(path)
-                model = build_model(spec.model, data.num_classes, data.in_channels, data.image_size, **spec.options)
-                state = load_into(model, state, path)
+                state, head = read_teacher(spec, data, path)
             except CheckpointError as e:
                 raise SpecError(file, f"pairs.{i}.teacher.checkpoint", str(e)) from None
             digest = file_digest(path)
-        cfg = teacher_trial(sweep, spec, dataset, digest)
+            if not head:
+                check_headless_teacher(sweep, i, file)
+        cfg = teacher_trial(sweep, spec, dataset, digest, head)
         teachers.setdefault(cfg["config_hash"], cfg)
         pair_teacher[i] = cfg["weights_hash"]
         if state is not None:
             given[cfg["weights_hash"]] = state
-    return Plan(dataset, list(teachers.values()), pair_teacher, student_trials(sweep, dataset, pair_teacher), given)
+        if not head:
+            headless.add(i)
+    students = student_trials(sweep, dataset, pair_teacher, frozenset(headless))
+    return Plan(dataset, list(teachers.values()), pair_teacher, students, given)
+
+
+def read_teacher(spec, data, path: str) -> tuple[dict[str, torch.Tensor], bool]:
+    """The checkpoint's weights, loaded into the model to check them, and whether it has a classifier.
+    A file without `fc.weight` (a MoCo encoder, whose `fc` is a projection MLP) is a headless teacher:
+    its pooled feature is the target, as in CoSS's ImageNet runs."""
+    state = read_state_dict(path)
+    model = build_model(spec.model, data.num_classes, data.in_channels, data.image_size, **spec.options)
+    if hasattr(model, "adapt_state_dict"):
+        state = model.adapt_state_dict(state)
+    if "fc.weight" in state:
+        return load_into(model, state, path), True
+    headless = build_model(spec.model, 0, data.in_channels, data.image_size, **spec.options)
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    return load_into(headless, state, path), False
+
+
+def check_headless_teacher(sweep: Sweep, i: int, file: str) -> None:
+    from trainables.methods import method_class
+
+    from .spec import grid_cells
+
+    for cell in grid_cells(sweep.grid):
+        method = cell.get("method", sweep.method)
+        cls = method_class(method)
+        if cls.uses_teacher_logits(cls.Knobs.model_validate(sweep.knobs_for(method, cell))):
+            raise SpecError(file, f"pairs.{i}.teacher.checkpoint",
+                            f"this teacher has no classifier (no fc.weight in the file), and method {method!r}"
+                            " needs the teacher's logits with these knobs")
 
 
 def _init_ray(address: str | None, sweep: Sweep, file: str) -> None:
@@ -177,6 +210,11 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
             teacher_runs[cfg["weights_hash"]] = run.info.run_id
         # The report's Teacher column reads the exact runs this sweep used.
         store.client.set_tag(parent, "kd.teacher_runs", json.dumps(teacher_runs, sort_keys=True))
+        if not plan.students:
+            progress.note(f"teachers ready; MLflow: {tracking_uri} (experiment {sweep.name!r}). Later sweeps"
+                          " with the same teacher model, data and teacher_train reuse them.")
+            status = "FINISHED"
+            return 0
         # Phase 2: the students of every cell x pair x seed, and the from-scratch students.
         progress.begin(f"sweep {sweep.name}: {len(plan.students)} trials", len(plan.students))
         _fit_phase(f"{sweep.name}-{parent[:8]}", plan.students, sweep, storage_path,

@@ -83,11 +83,11 @@ class TeacherSpec(ModelSpec):
 
 class Pair(Strict):
     teacher: TeacherSpec
-    student: ModelSpec
+    student: ModelSpec | None = None  # none: only the teacher is trained (a teachers sweep)
 
     @property
     def label(self) -> str:
-        return f"{self.teacher.label}/{self.student.label}"
+        return f"{self.teacher.label}/{self.student.label}" if self.student else self.teacher.label
 
 
 class DatasetSpec(Strict):
@@ -198,7 +198,7 @@ class Sweep(Strict):
     # unsupervised (CoSS): no labels in the loss and the teacher's classifier is removed, so methods
     # that need either are refused at validation; the from-scratch column still uses labels.
     setting: Literal["supervised", "unsupervised"] = "supervised"
-    method: str
+    method: str = "none"
     knobs: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     scratch: bool = False
@@ -207,6 +207,8 @@ class Sweep(Strict):
     teacher_train: Schedule | None = None
     eval: EvalSpec = Field(default_factory=lambda: EvalSpec(linear=LinearProbe(), knn=KNN()))
     resources: Resources = Field(default_factory=Resources)
+    # Bit-for-bit repeats: deterministic kernels (slower on GPU). Seeds fix init and data order anyway.
+    deterministic: bool = False
     max_failures: int = Field(2, ge=0)
     storage: str | None = None
 
@@ -403,8 +405,14 @@ def resolve_path(p: str, base: Path | None = None) -> str:
 
 
 def count_trials(sweep: Sweep) -> int:
-    n = len(sweep.pairs) * len(grid_cells(sweep.grid)) * len(sweep.seeds)
+    """Student trials (teachers not counted: they may exist already)."""
+    students = [p.student for p in sweep.pairs if p.student is not None]
+    n = len(students) * len(grid_cells(sweep.grid)) * len(sweep.seeds)
     if sweep.scratch:
-        n += len({p.student.label for p in sweep.pairs}) * len(sweep.seeds)
+        n += len({s.label for s in students}) * len(sweep.seeds)
     return n
+
+
+def count_teachers(sweep: Sweep) -> int:
+    return len({p.teacher.model_dump_json() for p in sweep.pairs})
 

@@ -22,6 +22,10 @@ KD_VERSION = "0.1.0"
 # Per-epoch names the trainable reports; everything else in a Tune result is Ray's bookkeeping.
 METRIC_PREFIXES = ("train/", "eval/", "pretrain/")
 
+METRIC_NOTE = ("eval/<protocol>_top1 is the last epoch (RepDistiller's convention); eval/classifier_top1_best is"
+               " the best training epoch (mdistiller's) and eval/linear_top1_best the probe's best epoch;"
+               " eval/classifier_top1 is also logged per epoch")
+
 logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
@@ -50,6 +54,7 @@ def trial_tags(cfg: dict) -> dict[str, str]:
         "kd.config_hash": cfg["config_hash"], "kd.dataset": cfg["dataset"]["name"], "kd.version": KD_VERSION,
         # Which split the eval/* numbers are on: "val" numbers are for tuning, never for the paper.
         "kd.eval_split": "val" if cfg["dataset"].get("val_split") else "test",
+        "kd.metrics": METRIC_NOTE,
         MLFLOW_RUN_NAME: cfg["name"],
     }
     if cfg.get("teacher"):

@@ -55,7 +55,8 @@ def _hash(cfg: dict) -> str:
     return digest(keep)
 
 
-def teacher_trial(sweep: Sweep, spec: TeacherSpec, dataset: dict, checkpoint_digest: str | None) -> dict:
+def teacher_trial(sweep: Sweep, spec: TeacherSpec, dataset: dict, checkpoint_digest: str | None,
+                  head: bool = True) -> dict:
     """A teacher has two keys. `weights_hash` names its weights (model, data, schedule, or the file
     it came from): students refer to it, and trained weights are reused by it. `config_hash` adds the
     evaluation, so a sweep with another probe re-scores the same weights instead of retraining."""
@@ -63,13 +64,15 @@ def teacher_trial(sweep: Sweep, spec: TeacherSpec, dataset: dict, checkpoint_dig
     if checkpoint_digest is not None:
         sched = {"from_checkpoint": checkpoint_digest}
     ds = {k: v for k, v in dataset.items() if k not in ("root", "download")}
-    weights_hash = digest({"model": _model(spec), "dataset": ds, "train": sched, "seed": TEACHER_SEED,
+    model = _model(spec) if head else {**_model(spec), "head": False}
+    weights_hash = digest({"model": model, "dataset": ds, "train": sched, "seed": TEACHER_SEED,
                            "result_version": RESULT_VERSION})
     cfg = {
-        "role": "teacher", "sweep": sweep.name, "dataset": dataset, "student": _model(spec),
+        "role": "teacher", "sweep": sweep.name, "dataset": dataset, "student": model,
         "teacher": None, "method": "none", "knobs": method_class("none").Knobs().model_dump(by_alias=True),
         "train": sweep.teacher_schedule.model_dump(), "eval": _eval(sweep, with_classifier=True),
-        "seed": TEACHER_SEED, "weights_hash": weights_hash, "resources": sweep.resources.model_dump(),
+        "seed": TEACHER_SEED, "weights_hash": weights_hash, "deterministic": sweep.deterministic,
+        "resources": sweep.resources.model_dump(),
     }
     cfg["config_hash"] = _hash(cfg)
     cfg["init"] = None
@@ -86,22 +89,25 @@ def evaluate_only(teacher: dict) -> dict:
     return cfg
 
 
-def student_trials(sweep: Sweep, dataset: dict, teacher_hash: dict[int, str]) -> list[dict]:
+def student_trials(sweep: Sweep, dataset: dict, teacher_hash: dict[int, str],
+                   headless: frozenset[int] = frozenset()) -> list[dict]:
     """One per grid cell x pair x seed, then the from-scratch students (one per student and seed)."""
     trials = []
     for i, pair in enumerate(sweep.pairs):
+        if pair.student is None:
+            continue
         for cell in grid_cells(sweep.grid):
             method = cell.get("method", sweep.method)
             knobs = method_class(method).Knobs.model_validate(sweep.knobs_for(method, cell)).model_dump(by_alias=True)
             for seed in sweep.seeds:
                 needs_teacher = method_class(method).needs_teacher
                 cfg = _student(sweep, pair, dataset, method, knobs, seed, "student",
-                               teacher_hash[i] if needs_teacher else None, cell)
+                               teacher_hash[i] if needs_teacher else None, cell, i not in headless)
                 trials.append(cfg)
     if sweep.scratch:
         seen = set()
         for pair in sweep.pairs:
-            if pair.student.label in seen:
+            if pair.student is None or pair.student.label in seen:
                 continue
             seen.add(pair.student.label)
             knobs = method_class("none").Knobs().model_dump(by_alias=True)
@@ -111,13 +117,16 @@ def student_trials(sweep: Sweep, dataset: dict, teacher_hash: dict[int, str]) ->
 
 
 def _student(sweep: Sweep, pair: Pair, dataset: dict, method: str, knobs: dict, seed: int, role: str,
-             teacher_hash: str | None, cell: dict) -> dict:
+             teacher_hash: str | None, cell: dict, teacher_head: bool = True) -> dict:
+    teacher = None
+    if teacher_hash:
+        teacher = {**_model(pair.teacher), "hash": teacher_hash, **({} if teacher_head else {"head": False})}
     cfg = {
         "role": role, "sweep": sweep.name, "dataset": dataset, "student": _model(pair.student),
-        "teacher": ({**_model(pair.teacher), "hash": teacher_hash} if teacher_hash else None),
+        "teacher": teacher,
         "method": method, "knobs": knobs, "train": sweep.train.model_dump(),
         "eval": _eval(sweep, with_classifier=role == "scratch"), "seed": seed,
-        "resources": sweep.resources.model_dump(),
+        "deterministic": sweep.deterministic, "resources": sweep.resources.model_dump(),
     }
     cfg["config_hash"] = _hash(cfg)
     cfg["labels"] = {"teacher": pair.teacher.label if teacher_hash else "", "student": pair.student.label,

@@ -37,6 +37,13 @@ def build(runs: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, str]:
         raise KeyError(f"no metric {metric!r} in these runs (metrics: {', '.join(have) or 'none'})")
     done = runs[runs["status"] == "FINISHED"]
     students = done[done["role"] == "student"]
+    if students.empty:  # a teachers sweep: one row per teacher
+        teachers = done[done["role"] == "teacher"]
+        table = pd.DataFrame(index=pd.Index(list(dict.fromkeys(teachers["student"])), name="pair"),
+                             columns=[TEACHER], dtype=object)
+        for label, grp in teachers.groupby("student"):
+            table.loc[label, TEACHER] = Cell(float(grp[col].iloc[0]), math.nan, 1)
+        return table, col
     methods_vary = students["method"].nunique() > 1
     cells = {}
     for _, r in students.iterrows():

@@ -158,3 +158,23 @@ def test_lambda_ablation_on_cifar100_format_data(cifar_root, tmp_path):
     assert r"\toprule" in latex and "resnet32x4/resnet8x4" in latex
     assert latex.count(r"\textbf{") == table["best"].sum() >= 2  # ties on random pixels are all bold
     assert r"linear\_top1 (\%)" in latex and "±" not in latex
+
+
+def test_a_teachers_sweep_trains_only_teachers(tmp_path):
+    import yaml
+
+    f = tmp_path / "teachers.yaml"
+    f.write_text(yaml.safe_dump({
+        "name": "teachers_digits", "dataset": {"name": "digits"},
+        "pairs": [{"teacher": {"model": "mlp", "hidden": [32]}}, {"teacher": {"model": "mlp", "hidden": [16]}}],
+        "teacher_train": {"epochs": 2, "batch_size": 64, "lr": 0.05, "milestones": []},
+        "eval": {"knn": {"k": 5}, "classifier": {}}, "resources": {"cpu": 1, "gpu": 0}}))
+    res = kd_sweep("run", str(f), cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "teachers ready" in res.stdout
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert len(runs(uri, "teacher")) == 2 and runs(uri, "student") == [] and runs(uri, "scratch") == []
+    table = pd.read_csv(io.StringIO(kd_sweep("report", "--format", "csv", "--metric", "classifier_top1",
+                                             cwd=tmp_path).stdout))
+    assert sorted(table["pair"]) == ["mlp-16", "mlp-32"] and set(table["column"]) == {"Teacher"}
+    assert (table["mean"] > 50).all()

@@ -6,7 +6,7 @@ import yaml
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.spec import count_trials, load_sweep
+from orchestrator.spec import count_teachers, count_trials, load_sweep
 
 from .conftest import SWEEPS
 
@@ -135,4 +135,5 @@ def test_method_axis_with_knobs_of_one_method(tmp_path):
 
 def test_every_sweep_file_validates():
     for f in sorted(SWEEPS.glob("*.yaml")):
-        assert count_trials(load_sweep(f)) > 0, f
+        sweep = load_sweep(f)
+        assert count_trials(sweep) + count_teachers(sweep) > 0, f

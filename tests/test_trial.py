@@ -39,6 +39,8 @@ def test_teacher_is_well_above_chance_and_student_resumes_exactly(plan):
     assert [m["epoch"] for m in t["metrics"]] == [1, 2, 3]
     final = t["metrics"][-1]
     assert final["eval/classifier_top1"] > 80 and final["eval/linear_top1"] > 80 and final["eval/knn_top1"] > 80
+    per_epoch = [m["eval/classifier_top1"] for m in t["metrics"]]  # scored every epoch: best and last kept
+    assert final["eval/classifier_top1_best"] == max(per_epoch) and final["eval/classifier_top1"] == per_epoch[-1]
 
     cfg = plan.students[-3]  # coss, lambda 1.0
     assert cfg["method"] == "coss" and cfg["knobs"]["lambda"] == 1.0
@@ -98,3 +100,30 @@ def test_knn_matches_brute_force():
     d = load_dataset("digits", "x")
     px = lambda x: x.flatten(1).float()  # noqa: E731
     assert knn_top1(px(d.train_x), d.train_y, px(d.test_x), d.test_y, 10) > 90
+
+
+def test_a_teacher_file_without_classifier_is_a_headless_teacher(tmp_path):
+    """A MoCo-style encoder (no fc.weight) is the teacher of CoSS's ImageNet runs: its pooled feature is
+    the target; it is scored by probe and k-NN only, and methods that need its logits are refused."""
+    from trainables.models import build_model
+
+    torch.manual_seed(0)
+    enc = build_model("mlp", 0, 1, 8, hidden=[256, 256])  # no head at all
+    path = tmp_path / "moco_like.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in enc.state_dict().items()}}, path)
+    sweep = load_sweep(SWEEPS / "quickstart.yaml", [f"pairs.0.teacher.checkpoint={path}", "train.epochs=1",
+                                                   "eval.linear.epochs=2", "eval.linear.milestones=[1]"])
+    plan = preflight(sweep, "q.yaml", str(SWEEPS))
+    assert plan.teachers[0]["student"]["head"] is False and plan.teachers[0]["train"]["epochs"] == 0
+    assert all(s["teacher"]["head"] is False for s in plan.students if s["teacher"])
+    t, rep = collect()
+    fit(plan.teachers[0], rep, init_state=plan.given[plan.teachers[0]["weights_hash"]])
+    assert "eval/knn_top1" in t["metrics"][-1] and "eval/classifier_top1" not in t["metrics"][-1]
+    s, rep = collect()
+    fit(plan.students[0], rep, plan.given[plan.teachers[0]["weights_hash"]])
+    assert s["metrics"][-1]["eval/linear_top1"] > 10
+
+    bad = load_sweep(SWEEPS / "quickstart.yaml", [f"pairs.0.teacher.checkpoint={path}", "setting=supervised",
+                                                 "knobs={}", "grid={method: [kd]}"])
+    with pytest.raises(Exception, match=r"pairs.0.teacher.checkpoint: this teacher has no classifier.*'kd'"):
+        preflight(bad, "q.yaml", str(SWEEPS))

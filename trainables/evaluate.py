@@ -68,8 +68,14 @@ def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Ten
     return last, best
 
 
+def classifier_top1(model: Backbone, data: ImageData) -> float:
+    _, logits = extract(model, data, data.test_x)
+    return top1(logits, data.test_y)
+
+
 def evaluate(model: Backbone, data: ImageData, protocols: dict, seed: int) -> dict[str, float]:
-    """Run the asked protocols; keys are `eval/<protocol>_top1` (+ `_best` where it is per epoch)."""
+    """Run the asked protocols on the final model; keys are `eval/<protocol>_top1` (the last epoch), and
+    `eval/linear_top1_best` (the probe's best epoch)."""
     out: dict[str, float] = {}
     test_f, test_logits = extract(model, data, data.test_x)
     if "classifier" in protocols and test_logits is not None:

@@ -19,7 +19,7 @@ import torch
 from dataclasses import dataclass
 
 from .datasets import ImageData, load_dataset, train_batches
-from .evaluate import evaluate
+from .evaluate import classifier_top1, evaluate
 from .methods import method_class
 from .methods.base import DataInfo, Method, ModelInfo, Step
 from .models import Backbone, Output, build_model
@@ -47,6 +47,7 @@ def pick_device(cfg: dict) -> torch.device:
 
 
 def make_model(spec: dict, data: ImageData, with_head: bool) -> Backbone:
+    with_head = with_head and spec.get("head", True)  # `head: False`: a teacher given without classifier
     return build_model(spec["model"], num_classes=data.num_classes if with_head else 0,
                        in_channels=data.in_channels, image_size=data.image_size, **spec.get("options", {}))
 
@@ -96,6 +97,11 @@ def fit(cfg: dict, report: Report, teacher_state: dict[str, torch.Tensor] | None
     device = pick_device(cfg)
     seed = cfg["seed"]
     seed_everything(seed)
+    deterministic = bool(cfg.get("deterministic"))
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
+    torch.use_deterministic_algorithms(deterministic)  # set either way: a process may run several trials
+    torch.backends.cudnn.benchmark = not deterministic
     ds = cfg["dataset"]
     data = load_dataset(ds["name"], ds["root"], **{k: ds[k] for k in LOADER_ARGS if k in ds}).to(device)
 
@@ -121,19 +127,23 @@ def fit(cfg: dict, report: Report, teacher_state: dict[str, torch.Tensor] | None
                           weight_decay=sched_cfg["weight_decay"])
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, sched_cfg["milestones"], sched_cfg["gamma"])
 
-    start, pre = 1, {}
+    start, pre, best = 1, {}, 0.0
     if resume is not None:
         student.load_state_dict(resume["student"])
         method.load_state_dict(resume["method"])
         opt.load_state_dict(resume["optimizer"])
         sched.load_state_dict(resume["scheduler"])
-        start = resume["epoch"] + 1
+        start, best = resume["epoch"] + 1, resume.get("best_classifier_top1", 0.0)
     else:
         pre = {f"pretrain/{k}": v for k, v in method.pretrain(ctx).items()}
+    # The student's own classifier is scored every epoch: RepDistiller reports the last epoch,
+    # mdistiller the best, so both are kept. Probes and k-NN score the final features only.
+    per_epoch = "classifier" in cfg["eval"] and student.fc is not None
+    final_protocols = {k: v for k, v in cfg["eval"].items() if k != "classifier" or not per_epoch}
 
     def state(epoch: int) -> dict[str, Any]:
         return {"student": student.state_dict(), "method": method.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "epoch": epoch}
+                "scheduler": sched.state_dict(), "epoch": epoch, "best_classifier_top1": best}
 
     epochs = sched_cfg["epochs"]
     gen = torch.Generator(device=device)
@@ -146,12 +156,19 @@ def fit(cfg: dict, report: Report, teacher_state: dict[str, torch.Tensor] | None
         metrics["train/lr"] = lr
         if epoch == start:
             metrics.update(pre)
+        if per_epoch:
+            metrics["eval/classifier_top1"] = classifier_top1(student, data)
+            best = max(best, metrics["eval/classifier_top1"])
         if epoch == epochs:
-            metrics.update(evaluate(student, data, cfg["eval"], seed))
+            metrics.update(evaluate(student, data, final_protocols, seed))
+            if per_epoch:
+                metrics["eval/classifier_top1_best"] = best
         report({"epoch": epoch, **metrics}, state(epoch), student.state_dict() if epoch == epochs else None)
     if start > epochs:  # nothing to train (a given teacher, or a resume after the last epoch)
-        report({"epoch": epochs, **evaluate(student, data, cfg["eval"], seed)}, state(epochs),
-               student.state_dict())
+        final = evaluate(student, data, cfg["eval"], seed)
+        if "eval/classifier_top1" in final:
+            final["eval/classifier_top1_best"] = max(best, final["eval/classifier_top1"])
+        report({"epoch": epochs, **final}, state(epochs), student.state_dict())
 
 
 def train_epoch(student: Backbone, teacher: Backbone | None, method: Method, data: ImageData,

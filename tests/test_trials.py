@@ -1,0 +1,37 @@
+"""Trial expansion and the keys that decide reuse."""
+from orchestrator.spec import load_sweep
+from orchestrator.trials import student_trials, teacher_trial
+
+from .conftest import SWEEPS
+
+DATA = {"name": "cifar100", "root": "/a", "download": False, "verify_checksum": True, "augment": None,
+        "val_split": 0.0, "val_seed": 0, "fingerprint": "f"}
+
+
+def test_teachers_sweep_trains_what_the_lambda_ablation_needs():
+    teachers = load_sweep(SWEEPS / "teachers_cifar100.yaml")
+    ablation = load_sweep(SWEEPS / "lambda_ablation.yaml")
+    made = {teacher_trial(teachers, p.teacher, DATA, None)["config_hash"] for p in teachers.pairs}
+    moved = dict(DATA, root="/elsewhere", download=True)  # where the data lies does not matter
+    needed = {teacher_trial(ablation, p.teacher, moved, None)["config_hash"] for p in ablation.pairs}
+    assert needed <= made and len(made) == 5
+    assert student_trials(teachers, DATA, {}) == []
+
+
+def test_what_changes_the_keys():
+    sweep = load_sweep(SWEEPS / "lambda_ablation.yaml")
+    base = teacher_trial(sweep, sweep.pairs[0].teacher, DATA, None)
+    other_eval = load_sweep(SWEEPS / "lambda_ablation.yaml", ["eval.knn.k=20"])
+    rescored = teacher_trial(other_eval, other_eval.pairs[0].teacher, DATA, None)
+    assert rescored["weights_hash"] == base["weights_hash"] and rescored["config_hash"] != base["config_hash"]
+    other_data = teacher_trial(sweep, sweep.pairs[0].teacher, dict(DATA, fingerprint="g"), None)
+    assert other_data["weights_hash"] != base["weights_hash"]
+    flipped = teacher_trial(sweep, sweep.pairs[0].teacher, dict(DATA, augment="flip"), None)
+    assert flipped["weights_hash"] != base["weights_hash"]
+    given = teacher_trial(sweep, sweep.pairs[0].teacher, DATA, "abc123")
+    assert given["weights_hash"] != base["weights_hash"] and given["train"]["epochs"] == 0
+    trials = student_trials(sweep, DATA, {0: "T0", 1: "T1"})
+    assert len(trials) == 24 and len({t["config_hash"] for t in trials}) == 24
+    more_seeds = load_sweep(SWEEPS / "lambda_ablation.yaml", ["resources.gpu=0.5"])
+    assert [t["config_hash"] for t in student_trials(more_seeds, DATA, {0: "T0", 1: "T1"})] == \
+        [t["config_hash"] for t in trials]  # resources do not change results
