@@ -96,7 +96,8 @@ class DatasetSpec(Strict):
     download: bool = False
     # Off only for data that is not the official release (a copy the tests write, a re-pack).
     verify_checksum: bool = True
-    augment: Literal["crop_flip", "crop", "flip", "none"] | None = None  # None: the dataset's own default
+    # None: the dataset's own default; mocov2 (CoSS's ImageNet augmentation) is for imagenet only.
+    augment: Literal["crop_flip", "crop", "flip", "none", "mocov2"] | None = None
     # > 0: score on a held-out part of the training set (tuning sweeps); the test split is for final numbers.
     val_split: float = Field(0.0, ge=0, le=0.5)
     val_seed: int = 0

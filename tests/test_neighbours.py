@@ -43,7 +43,7 @@ def test_pools_are_cached_and_reused(tmp_path, monkeypatch):
     second = nb.neighbour_pools(teacher, data, 5, "teacherA_data1")
     assert len(calls) == 1 and torch.equal(first, second)
     assert first.shape == (len(data.train_x), 5)
-    feats, _ = real(teacher, data, data.train_x)
+    feats, _ = real(teacher, data, "train")
     assert torch.equal(first, brute_force(feats, 5))
     nb.neighbour_pools(teacher, data, 5, "teacherB_data1")  # another teacher: computed anew
     assert len(calls) == 2 and len(list((tmp_path / "neighbours").glob("*.pt"))) == 2

@@ -6,19 +6,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .datasets import ImageData, eval_batches
+from .datasets import ImageData
 from .models import Backbone
 
 
 @torch.no_grad()
-def extract(model: Backbone, data: ImageData, x: torch.Tensor, batch_size: int = 512
+def extract(model: Backbone, data, split: str, batch_size: int = 512
             ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Pooled features (and logits, when the model has a head) under the evaluation transform."""
+    """Pooled features (and logits, when the model has a head) of a split under the evaluation view."""
     was_training = model.training
     model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     feats, logits = [], []
-    for sl in eval_batches(len(x), batch_size):
-        out = model(data.normalise(x[sl]))
+    for x in data.eval_loader(split, batch_size):
+        out = model(x.to(device, non_blocking=True))
         feats.append(out.feature.float())
         if out.logits is not None:
             logits.append(out.logits.float())
@@ -69,19 +70,19 @@ def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Ten
 
 
 def classifier_top1(model: Backbone, data: ImageData) -> float:
-    _, logits = extract(model, data, data.test_x)
-    return top1(logits, data.test_y)
+    _, logits = extract(model, data, "test")
+    return top1(logits, data.test_y.to(logits.device))
 
 
 def evaluate(model: Backbone, data: ImageData, protocols: dict, seed: int) -> dict[str, float]:
     """Run the asked protocols on the final model; keys are `eval/<protocol>_top1` (the last epoch), and
     `eval/linear_top1_best` (the probe's best epoch)."""
     out: dict[str, float] = {}
-    test_f, test_logits = extract(model, data, data.test_x)
+    test_f, test_logits = extract(model, data, "test")
     if "classifier" in protocols and test_logits is not None:
-        out["eval/classifier_top1"] = top1(test_logits, data.test_y)
+        out["eval/classifier_top1"] = top1(test_logits, data.test_y.to(test_logits.device))
     if "linear" in protocols or "knn" in protocols:
-        train_f, _ = extract(model, data, data.train_x)
+        train_f, _ = extract(model, data, "train")
         if "knn" in protocols:
             p = protocols["knn"]
             out["eval/knn_top1"] = knn_top1(train_f, data.train_y, test_f, data.test_y, data.num_classes,

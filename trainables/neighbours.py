@@ -53,10 +53,10 @@ def neighbour_pools(teacher: Backbone, data: ImageData, k_pool: int, key: str) -
     path = cache_dir() / f"{key}_k{k_pool}.pt"
     if path.exists():
         pools = torch.load(path, weights_only=True)
-        if pools.shape == (len(data.train_x), k_pool):
+        if pools.shape == (data.num_train, k_pool):
             return pools
     t0 = time.perf_counter()
-    feats, _ = extract(teacher, data, data.train_x)
+    feats, _ = extract(teacher, data, "train")
     pools = knn_indices(feats, k_pool)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Concurrent trials may race to write the same pools: write aside, then rename atomically.

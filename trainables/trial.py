@@ -56,7 +56,8 @@ def make_model(spec: dict, data: ImageData, with_head: bool) -> Backbone:
 def model_info(model: Backbone, data: ImageData, preact: bool) -> ModelInfo:
     was = model.training
     model.eval()
-    out = model(data.normalise(data.train_x[:2]), with_maps=True, preact=preact)
+    x = data.eval_view("train", slice(0, 2)).to(next(model.parameters()).device)
+    out = model(x, with_maps=True, preact=preact)
     model.train(was)
     return ModelInfo(out.feature.shape[1], [tuple(m.shape[1:]) for m in out.maps], model.num_classes)
 
@@ -72,11 +73,14 @@ class Context:
     seed: int
     batch_size: int
 
+    workers: int = 0
+
     def batches(self, epoch: int):
         """(x, y, idx) of one shuffled, augmented epoch; a function of (seed, epoch) alone."""
         gen = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + epoch)
-        for idx in train_batches(len(self.data.train_x), self.batch_size, gen):
-            yield self.data.augment(self.data.train_x[idx], gen), self.data.train_y[idx], idx
+        order = list(train_batches(self.data.num_train, self.batch_size, gen))
+        for idx, x, y in self.data.epoch(order, gen, self.workers):
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), idx
 
 
 def load_teacher(cfg: dict, data: ImageData, state: dict[str, torch.Tensor], device: torch.device) -> Backbone:
@@ -117,8 +121,11 @@ def fit(cfg: dict, report: Report, teacher_state: dict[str, torch.Tensor] | None
         student.load_state_dict(init_state)
     method = cls(knobs, model_info(student, data, cls.preact),
                  model_info(teacher, data, cls.preact) if teacher is not None else None,
-                 DataInfo(ds["name"], data.num_classes, len(data.train_x))).to(device)
-    ctx = Context(cfg, data, student, teacher, device, seed, cfg["train"]["batch_size"])
+                 DataInfo(ds["name"], data.num_classes, data.num_train)).to(device)
+    # Data that streams from disk (ImageNet) decodes in worker processes: one core stays with the trial.
+    workers = max(0, int(cfg["resources"]["cpu"]) - 1)
+    data.workers = workers
+    ctx = Context(cfg, data, student, teacher, device, seed, cfg["train"]["batch_size"], workers)
     method.setup(ctx)
 
     sched_cfg = cfg["train"]
@@ -151,7 +158,7 @@ def fit(cfg: dict, report: Report, teacher_state: dict[str, torch.Tensor] | None
         # The data order of epoch e is a function of (seed, e) alone, so a resumed trial replays it.
         gen.manual_seed(seed * 1_000_003 + epoch)
         lr = opt.param_groups[0]["lr"]
-        metrics = train_epoch(student, teacher, method, data, opt, gen, sched_cfg["batch_size"], epoch)
+        metrics = train_epoch(student, teacher, method, data, opt, gen, sched_cfg["batch_size"], epoch, workers)
         sched.step()
         metrics["train/lr"] = lr
         if epoch == start:
@@ -172,7 +179,8 @@ def fit(cfg: dict, report: Report, teacher_state: dict[str, torch.Tensor] | None
 
 
 def train_epoch(student: Backbone, teacher: Backbone | None, method: Method, data: ImageData,
-                opt: torch.optim.Optimizer, gen: torch.Generator, batch_size: int, epoch: int) -> dict[str, float]:
+                opt: torch.optim.Optimizer, gen: torch.Generator, batch_size: int, epoch: int,
+                workers: int = 0) -> dict[str, float]:
     student.train()
     method.train()
     sums: dict[str, torch.Tensor] = {}
@@ -187,9 +195,10 @@ def train_epoch(student: Backbone, teacher: Backbone | None, method: Method, dat
         with torch.no_grad():
             return teacher(x, with_maps=maps, preact=preact)
 
-    for sampled in train_batches(len(data.train_x), batch_size, gen):
-        idx = method.batch_indices(sampled, gen)
-        x, y = data.augment(data.train_x[idx], gen), data.train_y[idx]
+    device = next(student.parameters()).device
+    order = [method.batch_indices(sampled, gen) for sampled in train_batches(data.num_train, batch_size, gen)]
+    for idx, x, y in data.epoch(order, gen, workers):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         step = Step(x, y, idx, run_student(x), run_teacher(x) if teacher is not None else None,
                     run_student, run_teacher if teacher is not None else None, epoch)
         terms = method(step)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 from ..registry import DATASETS
-from . import cifar, digits, mnist, svhn  # noqa: F401  (registration side effect)
+from . import cifar, digits, imagenet, mnist, svhn  # noqa: F401  (registration side effect)
 from .base import AUGMENTATIONS, MAX_VAL_SPLIT, DatasetMissing, ImageData, check_options, eval_batches, train_batches
 
 __all__ = ["AUGMENTATIONS", "DATASETS", "DatasetMissing", "ImageData", "MAX_VAL_SPLIT", "eval_batches", "load_dataset",

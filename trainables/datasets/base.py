@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 # `augment` overrides of a dataset's default training view (None keeps the default).
-AUGMENTATIONS = ("crop_flip", "crop", "flip", "none")
+AUGMENTATIONS = ("crop_flip", "crop", "flip", "none", "mocov2")  # mocov2: ImageNet only
 MAX_VAL_SPLIT = 0.5  # a larger hold-out would leave less to train on than it tunes for
 
 T = TypeVar("T")
@@ -67,6 +67,9 @@ class ImageData:
         if augment is None:
             return self
         check_options(augment, 0.0)
+        if augment == "mocov2":
+            raise ValueError("augment 'mocov2' (colour jitter, blur, resized crops) is for imagenet; this dataset"
+                             " takes crop_flip, crop, flip or none")
         pad = self.crop_padding or max(1, self.image_size // 8)
         return replace(self, crop_padding=pad if augment in ("crop_flip", "crop") else 0,
                        flip=augment in ("crop_flip", "flip"))
@@ -93,6 +96,29 @@ class ImageData:
         val_t = torch.from_numpy(val).to(self.train_y.device)
         return replace(self, train_x=self.train_x[~val_t], train_y=self.train_y[~val_t],
                        test_x=self.train_x[val_t], test_y=self.train_y[val_t], eval_split="val")
+
+    # --- what the trainer and the evaluation use: the same interface as FolderData (ImageNet) -------
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train_y)
+
+    def labels(self, split: str) -> torch.Tensor:
+        return self.train_y if split == "train" else self.test_y
+
+    def eval_view(self, split: str, idx) -> torch.Tensor:
+        """Normalised, un-augmented images `idx` (indices or a slice) of "train" or "test"."""
+        return self.normalise((self.train_x if split == "train" else self.test_x)[idx])
+
+    def eval_loader(self, split: str, batch_size: int = 512) -> Iterator[torch.Tensor]:
+        for sl in eval_batches(len(self.labels(split)), batch_size):
+            yield self.eval_view(split, sl)
+
+    def epoch(self, batches: list[torch.Tensor], gen: torch.Generator, workers: int = 0
+              ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(idx, augmented x, y) for each index batch, in order. In memory: no loader, no workers."""
+        for idx in batches:
+            yield idx, self.augment(self.train_x[idx], gen), self.train_y[idx]
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)

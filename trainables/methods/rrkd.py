@@ -108,7 +108,7 @@ def fit_probe(features: torch.Tensor, y: torch.Tensor, num_classes: int) -> torc
 
 def teacher_probs(ctx: "Context", scorer: str) -> torch.Tensor:
     """The teacher's class probabilities on the training set under the evaluation transform."""
-    features, logits = extract(ctx.teacher, ctx.data, ctx.data.train_x)
+    features, logits = extract(ctx.teacher, ctx.data, "train")
     if scorer == "probe" or logits is None:
         logits = fit_probe(features, ctx.data.train_y.to(features.device), ctx.data.num_classes)
     return logits.float().softmax(1)
@@ -149,7 +149,7 @@ class RRKD(Method):
             if len(idx) == 0:
                 raise RuntimeError("rrkd best_per_class: the teacher classifies no training image correctly")
         self.anchor_idx = idx.to(ctx.device)
-        self.anchor_x = ctx.data.normalise(ctx.data.train_x[idx.to(ctx.data.train_x.device)]).to(ctx.device)
+        self.anchor_x = ctx.data.eval_view("train", idx.to(ctx.data.train_y.device)).to(ctx.device)
 
     def anchor_features(self, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
         if self.knobs.anchors == "in_batch":
