@@ -94,9 +94,8 @@ def read_teacher(spec, data, path: str) -> tuple[dict[str, torch.Tensor], bool]:
 def check_headless_teacher(sweep: Sweep, i: int, file: str) -> None:
     from trainables.methods import method_class
 
-    from .spec import grid_cells
 
-    for cell in grid_cells(sweep.grid):
+    for cell in sweep.all_cells():
         method = cell.get("method", sweep.method)
         cls = method_class(method)
         if cls.uses_teacher_logits(cls.Knobs.model_validate(sweep.knobs_for(method, cell))):

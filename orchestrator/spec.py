@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import difflib
 import itertools
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -101,10 +102,12 @@ class DatasetSpec(Strict):
     # > 0: score on a held-out part of the training set (tuning sweeps); the test split is for final numbers.
     val_split: float = Field(0.0, ge=0, le=0.5)
     val_seed: int = 0
+    # < 1: train on a stratified, seeded fraction of the training set (Miles's ImageNet 20% subset).
+    train_fraction: float = Field(1.0, gt=0, le=1)
 
     def loader_args(self) -> dict:
         return {"download": self.download, "verify_checksum": self.verify_checksum, "augment": self.augment,
-                "val_split": self.val_split, "val_seed": self.val_seed}
+                "val_split": self.val_split, "val_seed": self.val_seed, "train_fraction": self.train_fraction}
 
     @field_validator("name")
     @classmethod
@@ -202,10 +205,16 @@ class Sweep(Strict):
     method: str = "none"
     knobs: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
+    # Explicit cells, for combinations a product cannot express (CoSS supp. Table 2: L_co only, L_ss
+    # only, both); crossed with `grid` when both are given.
+    cells: list[dict[str, Any]] = Field(default_factory=list)
     scratch: bool = False
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     train: Schedule = Field(default_factory=Schedule)
     teacher_train: Schedule | None = None
+    # How kd-sweep trains a teacher it must make: `none` (cross-entropy) or a label-free objective of
+    # a teacher-less method (`autoencoder`, RRKD's self-supervised MNIST teachers).
+    teacher_method: str = "none"
     eval: EvalSpec = Field(default_factory=lambda: EvalSpec(linear=LinearProbe(), knn=KNN()))
     resources: Resources = Field(default_factory=Resources)
     # Bit-for-bit repeats: deterministic kernels (slower on GPU). Seeds fix init and data order anyway.
@@ -220,6 +229,16 @@ class Sweep(Strict):
             raise ValueError(f"unknown method {v!r} (known: {', '.join(METHODS.names())})")
         return v
 
+    @field_validator("teacher_method")
+    @classmethod
+    def _teacher_method(cls, v: str) -> str:
+        if v not in METHODS:
+            raise ValueError(f"unknown method {v!r} (known: {', '.join(METHODS.names())})")
+        if method_class(v).needs_teacher:
+            raise ValueError(f"a teacher is trained without a teacher: {v!r} needs one"
+                             f" (methods that need none: {', '.join(n for n in METHODS.names() if not method_class(n).needs_teacher)})")
+        return v
+
     @field_validator("seeds")
     @classmethod
     def _unique_seeds(cls, v: list[int]) -> list[int]:
@@ -229,7 +248,17 @@ class Sweep(Strict):
 
     @property
     def methods(self) -> list[str]:
-        return list(self.grid.get("method", [self.method]))
+        found = list(self.grid.get("method", []))
+        found += [c["method"] for c in self.cells if "method" in c and c["method"] not in found]
+        return found or [self.method]
+
+    def all_cells(self) -> list[dict[str, Any]]:
+        """Every grid cell: the product of `grid`, crossed with the explicit `cells`."""
+        product = grid_cells(self.grid)
+        return [{**c, **g} for c in self.cells for g in product] if self.cells else product
+
+    def axes(self) -> list[str]:
+        return list(dict.fromkeys([*self.grid, *(k for c in self.cells for k in c)]))
 
     def shared_knobs(self) -> dict[str, Any]:
         """Knobs for every method; a mapping under a method's name holds that method's own."""
@@ -323,6 +352,16 @@ def check_method_knobs(sweep: Sweep, file: str) -> None:
         for m in sweep.grid["method"]:
             if m not in METHODS:
                 raise SpecError(file, "grid.method", f"unknown method {m!r} (known: {', '.join(METHODS.names())})")
+    for i, cell in enumerate(sweep.cells):
+        if not cell:
+            raise SpecError(file, f"cells.{i}", "an empty cell: give the knob values of this column")
+        both = set(cell) & set(sweep.grid)
+        if both:
+            raise SpecError(file, f"cells.{i}.{sorted(both)[0]}", "set both in `cells` and on the `grid`")
+        if "method" in cell and cell["method"] not in METHODS:
+            raise SpecError(file, f"cells.{i}.method", f"unknown method {cell['method']!r}")
+    if len({json.dumps(c, sort_keys=True, default=str) for c in sweep.cells}) != len(sweep.cells):
+        raise SpecError(file, "cells", "cells repeat")
     for axis, values in sweep.grid.items():
         if not values:
             raise SpecError(file, f"grid.{axis}", "empty grid axis: give at least one value")
@@ -339,15 +378,17 @@ def check_method_knobs(sweep: Sweep, file: str) -> None:
         model = method_knob_model(method)
         known = set(model.model_fields) | {f.alias for f in model.model_fields.values() if f.alias}
         own = sweep.knobs.get(method, {})
-        for where, names in (("knobs", sweep.shared_knobs()), (f"knobs.{method}", own), ("grid", sweep.grid)):
+        cell_keys = {k for c in sweep.cells if c.get("method", method) == method for k in c}
+        for where, names in (("knobs", sweep.shared_knobs()), (f"knobs.{method}", own), ("grid", sweep.grid),
+                             ("cells", cell_keys)):
             for k in names:
-                if where == "grid" and k == "method":
+                if where in ("grid", "cells") and k == "method":
                     continue
                 if k not in known:
                     listed = sorted(f.alias or n for n, f in model.model_fields.items())
                     raise SpecError(file, f"{where}.{k}", f"method {method!r} has no knob {k!r}"
                                     f"{_did_you_mean(k, listed)} (knobs: {', '.join(listed)})")
-        for cell in grid_cells(sweep.grid):
+        for cell in sweep.all_cells():
             if cell.get("method", method) != method:
                 continue
             try:
@@ -355,7 +396,8 @@ def check_method_knobs(sweep: Sweep, file: str) -> None:
             except ValidationError as e:
                 err = e.errors()[0]
                 field = _loc(err["loc"])
-                where = "grid" if field in sweep.grid else f"knobs.{method}" if field in own else "knobs"
+                where = ("grid" if field in sweep.grid else "cells" if field in cell_keys
+                         else f"knobs.{method}" if field in own else "knobs")
                 raise SpecError(file, f"{where}.{field}" if field else where,
                                 f"{err['msg'].removeprefix('Value error, ')} (method {method!r})") from None
             if sweep.setting == "unsupervised":
@@ -408,7 +450,7 @@ def resolve_path(p: str, base: Path | None = None) -> str:
 def count_trials(sweep: Sweep) -> int:
     """Student trials (teachers not counted: they may exist already)."""
     students = [p.student for p in sweep.pairs if p.student is not None]
-    n = len(students) * len(grid_cells(sweep.grid)) * len(sweep.seeds)
+    n = len(students) * len(sweep.all_cells()) * len(sweep.seeds)
     if sweep.scratch:
         n += len({s.label for s in students}) * len(sweep.seeds)
     return n

@@ -11,7 +11,7 @@ from typing import Any
 
 from trainables.methods import method_class
 
-from .spec import Pair, Sweep, TeacherSpec, grid_cells
+from .spec import Pair, Sweep, TeacherSpec
 
 # Bump when a change to the trainables changes what the same config produces: old runs then stop
 # matching and are neither reused as teachers nor counted as the same trial.
@@ -66,10 +66,12 @@ def teacher_trial(sweep: Sweep, spec: TeacherSpec, dataset: dict, checkpoint_dig
     ds = {k: v for k, v in dataset.items() if k not in ("root", "download")}
     model = _model(spec) if head else {**_model(spec), "head": False}
     weights_hash = digest({"model": model, "dataset": ds, "train": sched, "seed": TEACHER_SEED,
-                           "result_version": RESULT_VERSION})
+                           "result_version": RESULT_VERSION,
+                           **({"method": sweep.teacher_method} if sweep.teacher_method != "none" else {})})
     cfg = {
         "role": "teacher", "sweep": sweep.name, "dataset": dataset, "student": model,
-        "teacher": None, "method": "none", "knobs": method_class("none").Knobs().model_dump(by_alias=True),
+        "teacher": None, "method": sweep.teacher_method,
+        "knobs": method_class(sweep.teacher_method).Knobs().model_dump(by_alias=True),
         "train": sweep.teacher_schedule.model_dump(), "eval": _eval(sweep, with_classifier=True),
         "seed": TEACHER_SEED, "weights_hash": weights_hash, "deterministic": sweep.deterministic,
         "resources": sweep.resources.model_dump(),
@@ -96,7 +98,7 @@ def student_trials(sweep: Sweep, dataset: dict, teacher_hash: dict[int, str],
     for i, pair in enumerate(sweep.pairs):
         if pair.student is None:
             continue
-        for cell in grid_cells(sweep.grid):
+        for cell in sweep.all_cells():
             method = cell.get("method", sweep.method)
             knobs = method_class(method).Knobs.model_validate(sweep.knobs_for(method, cell)).model_dump(by_alias=True)
             for seed in sweep.seeds:

@@ -1,7 +1,6 @@
 """CIFAR-10, SVHN and MNIST read from their real on-disk formats; augment overrides, the validation hold-out,
 and downloads that leave nothing half-written behind. No network: every download here is simulated."""
 import hashlib
-import inspect
 import os
 import shutil
 import urllib.request
@@ -29,11 +28,16 @@ def _md5(path) -> str:
     return hashlib.md5(open(path, "rb").read()).hexdigest()
 
 
-def test_load_dataset_signature():
-    params = inspect.signature(load_dataset).parameters
-    assert [(p.name, p.default) for p in params.values()] == [
-        ("name", inspect.Parameter.empty), ("root", inspect.Parameter.empty), ("download", False),
-        ("verify_checksum", True), ("augment", None), ("val_split", 0.0), ("val_seed", 0)]
+def test_train_fraction_keeps_a_stratified_seeded_part_of_train_only():
+    full = load_dataset("digits", "unused")
+    part = load_dataset("digits", "unused", train_fraction=0.2)
+    again = load_dataset("digits", "unused", train_fraction=0.2)
+    assert len(part.train_y) == round(0.2 * len(full.train_y)) and torch.equal(part.train_y, again.train_y)
+    assert torch.equal(part.test_y, full.test_y)  # the test split is untouched
+    per_class = torch.bincount(part.train_y, minlength=10)
+    expect = torch.bincount(full.train_y, minlength=10).double() * 0.2
+    assert ((per_class - expect).abs() <= 1).all()
+    assert part.fingerprint() != full.fingerprint()  # never mistaken for a teacher of the full set
 
 
 def test_cifar10_reads_the_five_batches_in_nchw(tmp_path):

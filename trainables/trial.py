@@ -27,7 +27,7 @@ from .models import Backbone, Output, build_model
 Report = Callable[[dict[str, float], dict[str, Any], dict[str, torch.Tensor] | None], None]
 
 
-LOADER_ARGS = ("download", "verify_checksum", "augment", "val_split", "val_seed")
+LOADER_ARGS = ("download", "verify_checksum", "augment", "val_split", "val_seed", "train_fraction")
 
 
 class NonFiniteLoss(RuntimeError):

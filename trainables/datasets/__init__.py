@@ -12,11 +12,13 @@ __all__ = ["AUGMENTATIONS", "DATASETS", "DatasetMissing", "ImageData", "MAX_VAL_
 
 
 def load_dataset(name: str, root: str, download: bool = False, verify_checksum: bool = True,
-                 augment: str | None = None, val_split: float = 0.0, val_seed: int = 0) -> ImageData:
+                 augment: str | None = None, val_split: float = 0.0, val_seed: int = 0,
+                 train_fraction: float = 1.0) -> ImageData:
     """`augment`: None (the dataset's default view) or one of AUGMENTATIONS. `val_split` > 0: a stratified part
     of the training set, seeded by `val_seed`, comes back in place of the test split (eval_split "val") and
     leaves the training set; keep the test split for final numbers."""
     check_options(augment, val_split)  # before any reading or downloading
     root = os.path.abspath(os.path.expanduser(root))
-    return DATASETS.get(name)(root, download=download, verify_checksum=verify_checksum, augment=augment,
+    data = DATASETS.get(name)(root, download=download, verify_checksum=verify_checksum, augment=augment,
                               val_split=val_split, val_seed=val_seed)
+    return data.subset(train_fraction, val_seed) if train_fraction < 1 else data

@@ -74,6 +74,12 @@ class ImageData:
         return replace(self, crop_padding=pad if augment in ("crop_flip", "crop") else 0,
                        flip=augment in ("crop_flip", "flip"))
 
+    def subset(self, fraction: float, seed: int = 0) -> "ImageData":
+        """Only a stratified, seeded `fraction` of the training set (the test split untouched)."""
+        keep = ~stratified_mask(self.train_y.cpu().numpy(), 1 - fraction, seed)
+        keep_t = torch.from_numpy(keep).to(self.train_y.device)
+        return replace(self, train_x=self.train_x[keep_t], train_y=self.train_y[keep_t])
+
     def holdout(self, fraction: float, seed: int = 0) -> "ImageData":
         """A stratified, seeded part of the training set in place of the test split (eval_split "val").
 
@@ -83,17 +89,7 @@ class ImageData:
         check_options(None, fraction)
         if fraction == 0:
             return self
-        y = self.train_y.cpu().numpy()
-        classes, counts = np.unique(y, return_counts=True)
-        quota = counts * fraction
-        take = np.floor(quota).astype(np.int64)
-        rest = int(round(len(y) * fraction)) - int(take.sum())
-        take[np.argsort(-(quota - take), kind="stable")[:rest]] += 1
-        rng = np.random.default_rng(seed)
-        val = np.zeros(len(y), dtype=bool)
-        for c, k in zip(classes, take):
-            val[rng.permutation(np.flatnonzero(y == c))[:k]] = True
-        val_t = torch.from_numpy(val).to(self.train_y.device)
+        val_t = torch.from_numpy(stratified_mask(self.train_y.cpu().numpy(), fraction, seed)).to(self.train_y.device)
         return replace(self, train_x=self.train_x[~val_t], train_y=self.train_y[~val_t],
                        test_x=self.train_x[val_t], test_y=self.train_y[val_t], eval_split="val")
 
@@ -141,6 +137,21 @@ class ImageData:
             flip = torch.rand(b, generator=gen, device=gen.device).to(x.device) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         return self.normalise(x)
+
+
+def stratified_mask(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A seeded mask of round(N * fraction) samples, each class giving its share (largest remainder,
+    so every class is within one sample of N_c * fraction)."""
+    classes, counts = np.unique(y, return_counts=True)
+    quota = counts * fraction
+    take = np.floor(quota).astype(np.int64)
+    rest = int(round(len(y) * fraction)) - int(take.sum())
+    take[np.argsort(-(quota - take), kind="stable")[:rest]] += 1
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(len(y), dtype=bool)
+    for c, k in zip(classes, take):
+        mask[rng.permutation(np.flatnonzero(y == c))[:k]] = True
+    return mask
 
 
 def check_options(augment: Optional[str], val_split: float) -> None:

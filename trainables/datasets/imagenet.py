@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import numpy as np
@@ -18,7 +18,7 @@ import torchvision
 import torchvision.transforms as T
 
 from ..registry import DATASETS
-from .base import DatasetMissing, check_options
+from .base import DatasetMissing, check_options, stratified_mask
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -81,6 +81,10 @@ class FolderData:
     @property
     def num_train(self) -> int:
         return len(self.train_samples)
+
+    def subset(self, fraction: float, seed: int = 0) -> "FolderData":
+        kept, _ = _holdout(self.train_samples, 1 - fraction, seed)
+        return replace(self, train_samples=kept)
 
     def to(self, device: torch.device) -> "FolderData":
         self.device = torch.device(device)
@@ -169,12 +173,7 @@ def _seed_worker(_: int) -> None:
 
 
 def _holdout(samples: list[tuple[str, int]], fraction: float, seed: int):
-    y = np.array([c for _, c in samples])
-    rng = np.random.default_rng(seed)
-    val = np.zeros(len(y), dtype=bool)
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        val[rng.permutation(idx)[:int(round(len(idx) * fraction))]] = True
+    val = stratified_mask(np.array([c for _, c in samples]), fraction, seed)
     return [s for s, v in zip(samples, val) if not v], [s for s, v in zip(samples, val) if v]
 
 
