@@ -64,3 +64,10 @@ def test_scale_and_cross_entropy_terms():
     assert terms["co"].item() == pytest.approx(2 * CO, rel=1e-6)
     ce = (-math.log(math.exp(2) / (math.exp(2) + 1)) + math.log(2)) / 2
     assert terms["ce"].item() == pytest.approx(0.5 * ce, rel=1e-6)
+
+
+def test_components_of_supp_table_2():
+    only_ss = coss(**{"lambda": 1.0, "lambda_co": 0.0, "beta": 1.0})(step(S, T))
+    assert only_ss["co"].item() == 0 and only_ss["ss"].item() == pytest.approx(SS, rel=1e-6)
+    with pytest.raises(Exception, match="both 0"):
+        coss(**{"lambda": 0.0, "lambda_co": 0.0})

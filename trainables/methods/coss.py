@@ -25,6 +25,8 @@ EPS = 1e-8
 
 class CoSSKnobs(Knobs):
     lam: float = Field(1.0, ge=0, alias="lambda", description="weight of the space-similarity term")
+    lambda_co: float = Field(1.0, ge=0, description="weight of the per-sample cosine term (CoSS supp. Table 2"
+                                                     " sets it to 0 for 'L_ss only')")
     beta: float | None = Field(None, gt=0, description="loss scale; default 1 on ImageNet, 50 elsewhere")
     tau_t: float = Field(0.07, gt=0, description="teacher temperature (temperature: post)")
     tau_s: float = Field(0.1, gt=0, description="student temperature (temperature: post)")
@@ -33,6 +35,12 @@ class CoSSKnobs(Knobs):
     temperature: Literal["post", "pre"] | None = Field(
         None, description="post: normalise then divide (ImageNet code); pre: divide then normalise,"
                           " i.e. plain cosine (CIFAR code); default by dataset")
+
+    @model_validator(mode="after")
+    def _some_term(self) -> "CoSSKnobs":
+        if self.lam == 0 and self.lambda_co == 0:
+            raise ValueError("lambda and lambda_co are both 0: the loss would be empty")
+        return self
 
     @model_validator(mode="after")
     def _pool_holds_k(self) -> "CoSSKnobs":
@@ -82,4 +90,4 @@ class CoSS(Method):
         a_s, z_t = self.proj(step.s.feature), step.t.feature
         co = similarity_term(z_t, a_s, self.tau_t, self.tau_s)
         ss = similarity_term(z_t.T, a_s.T, self.tau_t, self.tau_s)
-        return {"co": self.beta * co, "ss": self.beta * self.knobs.lam * ss}
+        return {"co": self.beta * self.knobs.lambda_co * co, "ss": self.beta * self.knobs.lam * ss}
