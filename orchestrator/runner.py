@@ -176,7 +176,9 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
 
     exp_id = store.experiment(sweep.name)
     resolved = yaml.safe_dump(sweep.model_dump(mode="json", by_alias=True), sort_keys=False)
-    parent = store.start_parent(exp_id, sweep.name, resolved, len(plan.students))
+    parent = store.start_parent(exp_id, sweep.name, resolved, len(plan.students),
+                                {"kd.seeds": json.dumps(sweep.seeds), "kd.smoke": "false",
+                                 "kd.dataset": sweep.dataset.name, "kd.setting": sweep.setting})
     progress = Progress(out)
     status = "FAILED"
     try:

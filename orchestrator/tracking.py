@@ -20,7 +20,7 @@ from .trials import flat_params
 
 KD_VERSION = "0.1.0"
 # Per-epoch names the trainable reports; everything else in a Tune result is Ray's bookkeeping.
-METRIC_PREFIXES = ("train/", "eval/", "pretrain/")
+METRIC_PREFIXES = ("train/", "eval/", "pretrain/", "cost/")
 
 METRIC_NOTE = ("eval/<protocol>_top1 is the last epoch (RepDistiller's convention); eval/classifier_top1_best is"
                " the best training epoch (mdistiller's) and eval/linear_top1_best the probe's best epoch;"
@@ -76,11 +76,13 @@ class Store:
         exp = self.client.get_experiment_by_name(name)
         return exp.experiment_id if exp else self.client.create_experiment(name)
 
-    def start_parent(self, exp_id: str, sweep_name: str, resolved_yaml: str, n_trials: int) -> str:
+    def start_parent(self, exp_id: str, sweep_name: str, resolved_yaml: str, n_trials: int,
+                     tags: dict[str, str]) -> str:
+        """`tags`: what the report needs of the sweep as a whole (kd.seeds, kd.smoke...)."""
         run = self.client.create_run(exp_id, run_name=f"{sweep_name}-{time.strftime('%Y%m%d-%H%M%S')}",
                                      tags={"kd.role": "sweep", "kd.sweep": sweep_name, "kd.version": KD_VERSION,
-                                           "kd.n_trials": str(n_trials), **({"kd.git_commit": c}
-                                                                            if (c := git_commit()) else {})})
+                                           "kd.n_trials": str(n_trials), **tags,
+                                           **({"kd.git_commit": c} if (c := git_commit()) else {})})
         run_id = run.info.run_id
         with tempfile.TemporaryDirectory() as d:
             p = Path(d, "sweep.yaml")
@@ -150,7 +152,8 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None):
             step = int(result.get("epoch", 0))
             ts = int(time.time() * 1000)
             metrics = [Metric(k, v, ts, step) for k, v in _numbers(result).items()]
-            store.client.log_batch(run_id, metrics=metrics)
+            tags = [RunTag("kd.device", str(result["device"]))] if "device" in result else []
+            store.client.log_batch(run_id, metrics=metrics, tags=tags)
             if progress:
                 progress.result(trial, result)
 

@@ -96,6 +96,7 @@ def fit(cfg: dict, report: Report, teacher_state: dict[str, torch.Tensor] | None
         resume: dict[str, Any] | None = None, init_state: dict[str, torch.Tensor] | None = None) -> None:
     """`teacher_state`: the frozen teacher's weights; `init_state`: weights to start the model from
     (a teacher given as a checkpoint is evaluated from them)."""
+    t_start = time.perf_counter()
     # A trial uses the CPU share it asked for (Ray sets OMP_NUM_THREADS=1 in its workers otherwise).
     torch.set_num_threads(max(1, int(cfg["resources"]["cpu"])))
     device = pick_device(cfg)
@@ -134,13 +135,14 @@ def fit(cfg: dict, report: Report, teacher_state: dict[str, torch.Tensor] | None
                           weight_decay=sched_cfg["weight_decay"])
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, sched_cfg["milestones"], sched_cfg["gamma"])
 
-    start, pre, best = 1, {}, 0.0
+    start, pre, best, spent = 1, {}, 0.0, 0.0
     if resume is not None:
         student.load_state_dict(resume["student"])
         method.load_state_dict(resume["method"])
         opt.load_state_dict(resume["optimizer"])
         sched.load_state_dict(resume["scheduler"])
         start, best = resume["epoch"] + 1, resume.get("best_classifier_top1", 0.0)
+        spent = resume.get("wall_s", 0.0)
     else:
         pre = {f"pretrain/{k}": v for k, v in method.pretrain(ctx).items()}
     # The student's own classifier is scored every epoch: RepDistiller reports the last epoch,
@@ -150,7 +152,12 @@ def fit(cfg: dict, report: Report, teacher_state: dict[str, torch.Tensor] | None
 
     def state(epoch: int) -> dict[str, Any]:
         return {"student": student.state_dict(), "method": method.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "epoch": epoch, "best_classifier_top1": best}
+                "scheduler": sched.state_dict(), "epoch": epoch, "best_classifier_top1": best,
+                "wall_s": wall()}
+
+    def wall() -> float:
+        """Seconds this trial has run, over every resume: what a cell costs."""
+        return spent + time.perf_counter() - t_start
 
     epochs = sched_cfg["epochs"]
     gen = torch.Generator(device=device)
@@ -170,11 +177,13 @@ def fit(cfg: dict, report: Report, teacher_state: dict[str, torch.Tensor] | None
             metrics.update(evaluate(student, data, final_protocols, seed))
             if per_epoch:
                 metrics["eval/classifier_top1_best"] = best
+            metrics["cost/wall_s"] = wall()
         report({"epoch": epoch, **metrics}, state(epoch), student.state_dict() if epoch == epochs else None)
     if start > epochs:  # nothing to train (a given teacher, or a resume after the last epoch)
         final = evaluate(student, data, cfg["eval"], seed)
         if "eval/classifier_top1" in final:
             final["eval/classifier_top1_best"] = max(best, final["eval/classifier_top1"])
+        final["cost/wall_s"] = wall()
         report({"epoch": epochs, **final}, state(epochs), student.state_dict())
 
 
@@ -221,6 +230,12 @@ def train_epoch(student: Backbone, teacher: Backbone | None, method: Method, dat
     return out
 
 
+def device_name(cfg: dict) -> str:
+    if pick_device(cfg).type == "cuda":
+        return torch.cuda.get_device_name()
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
 # --- Ray Tune adapter ---------------------------------------------------------------------------
 
 def tune_trainable(config: dict, teachers: dict[str, dict[str, torch.Tensor]] | None = None) -> None:
@@ -235,6 +250,7 @@ def tune_trainable(config: dict, teachers: dict[str, dict[str, torch.Tensor]] | 
             resume = torch.load(os.path.join(d, "state.pt"), weights_only=True, map_location="cpu")
 
     def report(metrics: dict[str, float], state: dict[str, Any], final_model: dict | None) -> None:
+        metrics = {**metrics, "device": device_name(cfg)}
         with tempfile.TemporaryDirectory() as d:
             torch.save(state, os.path.join(d, "state.pt"))
             if final_model is not None:
