@@ -24,23 +24,45 @@ def run(
     tracking_uri: Optional[str] = typer.Option(None, envvar="MLFLOW_TRACKING_URI",
                                                help="MLflow store (default: sqlite:///mlflow.db here)"),
     storage: Optional[str] = typer.Option(None, help="where trial checkpoints go (default: ./ray_results)"),
+    smoke: bool = typer.Option(False, "--smoke", help="the same sweep at a size a 2-core CPU runs in minutes:"
+                               " 1 seed, 1 epoch, a few hundred images; the numbers are not results"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the trials, counts and an estimate from earlier"
+                                 " runs of the same cells; run nothing"),
 ) -> None:
     """Validate FILE, then run every trial of it and log them to MLflow."""
+    import os
+
     from .spec import SpecError, load_sweep
 
     try:
         sweep = load_sweep(file, set_)
+        if smoke:
+            from .smoke import smoke_sweep
+
+            sweep, where = smoke_sweep(sweep, os.path.dirname(os.path.abspath(file)))
+            typer.echo(f"SMOKE RUN of {file}: 1 seed, 1 epoch, {where}. These numbers are NOT results;"
+                       f" they go to experiment {sweep.name!r}.")
     except SpecError as e:
         _fail(str(e), 2)
     from .runner import RunError, run_sweep
     from .tracking import resolve_tracking_uri
 
+    if dry_run:
+        from .dryrun import dry_run as show
+
+        try:
+            show(sweep, file, resolve_tracking_uri(tracking_uri))
+        except SpecError as e:
+            _fail(str(e), 2)
+        return
     try:
-        code = run_sweep(sweep, file, address, resolve_tracking_uri(tracking_uri), storage)
+        code = run_sweep(sweep, file, address, resolve_tracking_uri(tracking_uri), storage, smoke=smoke)
     except SpecError as e:
         _fail(str(e), 2)
     except RunError as e:
         _fail(str(e), 1)
+    if smoke:
+        typer.echo("SMOKE RUN finished: the numbers above are a pipeline check, not results.")
     raise typer.Exit(code)
 
 
@@ -55,30 +77,49 @@ def report(
     sweep: Optional[str] = typer.Argument(None, help="sweep name (default: the latest sweep in the store)"),
     table: bool = typer.Option(True, "--table/--no-table", help="print the paper-style table"),
     metric: str = typer.Option("linear_top1", help="linear_top1, knn_top1, classifier_top1, ..."),
-    fmt: Fmt = typer.Option(Fmt.md, "--format", help="md, latex or csv"),
+    fmt: Fmt = typer.Option(Fmt.md, "--format", help="md, latex (booktabs) or csv"),
+    best_over: Optional[str] = typer.Option(
+        None, "--best-over", metavar="AXIS",
+        help="per pair, other knobs and seed, take the best run over AXIS (e.g. scale), then average seeds"),
+    paper: bool = typer.Option(False, "--paper", help="the published number and Δ (ours − paper) beside each cell"),
+    cost: bool = typer.Option(False, "--cost", help="GPU-hours (or CPU-hours) per cell and for the table"),
+    plot: Optional[str] = typer.Option(None, "--plot", metavar="FILE.png",
+                                       help="draw the metric against the swept numeric knob, one line per pair"),
+    axis: Optional[str] = typer.Option(None, "--axis", help="the knob --plot draws against (default: the swept one)"),
+    smoke: bool = typer.Option(False, "--smoke", help="report the sweep's latest smoke run (kd.smoke) instead"),
     tracking_uri: Optional[str] = typer.Option(None, envvar="MLFLOW_TRACKING_URI"),
 ) -> None:
     """Print the table of a sweep's latest run: pairs x swept values, mean ± std (n) over seeds."""
     from results.collect import NoRuns, sweep_runs
-    from results.table import build, render
+    from results.report import compose
+    from results.table import ReportError
 
     from .tracking import resolve_tracking_uri
 
     try:
-        parent, runs = sweep_runs(resolve_tracking_uri(tracking_uri), sweep)
+        parent, runs = sweep_runs(resolve_tracking_uri(tracking_uri), sweep, smoke)
     except NoRuns as e:
         _fail(str(e), 1)
-    if not table:
+    if not table and not plot:
         return
     try:
-        tab, col = build(runs, metric)
+        text, tab, col = compose(parent.data.tags, parent.info.run_id, runs, metric, fmt.value, best_over,
+                                 paper, cost)
+        if plot:
+            from results.plot import plot as draw
+
+            draw(tab, col, plot, axis)
     except KeyError as e:
         _fail(e.args[0], 2)
-    name = parent.data.tags.get("kd.sweep", "")
-    split = "held-out validation split" if (runs["eval_split"] == "val").any() else "test split"
-    caption = (f"{name}: {col.removeprefix('eval/')} (%) on the {split}, mean ± std (seeds) over finished runs;"
-               f" best student per row in bold. Run {parent.info.run_id[:8]}.")
-    sys.stdout.write(render(tab, fmt.value, caption if fmt != Fmt.csv else ""))
+    except ReportError as e:
+        _fail(str(e), 2)
+    if paper and not tab.attrs.get("paper_sources"):
+        typer.echo(f"note: no published number matches these cells ({col.removeprefix('eval/')},"
+                   f" dataset {parent.data.tags.get('kd.dataset', '?')}); see results/published/", err=True)
+    if table:
+        sys.stdout.write(text)
+    if plot:
+        typer.echo(f"wrote {plot}", err=True)
 
 
 class Kind(str, Enum):

@@ -152,7 +152,8 @@ def _fit_phase(name: str, configs: list[dict], sweep: Sweep, storage: str, callb
     tuner = tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search(configs)},
-        tune_config=tune.TuneConfig(trial_name_creator=namer, trial_dirname_creator=namer),
+        # Reused actors keep torch imported between trials: seconds per trial on short ones.
+        tune_config=tune.TuneConfig(trial_name_creator=namer, trial_dirname_creator=namer, reuse_actors=True),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, callbacks=[callback], verbose=0,
             failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
@@ -166,7 +167,7 @@ def _teacher_weights(store: Store, run) -> dict[str, torch.Tensor]:
 
 
 def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, storage: str | None,
-              out=sys.stdout) -> int:
+              out=sys.stdout, smoke: bool = False) -> int:
     base = os.path.dirname(os.path.abspath(file))
     plan = preflight(sweep, file, base)
     storage_path = resolve_path(storage or sweep.storage or "ray_results", None)
@@ -177,7 +178,7 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
     exp_id = store.experiment(sweep.name)
     resolved = yaml.safe_dump(sweep.model_dump(mode="json", by_alias=True), sort_keys=False)
     parent = store.start_parent(exp_id, sweep.name, resolved, len(plan.students),
-                                {"kd.seeds": json.dumps(sweep.seeds), "kd.smoke": "false",
+                                {"kd.seeds": json.dumps(sweep.seeds), "kd.smoke": str(smoke).lower(),
                                  "kd.dataset": sweep.dataset.name, "kd.setting": sweep.setting})
     progress = Progress(out)
     status = "FAILED"
@@ -199,7 +200,7 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
         if todo:
             progress.begin(f"teachers: {len(todo)} trial(s)", len(todo))
             _fit_phase(f"{sweep.name}-teachers-{parent[:8]}", todo, sweep, storage_path,
-                       make_callback(store, exp_id, parent, progress), weights)
+                       make_callback(store, exp_id, parent, progress, {"kd.smoke": str(smoke).lower()}), weights)
         for cfg in plan.teachers:
             run = store.find_teacher("config_hash", cfg["config_hash"])
             if run is None:
@@ -219,7 +220,7 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
         # Phase 2: the students of every cell x pair x seed, and the from-scratch students.
         progress.begin(f"sweep {sweep.name}: {len(plan.students)} trials", len(plan.students))
         _fit_phase(f"{sweep.name}-{parent[:8]}", plan.students, sweep, storage_path,
-                   make_callback(store, exp_id, parent, progress), weights)
+                   make_callback(store, exp_id, parent, progress, {"kd.smoke": str(smoke).lower()}), weights)
         failed = progress.summary()
         status = "FAILED" if failed else "FINISHED"
         progress.note(f"MLflow: {tracking_uri} (experiment {sweep.name!r}, parent run {parent});"

@@ -47,7 +47,8 @@ class ModelSpec(Strict):
         if isinstance(v, dict):
             v = dict(v)
             own = {k: v.pop(k) for k in list(v) if k in cls.own_fields()}
-            return {**own, "options": v}
+            nested = v.pop("options") if isinstance(v.get("options"), dict) else {}  # a dumped spec
+            return {**own, "options": {**nested, **v}}
         return v
 
     @classmethod
@@ -104,10 +105,14 @@ class DatasetSpec(Strict):
     val_seed: int = 0
     # < 1: train on a stratified, seeded fraction of the training set (Miles's ImageNet 20% subset).
     train_fraction: float = Field(1.0, gt=0, le=1)
+    # At most this many images per split (stratified, seeded): quick runs, `--smoke`.
+    max_train: int | None = Field(None, ge=2)
+    max_test: int | None = Field(None, ge=1)
 
     def loader_args(self) -> dict:
         return {"download": self.download, "verify_checksum": self.verify_checksum, "augment": self.augment,
-                "val_split": self.val_split, "val_seed": self.val_seed, "train_fraction": self.train_fraction}
+                "val_split": self.val_split, "val_seed": self.val_seed, "train_fraction": self.train_fraction,
+                "max_train": self.max_train, "max_test": self.max_test}
 
     @field_validator("name")
     @classmethod

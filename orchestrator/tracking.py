@@ -112,7 +112,7 @@ def _numbers(result: dict) -> dict[str, float]:
             if k.startswith(METRIC_PREFIXES) and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def make_callback(store: Store, exp_id: str, parent_id: str, progress=None):
+def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags: dict[str, str] | None = None):
     from ray import tune
 
     class MLflowTrials(tune.Callback):
@@ -134,7 +134,8 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None):
                 run_id = found[0].info.run_id
                 store.client.update_run(run_id, status="RUNNING")
             else:
-                run = store.client.create_run(exp_id, tags={MLFLOW_PARENT_RUN_ID: parent_id, **trial_tags(cfg)})
+                run = store.client.create_run(exp_id, tags={MLFLOW_PARENT_RUN_ID: parent_id, **trial_tags(cfg),
+                                                             **(tags or {})})
                 run_id = run.info.run_id
                 params = [Param(k, v[:6000]) for k, v in flat_params(cfg).items()]
                 for i in range(0, len(params), 100):

@@ -15,10 +15,14 @@ class NoRuns(Exception):
 TAGS = {"role": "kd.role", "pair": "kd.pair", "teacher": "kd.teacher", "student": "kd.student",
         "method": "kd.method", "cell": "kd.cell", "seed": "kd.seed", "config_hash": "kd.config_hash",
         "teacher_hash": "kd.teacher_hash", "weights_hash": "kd.weights_hash", "error": "kd.error",
-        "eval_split": "kd.eval_split"}
+        "eval_split": "kd.eval_split", "dataset": "kd.dataset", "device": "kd.device"}
+# MLflow params the report reads (what a trial reserved: the cost of a cell), as frame columns.
+PARAMS = {"gpu": "resources.gpu", "cpu": "resources.cpu"}
 
 
-def latest_parent(client: MlflowClient, sweep: str | None):
+def latest_parent(client: MlflowClient, sweep: str | None, smoke: bool = False):
+    """The latest parent run of SWEEP (or of any sweep). Smoke runs (parent tag kd.smoke = "true")
+    and real ones are never mixed: the latest real one by default, the latest smoke one with `smoke`."""
     if sweep is None:
         exps = [e.experiment_id for e in client.search_experiments()]
     else:
@@ -29,26 +33,45 @@ def latest_parent(client: MlflowClient, sweep: str | None):
                          f" (sweeps there: {', '.join(known) or 'none'})")
         exps = [exp.experiment_id]
     runs = _parents(client, exps)
+    where = f" for sweep {sweep!r}" if sweep else ""
     if not runs:
-        raise NoRuns(f"no kd-sweep runs in {client.tracking_uri}"
-                     + (f" for sweep {sweep!r}" if sweep else "") + "; run `kd-sweep run SWEEP.yaml` first")
-    return runs[0]
+        raise NoRuns(f"no kd-sweep runs in {client.tracking_uri}{where}; run `kd-sweep run SWEEP.yaml` first")
+    kind = [r for r in runs if is_smoke(r) == smoke]
+    if not kind:
+        if smoke:
+            raise NoRuns(f"no smoke run{where} in {client.tracking_uri} (only real runs: drop --smoke)")
+        raise NoRuns(f"only smoke runs{where} in {client.tracking_uri}: `--smoke` reports the latest of them")
+    return kind[0]
 
 
-def _parents(client: MlflowClient, exps: list[str] | None):
+def is_smoke(parent) -> bool:
+    return parent.data.tags.get("kd.smoke", "false").lower() == "true"
+
+
+def _parents(client: MlflowClient, exps: list[str] | None) -> list:
+    """Every parent run (one per `kd-sweep run`), the latest first."""
     exps = exps or [e.experiment_id for e in client.search_experiments()]
-    return client.search_runs(exps, filter_string="tags.`kd.role` = 'sweep'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
+    runs, token = [], None
+    while True:
+        page = client.search_runs(exps, filter_string="tags.`kd.role` = 'sweep'",
+                                  order_by=["attributes.start_time DESC"], max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
 
 
 def _frame(runs: pd.DataFrame) -> pd.DataFrame:
     if runs.empty:
-        return pd.DataFrame(columns=["run_id", "status", *TAGS])
+        return pd.DataFrame(columns=["run_id", "status", *TAGS, *PARAMS])
     out = pd.DataFrame({"run_id": runs["run_id"], "status": runs["status"]})
     for col, tag in TAGS.items():
         out[col] = runs.get(f"tags.{tag}", pd.Series([None] * len(runs), index=runs.index))
     out["cell"] = out["cell"].map(lambda s: json.loads(s) if isinstance(s, str) and s else {})
     out["seed"] = pd.to_numeric(out["seed"], errors="coerce")
+    for col, param in PARAMS.items():
+        out[col] = pd.to_numeric(runs.get(f"params.{param}", pd.Series([None] * len(runs), index=runs.index)),
+                                 errors="coerce")
     for c in runs.columns:
         if c.startswith("metrics."):
             out[c.removeprefix("metrics.")] = runs[c]
@@ -72,24 +95,29 @@ def _runs_frame(runs) -> pd.DataFrame:
     for r in runs:
         row = {"run_id": r.info.run_id, "status": r.info.status}
         row.update({f"tags.{k}": v for k, v in r.data.tags.items()})
+        row.update({f"params.{k}": v for k, v in r.data.params.items() if k in PARAMS.values()})
         row.update({f"metrics.{k}": v for k, v in r.data.metrics.items()})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def sweep_runs(tracking_uri: str, sweep: str | None = None) -> tuple[object, pd.DataFrame]:
-    """The latest `kd-sweep run` of SWEEP (or of any sweep): its parent run and its trials, plus the
-    runs of the teachers its students used (which may live in an earlier sweep)."""
+def sweep_runs(tracking_uri: str, sweep: str | None = None, smoke: bool = False) -> tuple[object, pd.DataFrame]:
+    """The latest `kd-sweep run` of SWEEP (or of any sweep; the latest smoke run with `smoke`): its
+    parent run and its trials, plus the runs of the teachers its students used (which may live in an
+    earlier sweep: `in_sweep` is False for those, so the cost of this sweep leaves them out)."""
     client = MlflowClient(tracking_uri)
-    parent = latest_parent(client, sweep)
+    parent = latest_parent(client, sweep, smoke)
     exp = parent.info.experiment_id
     children = _search_all(client, [exp], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent.info.run_id}'")
     df = _frame(_runs_frame(children))
+    df["in_sweep"] = True
     # Teachers this sweep used, wherever they were trained (the parent records their runs).
     used = json.loads(parent.data.tags.get("kd.teacher_runs", "{}"))
     here = set(df.loc[df["role"] == "teacher", "run_id"])
     extra = [client.get_run(r) for r in used.values() if r not in here]
     if extra:
-        df = pd.concat([df, _frame(_runs_frame(extra))], ignore_index=True)
+        earlier = _frame(_runs_frame(extra))
+        earlier["in_sweep"] = False
+        df = pd.concat([df, earlier], ignore_index=True)
     return parent, df
 

@@ -1,21 +1,53 @@
 """The paper table: rows are teacher/student pairs, columns the swept values (or methods), cells
 mean ± std (n) over seeds, the best student cell of each row in bold; Teacher and Scratch columns
-when those runs exist."""
+when those runs exist.
+
+Rules the table keeps (and states under itself):
+- Only FINISHED runs with the metric are averaged. A cell with fewer finished seeds than the sweep
+  asked (the parent's kd.seeds) shows `(n/asked)` and `†`; a cell with failed trials shows `‡`.
+- `best_over=AXIS`: for each (pair, other knob values, seed) the best run (highest metric) over
+  AXIS's values, then mean ± std over seeds; a seed counts only when every AXIS value of the sweep
+  finished for it (a best over part of the sweep is another quantity), so a missing value shows as
+  a missing seed (`†`). AXIS leaves the columns.
+"""
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import pandas as pd
 
 TEACHER, SCRATCH = "Teacher", "Scratch"
+FEWER, FAILED = "†", "‡"  # fewer finished seeds than asked; failed trials in the cell
+FEWER_NOTE = f"{FEWER} fewer finished seeds than the sweep asked for, shown as (finished/asked)."
+FAILED_NOTE = f"{FAILED} the cell has failed trials; they are never averaged in."
+
+
+class ReportError(Exception):
+    """A report option that does not fit the sweep (an unknown axis, a non-numeric one...)."""
 
 
 @dataclass
 class Cell:
-    mean: float
+    mean: float  # nan when no seed finished
     std: float  # sample std over seeds; nan for one seed
-    n: int
+    n: int  # finished seeds averaged
+    asked: int | None = None  # seeds the sweep asked for (None: unknown, as many as n)
+    failed: int = 0  # failed trials of the cell, never averaged
+    run_ids: tuple[str, ...] = ()  # every run of the cell, whatever its status (what it cost)
+    chosen: tuple = ()  # with best_over: the winning axis value, per averaged seed
+    paper: float | None = None  # the published number for this cell, when attached
+    paper_ref: str = ""  # where it comes from: "coss supp. Table 3"
+
+    @property
+    def short(self) -> bool:
+        return self.asked is not None and self.n < self.asked
+
+    @property
+    def delta(self) -> float | None:
+        """Ours − published, on the means."""
+        return None if self.paper is None or math.isnan(self.mean) else self.mean - self.paper
 
 
 def column_label(cell: dict, method: str, methods_vary: bool) -> str:
@@ -29,51 +61,124 @@ def _order_key(cell: dict) -> tuple:
     return tuple((0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)) for v in cell.values())
 
 
-def build(runs: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, str]:
-    """A frame of `Cell`s (index: pair, columns: labels) and the metric column used."""
+def norm(v):
+    """A knob value to compare by: 1 and 1.0 are the same λ."""
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+
+def fmt_value(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def axes(runs: pd.DataFrame) -> list[str]:
+    """The knobs the sweep's student cells name (its grid axes)."""
+    students = runs[runs["role"] == "student"]
+    return list(dict.fromkeys(k for c in students["cell"] for k in c))
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    v = pd.Series(values, dtype=float)
+    if v.empty:
+        return math.nan, math.nan
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else math.nan
+
+
+def _cell(grp: pd.DataFrame, col: str, asked: int | None, axis: str | None = None,
+          expected: frozenset = frozenset()) -> Cell:
+    """One cell from its runs (any status): finished ones averaged over seeds, the rest counted."""
+    failed = int((grp["status"] == "FAILED").sum())
+    if asked is None:
+        asked = int(grp["seed"].nunique()) or None
+    ok = grp[(grp["status"] == "FINISHED") & grp[col].notna()]
+    chosen = []
+    if axis is None:
+        values = ok[col].astype(float).tolist()
+    else:
+        values = []
+        for _, seed_runs in ok.groupby("seed", sort=True):
+            by = {norm(c.get(axis)): float(v) for c, v in zip(seed_runs["cell"], seed_runs[col])}
+            if expected - by.keys():  # a best over part of the sweep: not this quantity
+                continue
+            best = max(sorted(by, key=_sort_value), key=by.get)  # ties: the smallest axis value
+            values.append(by[best])
+            chosen.append(best)
+    mean, std = _stats(values)
+    return Cell(mean, std, len(values), asked, failed, tuple(grp["run_id"]), tuple(chosen))
+
+
+def _sort_value(v) -> tuple:
+    return (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v))
+
+
+def build(runs: pd.DataFrame, metric: str, seeds: list | None = None,
+          best_over: str | None = None) -> tuple[pd.DataFrame, str]:
+    """A frame of `Cell`s (index: pair, columns: labels) and the metric column used.
+
+    `seeds`: the seeds the sweep asked for (the parent's kd.seeds); without it a cell's asked count is
+    the seeds its own runs name. `best_over`: a grid axis to take the best over, per seed.
+    `table.attrs` keeps what the other parts of the report need: `columns` (label -> method and
+    cell), `pairs` (pair -> teacher and student labels), `best_over` (axis and its values).
+    """
     col = metric if metric.startswith("eval/") else f"eval/{metric}"
     if col not in runs.columns:
         have = sorted(c.removeprefix("eval/") for c in runs.columns if c.startswith("eval/"))
         raise KeyError(f"no metric {metric!r} in these runs (metrics: {', '.join(have) or 'none'})")
     done = runs[runs["status"] == "FINISHED"]
-    students = done[done["role"] == "student"]
+    students = runs[runs["role"] == "student"]
+    if best_over is not None and best_over not in axes(runs):
+        raise ReportError(f"no axis {best_over!r} to take the best over in this sweep"
+                          f" (its axes: {', '.join(axes(runs)) or 'none'})")
     if students.empty:  # a teachers sweep: one row per teacher
         teachers = done[done["role"] == "teacher"]
         table = pd.DataFrame(index=pd.Index(list(dict.fromkeys(teachers["student"])), name="pair"),
                              columns=[TEACHER], dtype=object)
         for label, grp in teachers.groupby("student"):
-            table.loc[label, TEACHER] = Cell(float(grp[col].iloc[0]), math.nan, 1)
+            table.loc[label, TEACHER] = Cell(float(grp[col].iloc[0]), math.nan, 1, 1, 0,
+                                             (grp["run_id"].iloc[0],))
+        table.attrs.update(columns={TEACHER: {"method": "teacher", "cell": {}}},
+                           pairs={p: {"teacher": p, "student": p} for p in table.index}, best_over=None)
         return table, col
+    asked = len(seeds) if seeds else None
     methods_vary = students["method"].nunique() > 1
-    cells = {}
-    for _, r in students.iterrows():
-        cell = dict(r["cell"])
-        cell.setdefault("method", r["method"])
-        cells.setdefault(column_label(cell, r["method"], methods_vary), _order_key(r["cell"]))
-    columns = sorted(cells, key=lambda c: cells[c])
+
+    def key(r) -> tuple[str, dict]:
+        cell = {k: v for k, v in r["cell"].items() if k != best_over}
+        return column_label({**cell, "method": r["method"]}, r["method"], methods_vary), cell
+
+    keys = students.apply(key, axis=1, result_type="reduce")
+    labels = keys.map(lambda k: k[0])
+    meta, order, expected = {}, {}, {}
+    for (label, cell), (_, r) in zip(keys, students.iterrows()):
+        meta.setdefault(label, {"method": r["method"], "cell": cell})
+        order.setdefault(label, _order_key(cell))
+        if best_over is not None and best_over in r["cell"]:
+            expected.setdefault(label, set()).add(norm(r["cell"][best_over]))
+    columns = sorted(meta, key=lambda c: order[c])
     pairs = list(dict.fromkeys(students["pair"]))
     table = pd.DataFrame(index=pd.Index(pairs, name="pair"), columns=[TEACHER, SCRATCH, *columns], dtype=object)
-
-    def agg(values: pd.Series) -> Cell | None:
-        v = values.dropna().astype(float)
-        if v.empty:
-            return None
-        return Cell(v.mean(), v.std(ddof=1) if len(v) > 1 else math.nan, len(v))
-
-    labels = students.apply(lambda r: column_label({**r["cell"], "method": r["method"]}, r["method"],
-                                                   methods_vary), axis=1)
-    for (pair, label), grp in students.groupby([students["pair"], labels]):
-        table.loc[pair, label] = agg(grp[col])
+    for (pair, label), grp in students.groupby([students["pair"], labels], sort=False):
+        axis = best_over if label in expected else None
+        table.loc[pair, label] = _cell(grp, col, asked, axis, frozenset(expected.get(label, ())))
     teachers = done[done["role"] == "teacher"].drop_duplicates("weights_hash").set_index("weights_hash")
-    scratch = done[done["role"] == "scratch"]
+    scratch = runs[runs["role"] == "scratch"]
+    pair_labels = {}
     for pair in pairs:
         rows = students[students["pair"] == pair]
-        th = rows["teacher_hash"].dropna().unique()
-        if len(th) == 1 and th[0] in teachers.index:
-            table.loc[pair, TEACHER] = agg(pd.Series([teachers.loc[th[0], col]]))
+        named = [t for t in rows["teacher"].dropna() if t]
         student = rows["student"].iloc[0]
-        table.loc[pair, SCRATCH] = agg(scratch.loc[scratch["student"] == student, col])
+        pair_labels[pair] = {"teacher": named[0] if named else pair.split("/")[0], "student": student}
+        th = rows["teacher_hash"].dropna().unique()
+        if len(th) == 1 and th[0] in teachers.index and pd.notna(teachers.loc[th[0], col]):
+            t = teachers.loc[th[0]]
+            table.loc[pair, TEACHER] = Cell(float(t[col]), math.nan, 1, 1, 0, (t["run_id"],))
+        mine = scratch[scratch["student"] == student]
+        if not mine.empty:
+            table.loc[pair, SCRATCH] = _cell(mine, col, asked)
     table = table.dropna(axis=1, how="all")
+    values = sorted(set().union(*expected.values()), key=_sort_value) if expected else []
+    meta.update({TEACHER: {"method": "teacher", "cell": {}}, SCRATCH: {"method": "scratch", "cell": {}}})
+    table.attrs.update(columns={c: meta[c] for c in table.columns}, pairs=pair_labels,
+                       best_over={"axis": best_over, "values": values} if best_over else None)
     return table, col
 
 
@@ -82,49 +187,138 @@ def best_columns(table: pd.DataFrame) -> dict[str, set[str]]:
     competes)."""
     out = {}
     for pair, row in table.iterrows():
-        scored = {name: round(c.mean, 2) for name, c in row.items() if isinstance(c, Cell) and name != TEACHER}
+        scored = {name: round(c.mean, 2) for name, c in row.items()
+                  if isinstance(c, Cell) and name != TEACHER and not math.isnan(c.mean)}
         top = max(scored.values(), default=None)
         out[pair] = {name for name, m in scored.items() if m == top}
     return out
 
 
+def _marks(c: Cell) -> str:
+    return (FEWER if c.short else "") + (FAILED if c.failed else "")
+
+
 def _text(c: Cell | None, latex: bool) -> str:
     if not isinstance(c, Cell):
         return "–"
-    pm = r"$\pm$" if latex else "±"
-    std = "–" if math.isnan(c.std) else f"{c.std:.2f}"
-    return f"{c.mean:.2f} {pm} {std} ({c.n})"
+    n = f"({c.n}/{c.asked})" if c.short else f"({c.n})"
+    if math.isnan(c.mean):
+        s = f"– {n}"
+    else:
+        pm = r"$\pm$" if latex else "±"
+        std = "–" if math.isnan(c.std) else f"{c.std:.2f}"
+        s = f"{c.mean:.2f} {pm} {std} {n}"
+    marks = _marks(c)
+    if marks and latex:
+        marks = "$^{" + marks.replace(FEWER, r"\dagger").replace(FAILED, r"\ddagger") + "}$"
+    return s + marks
+
+
+def signed(x: float, latex: bool = False) -> str:
+    """+0.05, −0.01 (a real minus sign), 0.00."""
+    s = f"{x:+.2f}"
+    if s in ("+0.00", "-0.00"):
+        s = "0.00"
+    return f"${s}$" if latex else s.replace("-", "−")
+
+
+LATEX = {"±": r"$\pm$", "∈": r"$\in$", "Δ": r"$\Delta$", "−": "$-$", "†": r"$^\dagger$", "‡": r"$^\ddagger$",
+         "λ": r"$\lambda$", "α": r"$\alpha$", "≥": r"$\geq$", "×": r"$\times$", "…": r"\dots{}"}
+
+
+def latex_escape(s: str) -> str:
+    s = re.sub(r"([_%&#{}])", r"\\\1", s)
+    for k, v in LATEX.items():
+        s = s.replace(k, v)
+    return s
+
+
+def notes(table: pd.DataFrame) -> list[str]:
+    """The lines under the table: the best-over rule, the marks that occur, where published numbers
+    come from."""
+    out = []
+    if bo := table.attrs.get("best_over"):
+        axis, values = bo["axis"], ", ".join(fmt_value(v) for v in bo["values"])
+        out.append(f"Best over {axis} ∈ {{{values}}} per seed (the highest value among that seed's runs;"
+                   f" a seed counts only when every {axis} finished), then mean ± std over seeds.")
+    cells = [c for _, row in table.iterrows() for c in row if isinstance(c, Cell)]
+    if any(c.short for c in cells):
+        out.append(FEWER_NOTE)
+    if any(c.failed for c in cells):
+        out.append(FAILED_NOTE)
+    if refs := table.attrs.get("paper_sources"):
+        out.append(f"paper: the published number ({'; '.join(refs)}); Δ = ours − paper, on the means.")
+    return out
+
+
+def csv_frame(table: pd.DataFrame) -> pd.DataFrame:
+    """The long form: one row per (pair, column) cell."""
+    best = best_columns(table)
+    bo = table.attrs.get("best_over")
+    with_paper = "paper_sources" in table.attrs  # --paper asked: the columns, even when nothing matched
+    rows = []
+    for pair, row in table.iterrows():
+        for name, c in row.items():
+            if not isinstance(c, Cell):
+                continue
+            r = {"pair": pair, "column": name, "mean": None if math.isnan(c.mean) else round(c.mean, 4),
+                 "std": None if math.isnan(c.std) else round(c.std, 4), "n": c.n,
+                 "n_asked": c.asked if c.asked is not None else c.n, "n_failed": c.failed,
+                 "best": name in best[pair]}
+            if bo:
+                r[f"best_{bo['axis']}"] = ";".join(fmt_value(v) for v in c.chosen)
+            if with_paper:
+                r.update(paper=c.paper, delta=None if c.delta is None else round(c.delta, 4) + 0.0,
+                         paper_source=c.paper_ref)
+            rows.append(r)
+    return pd.DataFrame(rows)
 
 
 def render(table: pd.DataFrame, fmt: str, caption: str = "") -> str:
-    best = best_columns(table)
+    """md or latex: the table, then its notes (best-over rule, marks, paper source), then the caption;
+    csv: the long form (`csv_frame`)."""
     if fmt == "csv":
-        rows = []
-        for pair, row in table.iterrows():
-            for name, c in row.items():
-                if isinstance(c, Cell):
-                    rows.append({"pair": pair, "column": name, "mean": round(c.mean, 4),
-                                 "std": None if math.isnan(c.std) else round(c.std, 4), "n": c.n,
-                                 "best": name in best[pair]})
-        return pd.DataFrame(rows).to_csv(index=False)
+        return csv_frame(table).to_csv(index=False)
+    best = best_columns(table)
     latex = fmt == "latex"
     bold = (lambda s: rf"\textbf{{{s}}}") if latex else (lambda s: f"**{s}**")
-    body = [[str(pair)] + [bold(_text(c, latex)) if name in best[pair] else _text(c, latex)
-                           for name, c in row.items()] for pair, row in table.iterrows()]
+    with_paper = bool(table.attrs.get("paper_sources"))
+    body, groups = [], []  # groups: where each pair's rows start
+    for pair, row in table.iterrows():
+        groups.append(len(body))
+        body.append([str(pair)] + [bold(_text(c, latex)) if name in best[pair] else _text(c, latex)
+                                   for name, c in row.items()])
+        if with_paper and any(isinstance(c, Cell) and c.paper is not None for c in row):
+            has = lambda c: isinstance(c, Cell) and c.paper is not None  # noqa: E731
+            body.append([r"\quad paper" if latex else "↳ paper"]
+                        + [f"{c.paper:.2f}" if has(c) else "" for c in row])
+            body.append([r"\quad $\Delta$" if latex else "↳ Δ"]
+                        + [signed(c.delta, latex) if has(c) and c.delta is not None else "" for c in row])
     header = ["teacher/student", *table.columns]
+    below = notes(table)
     if latex:
-        esc = lambda s: s.replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$")  # noqa: E731
         lines = [r"\begin{table}[t]", r"\centering", rf"\begin{{tabular}}{{l{'c' * len(table.columns)}}}",
-                 r"\toprule", " & ".join(esc(h) for h in header) + r" \\", r"\midrule"]
-        lines += [" & ".join(esc(x) if i == 0 else x for i, x in enumerate(r)) + r" \\" for r in body]
+                 r"\toprule", " & ".join(latex_escape(h) for h in header) + r" \\", r"\midrule"]
+        for i, r in enumerate(body):
+            if with_paper and i in groups[1:]:
+                lines.append(r"\addlinespace")
+            first = r[0] if r[0].startswith(r"\quad") else latex_escape(r[0])
+            lines.append(" & ".join([first, *r[1:]]) + r" \\")
         lines += [r"\bottomrule", r"\end{tabular}"]
+        if below:
+            lines += [r"\par\smallskip", "{\\footnotesize " + " \\\\\n".join(map(latex_escape, below)) + r"\par}"]
         if caption:
-            lines.append(rf"\caption{{{esc(caption)}}}")
+            lines.append(rf"\caption{{{latex_escape(caption)}}}")
         lines.append(r"\end{table}")
         return "\n".join(lines) + "\n"
+    lines = markdown(header, body)
+    if below or caption:
+        lines.append("")
+    lines += below + ([caption] if caption else [])
+    return "\n".join(lines) + "\n"
+
+
+def markdown(header: list[str], body: list[list[str]]) -> list[str]:
     widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
     fmt_row = lambda r: "| " + " | ".join(x.ljust(w) for x, w in zip(r, widths)) + " |"  # noqa: E731
-    lines = [fmt_row(header), "| " + " | ".join("-" * w for w in widths) + " |", *map(fmt_row, body)]
-    if caption:
-        lines += ["", caption]
-    return "\n".join(lines) + "\n"
+    return [fmt_row(header), "| " + " | ".join("-" * w for w in widths) + " |", *map(fmt_row, body)]

@@ -178,3 +178,17 @@ def test_a_teachers_sweep_trains_only_teachers(tmp_path):
                                              cwd=tmp_path).stdout))
     assert sorted(table["pair"]) == ["mlp-16", "mlp-32"] and set(table["column"]) == {"Teacher"}
     assert (table["mean"] > 50).all()
+
+
+def test_dry_run_lists_trials_and_runs_nothing(quickstart):
+    cwd, _ = quickstart
+    uri = f"sqlite:///{cwd}/mlflow.db"
+    before = len(runs(uri))
+    res = kd_sweep("run", str(SWEEPS / "quickstart.yaml"), *SHRINK, "--dry-run", cwd=cwd)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("quickstart: 8 trials (1 pair(s) x 3 cell(s) x 2 seed(s), + from-scratch students)")
+    assert sum("finished earlier with the same config" in ln for ln in lines) == 8
+    more = kd_sweep("run", str(SWEEPS / "quickstart.yaml"), *SHRINK, "--dry-run", "--set", "seeds=[7]", cwd=cwd)
+    assert sum("median of 2 earlier run(s) of this cell" in ln for ln in more.stdout.splitlines()) == 4
+    assert len(runs(uri)) == before  # nothing ran, nothing logged

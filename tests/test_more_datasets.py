@@ -12,7 +12,7 @@ import torchvision
 from trainables.datasets import DatasetMissing, ImageData, load_dataset
 
 from .conftest import write_cifar100
-from .data_writers import write_cifar10, write_mnist, write_svhn
+from trainables.datasets.synthetic import write_cifar10, write_mnist, write_svhn
 
 WRITERS = {"cifar10": write_cifar10, "svhn": write_svhn, "mnist": write_mnist, "cifar100": write_cifar100}
 

@@ -27,7 +27,8 @@ from .models import Backbone, Output, build_model
 Report = Callable[[dict[str, float], dict[str, Any], dict[str, torch.Tensor] | None], None]
 
 
-LOADER_ARGS = ("download", "verify_checksum", "augment", "val_split", "val_seed", "train_fraction")
+LOADER_ARGS = ("download", "verify_checksum", "augment", "val_split", "val_seed", "train_fraction", "max_train",
+               "max_test")
 
 
 class NonFiniteLoss(RuntimeError):

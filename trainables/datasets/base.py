@@ -74,11 +74,13 @@ class ImageData:
         return replace(self, crop_padding=pad if augment in ("crop_flip", "crop") else 0,
                        flip=augment in ("crop_flip", "flip"))
 
-    def subset(self, fraction: float, seed: int = 0) -> "ImageData":
-        """Only a stratified, seeded `fraction` of the training set (the test split untouched)."""
-        keep = ~stratified_mask(self.train_y.cpu().numpy(), 1 - fraction, seed)
-        keep_t = torch.from_numpy(keep).to(self.train_y.device)
-        return replace(self, train_x=self.train_x[keep_t], train_y=self.train_y[keep_t])
+    def subset(self, fraction: float, seed: int = 0, split: str = "train") -> "ImageData":
+        """Only a stratified, seeded `fraction` of one split (the other untouched)."""
+        y = self.labels(split)
+        keep = torch.from_numpy(~stratified_mask(y.cpu().numpy(), 1 - fraction, seed)).to(y.device)
+        if split == "train":
+            return replace(self, train_x=self.train_x[keep], train_y=self.train_y[keep])
+        return replace(self, test_x=self.test_x[keep], test_y=self.test_y[keep])
 
     def holdout(self, fraction: float, seed: int = 0) -> "ImageData":
         """A stratified, seeded part of the training set in place of the test split (eval_split "val").

@@ -82,9 +82,9 @@ class FolderData:
     def num_train(self) -> int:
         return len(self.train_samples)
 
-    def subset(self, fraction: float, seed: int = 0) -> "FolderData":
-        kept, _ = _holdout(self.train_samples, 1 - fraction, seed)
-        return replace(self, train_samples=kept)
+    def subset(self, fraction: float, seed: int = 0, split: str = "train") -> "FolderData":
+        kept, _ = _holdout(self._samples(split), 1 - fraction, seed)
+        return replace(self, **{"train_samples" if split == "train" else "test_samples": kept})
 
     def to(self, device: torch.device) -> "FolderData":
         self.device = torch.device(device)

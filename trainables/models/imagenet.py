@@ -15,6 +15,19 @@ names (so torchvision and MoCo checkpoints load), except the classifier, which b
   Maps of these three: the last output of `features` at strides 4, 8, 16 and 32 of the input (the
   outputs where the resolution changes; the stride-32 one is the map that is pooled). No preact maps:
   `preact` returns the same maps.
+- regnet_y_16gf (Miles Table 1's "RegNet-Y": the paper's only named RegNet-Y is DeiT's RegNetY-160 =
+  RegNetY-16GF; torchvision has no 4GF one): feature = the pooled 3024-d `trunk_output`; `fc` = Linear.
+  Maps: the outputs of trunk_output.block1..block4 (strides 4, 8, 16, 32).
+- convnext_tiny: feature = the pooled output of `features` through the classifier's LayerNorm2d (the
+  pre-logits feature, 768-d; torchvision's `classifier` is LayerNorm2d, Flatten, Linear: the first two
+  stay here as `classifier`, the Linear becomes `fc`). Maps: the outputs of the four stages (strides 4,
+  8, 16, 32; before that LayerNorm).
+- vit_b_16: feature = the class token after the encoder's final LayerNorm (768-d); `fc` = heads.head.
+  Maps: the patch tokens (class token dropped) after encoder layers 3, 6, 9 and 12, laid out as
+  (768, H/16, W/16) maps (the last before the final LayerNorm). It takes square inputs whose side is a
+  multiple of 16 (its position embedding is sized from the data's image size: 224 for ImageNet, which
+  torchvision's weights need).
+  These three: no preact maps (`preact` returns the same maps), no dropout before `fc`.
 
 `weights`: None (fresh initialisation), a local file (a state dict, or a dict holding one under
 'state_dict' or 'model'; read with `torch.load(..., weights_only=True)`), or a torchvision weights name
@@ -204,6 +217,100 @@ class TorchvisionFeatures(TorchvisionBackbone):
         return feature, (maps if with_maps else [])
 
 
+class TorchvisionRegNet(TorchvisionBackbone):
+    """regnet_y_*: `stem`, `trunk_output` (block1..block4), pooling, `fc`."""
+
+    def __init__(self, arch: str, num_classes: int, in_channels: int):
+        super().__init__(num_classes)
+        self.arch = arch
+        tv = getattr(torchvision.models, arch)(weights=None, num_classes=max(num_classes, 1))
+        self.stem = tv.stem
+        self.stem[0] = _replace_input_conv(self.stem[0], in_channels)
+        self.trunk_output, self.avgpool = tv.trunk_output, tv.avgpool
+        self.feature_dim = tv.fc.in_features
+        self.fc = tv.fc if num_classes > 0 else None
+        self.head_dropout = nn.Identity()
+
+    def forward_features(self, x: torch.Tensor, with_maps: bool, preact: bool
+                         ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        x = self.stem(x)
+        maps = []
+        for stage in self.trunk_output:
+            x = stage(x)
+            maps.append(x)
+        feature = self.avgpool(x).flatten(1)
+        return feature, (maps if with_maps else [])
+
+
+class TorchvisionConvNeXt(TorchvisionBackbone):
+    """convnext_*: `features` (stem, then stage / downsampling alternating), pooling, LayerNorm2d, `fc`."""
+
+    foreign_heads = ("classifier.2",)
+
+    def __init__(self, arch: str, num_classes: int, in_channels: int):
+        super().__init__(num_classes)
+        self.arch = arch
+        tv = getattr(torchvision.models, arch)(weights=None, num_classes=max(num_classes, 1))
+        self.features = tv.features
+        self.features[0][0] = _replace_input_conv(self.features[0][0], in_channels)
+        self.avgpool = tv.avgpool
+        self.classifier = nn.Sequential(tv.classifier[0], tv.classifier[1])  # LayerNorm2d, Flatten: the feature's
+        self.taps = list(range(1, len(self.features), 2))  # the stages; even indices are stem / downsampling
+        self.feature_dim = tv.classifier[2].in_features
+        self.fc = tv.classifier[2] if num_classes > 0 else None
+        self.head_dropout = nn.Identity()
+
+    def forward_features(self, x: torch.Tensor, with_maps: bool, preact: bool
+                         ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        maps = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in self.taps:
+                maps.append(x)
+        feature = self.classifier(self.avgpool(x))
+        return feature, (maps if with_maps else [])
+
+
+class TorchvisionViT(TorchvisionBackbone):
+    """vit_*: `conv_proj` (patches), `class_token`, `encoder` (position embedding, layers, LayerNorm), `fc`."""
+
+    foreign_heads = ("heads.head",)
+
+    def __init__(self, arch: str, num_classes: int, in_channels: int, image_size: int):
+        super().__init__(num_classes)
+        self.arch = arch
+        patch = int(arch.rsplit("_", 1)[1])  # vit_b_16: 16-pixel patches
+        if image_size % patch:
+            raise ValueError(f"{arch} needs an image size that is a multiple of {patch}, got {image_size}")
+        tv = getattr(torchvision.models, arch)(weights=None, num_classes=max(num_classes, 1), image_size=image_size)
+        self.image_size, self.patch_size, self.hidden_dim = tv.image_size, tv.patch_size, tv.hidden_dim
+        self.conv_proj = _replace_input_conv(tv.conv_proj, in_channels)
+        self.class_token = tv.class_token
+        self.encoder = tv.encoder
+        depth = len(self.encoder.layers)
+        self.taps = [depth * q // 4 - 1 for q in (1, 2, 3, 4)]  # layers 3, 6, 9, 12 of ViT-B
+        self.feature_dim = tv.hidden_dim
+        self.fc = tv.heads.head if num_classes > 0 else None
+        self.head_dropout = nn.Identity()
+
+    def forward_features(self, x: torch.Tensor, with_maps: bool, preact: bool
+                         ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        n, _, h, w = x.shape
+        if h != self.image_size or w != self.image_size:
+            raise ValueError(f"{self.arch} was built for {self.image_size}x{self.image_size} inputs, got {h}x{w}")
+        gh, gw = h // self.patch_size, w // self.patch_size
+        x = self.conv_proj(x).reshape(n, self.hidden_dim, gh * gw).permute(0, 2, 1)
+        x = torch.cat([self.class_token.expand(n, -1, -1), x], dim=1)
+        x = self.encoder.dropout(x + self.encoder.pos_embedding)
+        maps = []
+        for i, layer in enumerate(self.encoder.layers):
+            x = layer(x)
+            if with_maps and i in self.taps:
+                maps.append(x[:, 1:].transpose(1, 2).reshape(n, self.hidden_dim, gh, gw))
+        feature = self.encoder.ln(x)[:, 0]
+        return feature, maps
+
+
 def _register(arch: str, cls: type[TorchvisionBackbone]) -> None:
     def builder(num_classes: int = 1000, in_channels: int = 3, weights: str | None = None) -> Backbone:
         model = cls(arch, num_classes, in_channels)
@@ -220,3 +327,23 @@ for _arch in ("resnet18", "resnet34", "resnet50"):
     _register(_arch, TorchvisionResNet)
 for _arch in ("efficientnet_b0", "mobilenet_v2", "mobilenet_v3_large"):
     _register(_arch, TorchvisionFeatures)
+_register("regnet_y_16gf", TorchvisionRegNet)
+_register("convnext_tiny", TorchvisionConvNeXt)
+
+
+def _register_vit(arch: str) -> None:
+    """A ViT's position embedding is sized by the input: its builder takes the data's image size."""
+    def builder(num_classes: int = 1000, in_channels: int = 3, image_size: int = 224,
+                weights: str | None = None) -> Backbone:
+        model = TorchvisionViT(arch, num_classes, in_channels, image_size)
+        if weights is not None:
+            model.load_weights(weights)
+        return model
+
+    builder.__name__ = builder.__qualname__ = arch
+    builder.__doc__ = (f"torchvision {arch} (square inputs, side a multiple of 16; its weights need 224);"
+                       " `weights`: None, a local file, or a cached torchvision weights name.")
+    MODELS.register(arch)(builder)
+
+
+_register_vit("vit_b_16")

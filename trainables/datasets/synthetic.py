@@ -1,7 +1,5 @@
-"""Small datasets written in the real on-disk formats torchvision reads, with random content.
-
-Each writer returns what it wrote, in the file's own layout, so tests can check the loaders against it.
-"""
+"""Small datasets in the real on-disk formats (random pixels): what tests read through the real
+loaders, and what `kd-sweep run --smoke` trains on when the real dataset is not on this machine."""
 from __future__ import annotations
 
 import gzip
@@ -85,3 +83,40 @@ def write_mnist(root: Path, n_train: int, n_test: int, seed: int = 0, archives: 
                 (d / f"{name}.gz").write_bytes(gzip.compress(blob, mtime=0))
         out[split] = (images, labels)
     return out
+
+
+def write_cifar100(root: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
+    """CIFAR-100 in torchvision's on-disk format (the pickles of cifar-100-python/)."""
+    d = Path(root) / "cifar-100-python"
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for split, m in (("train", n_train), ("test", n_test)):
+        with open(d / split, "wb") as f:
+            pickle.dump({"data": rng.integers(0, 256, (m, 3072), dtype=np.uint8),
+                         "fine_labels": _labels(rng, m, 100).tolist(),
+                         "coarse_labels": rng.integers(0, 20, m).tolist()}, f)
+    with open(d / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": [f"c{i}" for i in range(100)],
+                     "coarse_label_names": [f"s{i}" for i in range(20)]}, f)
+    return Path(root)
+
+
+def write_imagefolder(root: Path, n_train: int, n_test: int, classes: int = 3, seed: int = 0) -> Path:
+    """An ImageNet-style ImageFolder: train/ and val/, a folder of JPEGs per class (sizes vary)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("val", n_test)):
+        for c in range(classes):
+            d = Path(root) / split / f"n{c:08d}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(max(1, n // classes)):
+                h, w = rng.integers(40, 90, 2)
+                Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(d / f"{c}_{i}.JPEG")
+    return Path(root)
+
+
+# What `--smoke` writes for each dataset when the real one is missing: (writer, train, test images).
+SMOKE = {"cifar100": (write_cifar100, 200, 100), "cifar10": (write_cifar10, 200, 100),
+         "svhn": (write_svhn, 200, 100), "mnist": (write_mnist, 200, 100),
+         "imagenet": (write_imagefolder, 24, 12)}

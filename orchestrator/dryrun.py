@@ -1,0 +1,70 @@
+"""`kd-sweep run FILE --dry-run`: the trials a sweep would run, which earlier runs already cover them,
+and what the rest should cost, judged from earlier runs of the same cells. Nothing starts."""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+
+from mlflow import MlflowClient
+
+from .runner import Plan, preflight
+from .spec import SpecError, Sweep, resolve_path
+from .trials import _dataset, student_trials, teacher_trial
+
+
+def _plan_without_data(sweep: Sweep) -> Plan:
+    """The trials by name when the data is not on this machine (content hashes then match nothing)."""
+    dataset = _dataset(sweep, resolve_path(sweep.dataset.root, None), "no-data")
+    teachers = [teacher_trial(sweep, p.teacher, dataset, None) for p in sweep.pairs]
+    pair_teacher = {i: t["weights_hash"] for i, t in enumerate(teachers)}
+    return Plan(dataset, teachers, pair_teacher, student_trials(sweep, dataset, pair_teacher))
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min" if seconds >= 60 \
+        else f"{seconds:.0f} s"
+
+
+def dry_run(sweep: Sweep, file: str, tracking_uri: str) -> None:
+    try:
+        plan = preflight(sweep, file, os.path.dirname(os.path.abspath(file)))
+    except SpecError as e:
+        if not e.field.startswith("dataset"):
+            raise
+        print(f"(dataset not here: {e.msg})\n(estimates come from earlier runs of the same cells only)")
+        plan = _plan_without_data(sweep)
+    client = MlflowClient(tracking_uri)
+    exps = [e.experiment_id for e in client.search_experiments()]
+    history = client.search_runs(exps, "attributes.status = 'FINISHED'", max_results=5000) if exps else []
+    done = {r.data.tags.get("kd.config_hash") for r in history}
+    by_cell: dict[tuple, list[float]] = {}
+    for r in history:
+        t, wall = r.data.tags, r.data.metrics.get("cost/wall_s")
+        if wall is not None:
+            key = (t.get("kd.dataset"), t.get("kd.pair"), t.get("kd.method"), t.get("kd.cell"))
+            by_cell.setdefault(key, []).append(wall)
+
+    gpu = sweep.resources.gpu
+    unit, share = ("GPU", gpu) if gpu > 0 else ("CPU", sweep.resources.cpu)
+    print(f"{sweep.name}: {len(plan.students)} trials ({len(sweep.pairs)} pair(s) x {len(sweep.all_cells())}"
+          f" cell(s) x {len(sweep.seeds)} seed(s){', + from-scratch students' if sweep.scratch else ''}),"
+          f" {len(plan.teachers)} teacher(s); {share:g} {unit} per trial")
+    total, known, reused = 0.0, 0, 0
+    for cfg in plan.students:
+        key = (cfg["dataset"]["name"], cfg["labels"]["pair"], cfg["method"],
+               json.dumps(cfg["labels"]["cell"], sort_keys=True))
+        if cfg["config_hash"] in done:
+            reused += 1
+            note = "finished earlier with the same config"
+        elif key in by_cell:
+            est = statistics.median(by_cell[key])
+            total += est
+            known += 1
+            note = f"~{_duration(est)} (median of {len(by_cell[key])} earlier run(s) of this cell)"
+        else:
+            note = "no earlier run of this cell"
+        print(f"  {cfg['name']:<48} {cfg['labels']['pair']:<26} {note}")
+    missing = len(plan.students) - reused - known
+    print(f"{reused} finished earlier, {known} estimated at {total * share / 3600:.2f} {unit}-hours in all"
+          + (f", {missing} without an estimate (no earlier run of their cells)" if missing else ""))

@@ -1,0 +1,75 @@
+"""`kd-sweep run FILE --smoke`: the same sweep at a size a 2-core CPU finishes in minutes.
+
+Every pair and every categorical value (methods, anchors, norms...) is kept, so each code path runs;
+numeric axes keep their first and last values; one seed; one epoch; a few hundred images (the real
+dataset when it is here, else one written in the real on-disk format). The numbers are not results:
+runs go to the experiment `<name>-smoke`, tagged kd.smoke, and `report` never mixes them with real runs.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from trainables.datasets import DatasetMissing, load_dataset
+from trainables.datasets.synthetic import SMOKE
+from trainables.methods import method_class
+
+from .spec import Sweep, resolve_path
+
+# Per split; ImageNet-sized models on 224-pixel images need fewer.
+SMOKE_IMAGES = {"imagenet": (12, 6)}
+DEFAULT_IMAGES = (128, 64)
+FAST_KNOBS = {"init_epochs": 1, "paraphraser_epochs": 1}  # the methods' own pre-stages
+
+
+def smoke_root(name: str) -> Path:
+    return Path(os.environ.get("KD_SWEEP_CACHE", Path.home() / ".cache" / "kd-sweep")) / "smoke-data" / name
+
+
+def smoke_sweep(sweep: Sweep, base: str) -> tuple[Sweep, str]:
+    """The smoke version of SWEEP, and a line saying what data it uses."""
+    raw = sweep.model_dump(mode="json", by_alias=True)
+    ds = raw["dataset"]
+    n_train, n_test = SMOKE_IMAGES.get(ds["name"], DEFAULT_IMAGES)
+    try:
+        load_dataset(ds["name"], resolve_path(ds["root"], None), download=False,
+                     verify_checksum=ds["verify_checksum"])
+        where = f"the real {ds['name']} under {ds['root']}, {n_train}/{n_test} images"
+    except DatasetMissing:
+        root = smoke_root(ds["name"])
+        if not root.exists():
+            writer, w_train, w_test = SMOKE[ds["name"]]
+            writer(root, w_train, w_test)
+        ds.update(root=str(root), verify_checksum=False, download=False)
+        where = f"a generated {ds['name']} (random pixels, real on-disk format) under {root}"
+    ds.update(max_train=n_train, max_test=n_test, train_fraction=1.0, val_split=0.0)
+
+    raw["name"] = f"{sweep.name}-smoke"
+    raw["seeds"] = raw["seeds"][:1]
+    for sched in ("train", "teacher_train"):
+        if raw.get(sched):
+            raw[sched].update(epochs=min(raw[sched]["epochs"], 1), milestones=[])
+    if raw["eval"].get("linear"):
+        raw["eval"]["linear"].update(epochs=2, milestones=[])
+    raw["resources"] = {"cpu": 1.0, "gpu": 0.0}
+    raw["grid"] = {axis: _ends(values) for axis, values in raw["grid"].items()}
+    for pair in raw["pairs"]:
+        ckpt = pair["teacher"].get("checkpoint")
+        if ckpt and not os.path.isfile(resolve_path(ckpt, Path(base))):
+            pair["teacher"]["checkpoint"] = None  # trained for one epoch instead
+    for m in sweep.methods:
+        fields = method_class(m).Knobs.model_fields
+        fast = {k: v for k, v in FAST_KNOBS.items() if k in fields}
+        if fast:
+            if len(sweep.methods) > 1 or m in raw["knobs"]:
+                raw["knobs"].setdefault(m, {}).update(fast)
+            else:
+                raw["knobs"].update(fast)
+    return Sweep.model_validate(raw), where
+
+
+def _ends(values: list) -> list:
+    """Numeric axes: the first and last value (the range's ends); other axes: every value."""
+    if len(values) > 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return [values[0], values[-1]]
+    return values

@@ -1,0 +1,58 @@
+"""`kd-sweep report`, without MLflow: a parent run's tags and its runs frame -> the text to print
+(the paper table, its notes and caption, and with `cost` the cost table)."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from .compare import attach_published
+from .cost import cost_columns, render_cost
+from .table import build, csv_frame, render
+
+
+def seeds_asked(tags: dict) -> list | None:
+    try:
+        seeds = json.loads(tags.get("kd.seeds") or "null")
+    except json.JSONDecodeError:
+        return None
+    return seeds if isinstance(seeds, list) and seeds else None
+
+
+def dataset_of(tags: dict, runs: pd.DataFrame) -> str | None:
+    if tags.get("kd.dataset"):
+        return tags["kd.dataset"]
+    names = runs["dataset"].dropna().unique() if "dataset" in runs else []
+    return str(names[0]) if len(names) == 1 else None
+
+
+def caption(tags: dict, run_id: str, runs: pd.DataFrame, col: str) -> str:
+    split = "held-out validation split" if (runs.get("eval_split", pd.Series(dtype=object)) == "val").any() \
+        else "test split"
+    smoke = "SMOKE RUN (a pipeline check, not for a paper). " if tags.get("kd.smoke") == "true" else ""
+    return (f"{smoke}{tags.get('kd.sweep', '')}: {col.removeprefix('eval/')} (%) on the {split}, mean ± std"
+            f" (seeds) over finished runs; best student per row in bold. Run {run_id[:8]}.")
+
+
+def compose(tags: dict, run_id: str, runs: pd.DataFrame, metric: str = "linear_top1", fmt: str = "md",
+            best_over: str | None = None, paper: bool = False, cost: bool = False,
+            published: pd.DataFrame | None = None) -> tuple[str, pd.DataFrame, str]:
+    """The report's text, the table of `Cell`s and the metric column. `tags`: the parent run's
+    (kd.seeds: the seeds asked; kd.dataset: where published numbers are looked up; kd.sweep,
+    kd.smoke: the caption). `published`: defaults to `results.published.load_published()`."""
+    table, col = build(runs, metric, seeds_asked(tags), best_over)
+    if paper:
+        if published is None:
+            from .published import load_published
+
+            published = load_published()
+        attach_published(table, published, dataset_of(tags, runs), col)
+    if fmt == "csv":
+        frame = csv_frame(table)
+        if cost:
+            frame = cost_columns(frame, table, runs)
+        return frame.to_csv(index=False), table, col
+    text = render(table, fmt, caption(tags, run_id, runs, col))
+    if cost:
+        text += "\n" + render_cost(table, runs, fmt)
+    return text, table, col

@@ -1,0 +1,365 @@
+"""The report's paper options on a hand-made sweep (no Ray, no MLflow store): --best-over, the marks
+for missing seeds and failed trials, --paper, --cost, --plot, --smoke, in md, LaTeX and CSV."""
+import io
+import json
+import math
+import statistics
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+from results import collect, published
+from results.plot import plot, series
+from results.report import compose
+from results.table import Cell, ReportError, build
+
+TAGS = {"kd.seeds": "[0, 1, 2]", "kd.dataset": "cifar100", "kd.sweep": "scale_sweep", "kd.smoke": "false"}
+H100 = "NVIDIA H100 80GB HBM3"
+F = None  # a failed trial
+
+# pair -> (lambda, scale) -> the metric of seeds 0, 1, 2 (F: failed; a short list: the seed never ran)
+GRID = {
+    "t/s": {(0, 1): [70.0, 71.0, 72.0], (0, 2): [71.0, 70.0, 73.0],
+            (0.5, 1): [74.0, 75.0, 76.0], (0.5, 2): [73.0, 76.0, F]},
+    "t2/s2": {(0, 1): [65.0, 66.0], (0, 2): [64.0, 67.0],
+              (0.5, 1): [60.0, 61.0, 62.0], (0.5, 2): [63.0, 60.0, 61.0]},
+}
+
+
+def run(role, pair, cell, seed, value, student, teacher="", th=None, wh=None, wall=1800.0, gpu=1, cpu=4,
+        device=H100, in_sweep=True, method="at"):
+    failed = value is None
+    return {"run_id": f"{role}:{pair}:{json.dumps(cell)}:{seed}", "status": "FAILED" if failed else "FINISHED",
+            "role": role, "pair": pair, "teacher": teacher, "student": student, "method": method, "cell": cell,
+            "seed": seed, "config_hash": f"h{pair}{cell}{seed}", "teacher_hash": th, "weights_hash": wh,
+            "error": "RuntimeError: boom" if failed else None, "eval_split": "test", "dataset": "cifar100",
+            "device": device, "gpu": gpu, "cpu": cpu, "in_sweep": in_sweep,
+            "eval/linear_top1": value, "cost/wall_s": None if failed else wall}
+
+
+@pytest.fixture
+def runs():
+    rows = [run("teacher", "t", {}, 0, 79.0, "t", wh="T1", wall=360.0, device="NVIDIA A100"),
+            run("teacher", "t2", {}, 0, 72.0, "t2", wh="T2", in_sweep=False)]  # reused from an earlier sweep
+    rows += [run("scratch", "s", {}, seed, v, "s", method="none") for seed, v in enumerate([70.0, 71.0, 72.0])]
+    for pair, cells in GRID.items():
+        t, s = pair.split("/")
+        for (lam, scale), values in cells.items():
+            rows += [run("student", pair, {"lambda": lam, "scale": scale}, seed, v, s, t, th={"t": "T1", "t2": "T2"}[t])
+                     for seed, v in enumerate(values)]
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def paper_csv(tmp_path, monkeypatch):
+    """A published table in its own CSV, read by `load_published` as the real ones are."""
+    (tmp_path / "mypaper.csv").write_text(
+        "table,dataset,pair,method,cell,metric,value,note\n"
+        'Table 9,cifar100,t/s,at,"{""lambda"": 0.5}",linear_top1,74.20,"best over scale ∈ {1, 2}"\n'
+        'Table 9,cifar100,t/s,at,"{""lambda"": 0.5, ""scale"": 1}",linear_top1,74.90,\n'
+        'Table 9,cifar100,t/s,at,"{""lambda"": 0}",linear_top1,50.00,\n'  # not a best-over row
+        "Table 9,cifar100,t,teacher,{},linear_top1,78.50,\n"
+        'Table 9,cifar10,t/s,at,"{""lambda"": 0}",linear_top1,40.00,best over scale\n'  # another dataset
+        'Table 9,cifar100,t/s,at,"{""lambda"": 0}",knn_top1,41.00,best over scale\n'  # another metric
+        'Table 9,cifar100,t2/s2,at,"{""lambda"": 0}",linear_top1,66.25,best of the scale sweep\n')
+    monkeypatch.setattr(published, "HERE", tmp_path)
+    return published.load_published("mypaper")
+
+
+def md_cells(line: str) -> list[str]:
+    return [x.strip() for x in line.strip("|").split("|")]
+
+
+# --- best over an axis ---------------------------------------------------------------------------------
+
+def test_best_over_scale_per_seed_then_mean_over_seeds(runs):
+    table, _ = build(runs, "linear_top1", seeds=[0, 1, 2], best_over="scale")
+    assert list(table.columns) == ["Teacher", "Scratch", "lambda=0", "lambda=0.5"]  # scale has left
+    c = table.loc["t/s", "lambda=0"]  # seeds: max(70, 71), max(71, 70), max(72, 73)
+    assert (c.n, c.asked, c.failed, c.chosen) == (3, 3, 0, (2.0, 1.0, 2.0))
+    assert c.mean == pytest.approx(statistics.mean([71, 71, 73]))
+    assert c.std == pytest.approx(statistics.stdev([71, 71, 73]))
+    c = table.loc["t/s", "lambda=0.5"]  # seed 2 failed at scale 2: not a best over the sweep, left out
+    assert (c.mean, c.n, c.asked, c.failed, c.chosen) == (75.0, 2, 3, 1, (1.0, 2.0))
+    assert c.std == pytest.approx(math.sqrt(2))
+    c = table.loc["t2/s2", "lambda=0"]  # seed 2 never ran: two of three, nothing failed
+    assert (c.mean, c.n, c.asked, c.failed) == (66.0, 2, 3, 0)
+    c = table.loc["t2/s2", "lambda=0.5"]
+    assert (c.mean, c.std, c.n, c.chosen) == (62.0, 1.0, 3, (2.0, 1.0, 1.0))
+    assert len(table.loc["t/s", "lambda=0.5"].run_ids) == 6  # the failed run belongs to the cell (its cost)
+    assert table.attrs["best_over"] == {"axis": "scale", "values": [1.0, 2.0]}
+
+
+def test_unknown_axis_lists_the_sweeps_axes(runs):
+    with pytest.raises(ReportError, match=r"no axis 'alpha'.*axes: lambda, scale"):
+        build(runs, "linear_top1", best_over="alpha")
+
+
+# --- marks, md ---------------------------------------------------------------------------------------
+
+def test_markdown_marks_missing_seeds_and_failed_trials(runs):
+    text, _, _ = compose(TAGS, "0123456789ab", runs)
+    lines = text.splitlines()
+    assert md_cells(lines[0]) == ["teacher/student", "Teacher", "Scratch", "lambda=0 scale=1", "lambda=0 scale=2",
+                                  "lambda=0.5 scale=1", "lambda=0.5 scale=2"]
+    assert md_cells(lines[2]) == ["t/s", "79.00 ± – (1)", "71.00 ± 1.00 (3)", "71.00 ± 1.00 (3)",
+                                  "71.33 ± 1.53 (3)", "**75.00 ± 1.00 (3)**", "74.50 ± 2.12 (2/3)†‡"]
+    assert md_cells(lines[3]) == ["t2/s2", "72.00 ± – (1)", "–", "**65.50 ± 0.71 (2/3)†**",
+                                  "**65.50 ± 2.12 (2/3)†**", "61.00 ± 1.00 (3)", "61.33 ± 1.53 (3)"]  # a tie
+    assert lines[4:] == [
+        "", "† fewer finished seeds than the sweep asked for, shown as (finished/asked).",
+        "‡ the cell has failed trials; they are never averaged in.",
+        "scale_sweep: linear_top1 (%) on the test split, mean ± std (seeds) over finished runs; best student"
+        " per row in bold. Run 01234567."]
+
+
+def test_a_cell_with_every_trial_failed_shows_no_mean(runs):
+    runs.loc[runs["role"] == "scratch", ["status", "eval/linear_top1"]] = ["FAILED", None]
+    table, _ = build(runs, "linear_top1", seeds=[0, 1, 2])
+    c = table.loc["t/s", "Scratch"]
+    assert (c.n, c.asked, c.failed) == (0, 3, 3) and math.isnan(c.mean)
+    assert md_cells(compose(TAGS, "x" * 8, runs)[0].splitlines()[2])[2] == "– (0/3)†‡"
+
+
+# --- --paper, --best-over in md, LaTeX, CSV ---------------------------------------------------------
+
+def test_markdown_best_over_with_paper(runs, paper_csv):
+    text, table, _ = compose(TAGS, "0123456789ab", runs, best_over="scale", paper=True, published=paper_csv)
+    lines = text.splitlines()
+    assert md_cells(lines[0]) == ["teacher/student", "Teacher", "Scratch", "lambda=0", "lambda=0.5"]
+    assert [md_cells(x) for x in lines[2:8]] == [
+        ["t/s", "79.00 ± – (1)", "71.00 ± 1.00 (3)", "71.67 ± 1.15 (3)", "**75.00 ± 1.41 (2/3)†‡**"],
+        ["↳ paper", "78.50", "", "", "74.20"],
+        ["↳ Δ", "+0.50", "", "", "+0.80"],
+        ["t2/s2", "72.00 ± – (1)", "–", "**66.00 ± 1.41 (2/3)†**", "62.00 ± 1.00 (3)"],
+        ["↳ paper", "", "", "66.25", ""],
+        ["↳ Δ", "", "", "−0.25", ""]]
+    assert lines[8:13] == [
+        "", "Best over scale ∈ {1, 2} per seed (the highest value among that seed's runs; a seed counts only"
+            " when every scale finished), then mean ± std over seeds.",
+        "† fewer finished seeds than the sweep asked for, shown as (finished/asked).",
+        "‡ the cell has failed trials; they are never averaged in.",
+        "paper: the published number (mypaper Table 9); Δ = ours − paper, on the means."]
+    assert lines[-1].startswith("scale_sweep: linear_top1 (%)")
+    assert table.loc["t/s", "lambda=0"].paper is None  # its row (50.00) is not a best over scale
+
+
+def test_without_best_over_only_single_setting_rows_match(runs, paper_csv):
+    table = compose(TAGS, "x" * 8, runs, fmt="csv", paper=True, published=paper_csv)[1]
+    matched = {(p, n): c.paper for p, row in table.iterrows() for n, c in row.items()
+               if isinstance(c, Cell) and c.paper is not None}
+    assert matched == {("t/s", "Teacher"): 78.5, ("t/s", "lambda=0.5 scale=1"): 74.9}
+
+
+def test_paper_needs_the_sweeps_dataset(runs, paper_csv):
+    tags = {**TAGS, "kd.dataset": "svhn"}  # no published row for it: the columns stay, empty
+    csv = pd.read_csv(io.StringIO(compose(tags, "x" * 8, runs, fmt="csv", paper=True, published=paper_csv)[0]))
+    assert {"paper", "delta", "paper_source"} <= set(csv.columns) and csv["paper"].isna().all()
+    text = compose(tags, "x" * 8, runs, paper=True, published=paper_csv)[0]
+    assert "↳ paper" not in text and "published" not in text
+    unknown = {k: v for k, v in TAGS.items() if k != "kd.dataset"}  # and the runs do not say either
+    table = compose(unknown, "x" * 8, runs.drop(columns="dataset"), paper=True, published=paper_csv)[1]
+    assert table.attrs["paper_sources"] == []
+
+
+def test_latex_best_over_with_paper(runs, paper_csv):
+    tex, _, _ = compose(TAGS, "0123456789ab", runs, fmt="latex", best_over="scale", paper=True, published=paper_csv)
+    lines = tex.splitlines()
+    start = lines.index(r"\midrule")
+    assert lines[:start] == [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{lcccc}", r"\toprule",
+                             r"teacher/student & Teacher & Scratch & lambda=0 & lambda=0.5 \\"]
+    assert lines[start + 1:start + 9] == [
+        r"t/s & 79.00 $\pm$ – (1) & 71.00 $\pm$ 1.00 (3) & 71.67 $\pm$ 1.15 (3)"
+        r" & \textbf{75.00 $\pm$ 1.41 (2/3)$^{\dagger\ddagger}$} \\",
+        r"\quad paper & 78.50 &  &  & 74.20 \\",
+        r"\quad $\Delta$ & $+0.50$ &  &  & $+0.80$ \\",
+        r"\addlinespace",
+        r"t2/s2 & 72.00 $\pm$ – (1) & – & \textbf{66.00 $\pm$ 1.41 (2/3)$^{\dagger}$} & 62.00 $\pm$ 1.00 (3) \\",
+        r"\quad paper &  &  & 66.25 &  \\",
+        r"\quad $\Delta$ &  &  & $-0.25$ &  \\",
+        r"\bottomrule"]
+    assert tex.count(r"\textbf") == 2 and "±" not in tex and "Δ" not in tex and "†" not in tex
+    assert r"Best over scale $\in$ \{1, 2\} per seed" in tex
+    assert r"paper: the published number (mypaper Table 9); $\Delta$ = ours $-$ paper, on the means.\par}" in tex
+    assert lines[-2].startswith(r"\caption{scale\_sweep: linear\_top1 (\%)") and lines[-1] == r"\end{table}"
+
+
+def test_csv_best_over_with_paper(runs, paper_csv):
+    out, _, _ = compose(TAGS, "x" * 8, runs, fmt="csv", best_over="scale", paper=True, published=paper_csv)
+    csv = pd.read_csv(io.StringIO(out), dtype={"best_scale": str}, keep_default_na=False, na_values=[""])
+    assert list(csv.columns) == ["pair", "column", "mean", "std", "n", "n_asked", "n_failed", "best", "best_scale",
+                                 "paper", "delta", "paper_source"]
+    by = csv.set_index(["pair", "column"])
+    assert by.loc[("t/s", "lambda=0"), ["mean", "std", "n", "n_asked", "n_failed", "best", "best_scale"]].tolist() \
+        == [71.6667, 1.1547, 3, 3, 0, False, "2;1;2"]
+    assert by.loc[("t/s", "lambda=0.5"), ["mean", "n", "n_asked", "n_failed", "best", "best_scale", "paper", "delta",
+                                          "paper_source"]].tolist() == \
+        [75.0, 2, 3, 1, True, "1;2", 74.2, 0.8, "mypaper Table 9"]
+    assert by.loc[("t2/s2", "lambda=0"), ["n", "n_asked", "n_failed", "best", "paper", "delta"]].tolist() == \
+        [2, 3, 0, True, 66.25, -0.25]
+    assert by.loc[("t/s", "Teacher"), ["n", "n_asked", "paper", "delta"]].tolist() == [1, 1, 78.5, 0.5]
+    assert math.isnan(by.loc[("t/s", "lambda=0"), "paper"])
+    assert ("t2/s2", "Scratch") not in by.index
+
+
+# --- --cost ------------------------------------------------------------------------------------------
+
+def test_cost_per_cell_and_table(runs):
+    text, _, _ = compose(TAGS, "x" * 8, runs, best_over="scale", cost=True)
+    cost = text[text.index("Cost per cell"):].splitlines()
+    assert cost[0] == "Cost per cell, GPU-hours (wall time × resources.gpu), summed over the cell's runs."
+    assert md_cells(cost[2]) == ["teacher/student", "Teacher", "Scratch", "lambda=0", "lambda=0.5", "row total"]
+    # t/s: teacher 360 s; 3 scratch and 6 + 5 finished students at 1800 s, one GPU each (the failed one
+    # logged no wall time). t2/s2: its teacher is an earlier sweep's; 4 + 6 students.
+    assert md_cells(cost[4]) == ["t/s", "0.10", "1.50", "3.00", "2.50", "7.10"]
+    assert md_cells(cost[5]) == ["t2/s2", "–", "–", "2.00", "3.00", "5.00"]
+    assert cost[7:] == [f"Total: 12.10 GPU-hours over 25 runs; devices (kd.device): {H100} (24 runs),"
+                        " NVIDIA A100 (1 run).",
+                        "Not counted: 1 run(s) that logged no wall time (failed or unfinished); 1 teacher run(s)"
+                        " of an earlier sweep, reused here."]
+
+
+def test_cost_with_cpu_runs_and_csv_total(runs):
+    cpu = runs["role"] == "scratch"  # from-scratch students on CPU: 4 cores x 900 s = 1 CPU-hour each
+    runs.loc[cpu, ["gpu", "cpu", "cost/wall_s", "device"]] = [0, 4, 900.0, "cpu (4 threads)"]
+    text, _, _ = compose(TAGS, "x" * 8, runs, best_over="scale", cost=True)
+    cost = text[text.index("Cost per cell"):].splitlines()
+    assert cost[0].startswith("Cost per cell, device-hours (GPU-h: wall time × resources.gpu; CPU-h:")
+    assert md_cells(cost[4]) == ["t/s", "0.10 GPU-h", "3.00 CPU-h", "3.00 GPU-h", "2.50 GPU-h",
+                                 "5.60 GPU-h + 3.00 CPU-h"]
+    assert cost[7].startswith("Total: 10.60 GPU-hours + 3.00 CPU-hours over 25 runs")
+    csv = pd.read_csv(io.StringIO(compose(TAGS, "x" * 8, runs, fmt="csv", best_over="scale", cost=True)[0]))
+    by = csv.set_index(["pair", "column"])
+    assert by.loc[("t/s", "Scratch"), ["gpu_h", "cpu_h", "cost_runs"]].tolist() == [0.0, 3.0, 3]
+    assert by.loc[("t/s", "lambda=0.5"), ["gpu_h", "cpu_h", "cost_runs"]].tolist() == [2.5, 0.0, 5]
+    assert math.isnan(by.loc[("t2/s2", "Teacher"), "gpu_h"])  # reused: another sweep's cost
+    assert by.loc[("(total)", "(total)"), ["gpu_h", "cpu_h", "cost_runs"]].tolist() == [10.6, 3.0, 25]
+
+
+def test_a_shared_teacher_is_counted_once_in_the_total(runs):
+    runs.loc[runs["pair"] == "t2/s2", "teacher_hash"] = "T1"  # both pairs distilled from T1
+    text = compose(TAGS, "x" * 8, runs, best_over="scale", cost=True)[0]
+    cost = text[text.index("Cost per cell"):].splitlines()
+    assert md_cells(cost[5])[1] == "0.10"
+    assert cost[7].startswith("Total: 12.10 GPU-hours over 25 runs")
+
+
+# --- --plot -------------------------------------------------------------------------------------------
+
+def _bars(container) -> tuple[list, list, list]:
+    line, _, (bars, *_) = container.lines
+    segs = bars.get_segments()
+    return list(line.get_xdata()), list(line.get_ydata()), [(s[1][1] - s[0][1]) / 2 for s in segs]
+
+
+def test_plot_writes_a_png_of_the_means_and_stds(runs, tmp_path):
+    table, col = build(runs, "linear_top1", seeds=[0, 1, 2], best_over="scale")
+    fig = plot(table, col, str(tmp_path / "lambda.png"))  # the one numeric axis left: lambda
+    assert (tmp_path / "lambda.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (ax,) = fig.axes
+    assert len(ax.containers) == 2  # one line per pair
+    got = {c.get_label(): _bars(c) for c in ax.containers}
+    x, y, e = got["t/s"]
+    assert x == [0.0, 0.5] and y == pytest.approx([table.loc["t/s", "lambda=0"].mean, 75.0])
+    assert e == pytest.approx([statistics.stdev([71, 71, 73]), math.sqrt(2)])
+    x, y, e = got["t2/s2"]
+    assert x == [0.0, 0.5] and y == pytest.approx([66.0, 62.0]) and e == pytest.approx([math.sqrt(2), 1.0])
+    assert ax.get_xlabel() == "λ (lambda)" and ax.get_ylabel() == "Linear-probe top-1 (%)"
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["t/s", "t2/s2"]
+
+
+def test_plot_named_axis_draws_a_line_per_pair_and_other_knobs(runs, tmp_path):
+    table, col = build(runs, "linear_top1", seeds=[0, 1, 2])
+    with pytest.raises(ReportError, match=r"several numeric axes \(lambda, scale\): name one with --axis"):
+        plot(table, col)
+    lines = series(table, "scale")
+    assert list(lines) == ["t/s, lambda=0", "t/s, lambda=0.5", "t2/s2, lambda=0", "t2/s2, lambda=0.5"]
+    assert lines["t/s, lambda=0.5"] == ([1.0, 2.0], [75.0, 74.5], [1.0, pytest.approx(2.1213, abs=1e-4)])
+    fig = plot(table, col, str(tmp_path / "scale.png"), axis="scale")
+    assert len(fig.axes[0].containers) == 4 and fig.axes[0].get_xlabel() == "scale"
+
+
+def test_plot_refuses_a_non_numeric_axis(runs):
+    runs["cell"] = runs["cell"].map(lambda c: {**c, "anchors": "random" if c.get("scale") == 1 else "in_batch"}
+                                    if c else c)
+    table, col = build(runs, "linear_top1")
+    with pytest.raises(ReportError, match=r"axis 'anchors' is not numeric \(values: in_batch, random\)"):
+        plot(table, col, axis="anchors")
+    with pytest.raises(ReportError, match="no axis 'k'"):
+        plot(table, col, axis="k")
+    best, col = build(runs, "linear_top1", best_over="scale")
+    with pytest.raises(ReportError, match="--best-over scale takes the best over it"):
+        plot(best, col, axis="scale")
+
+
+# --- --smoke: the parent run -----------------------------------------------------------------------
+
+class FakeClient:
+    tracking_uri = "sqlite:///fake.db"
+
+    def __init__(self, parents):
+        self.parents = parents  # latest first, as the search orders them
+
+    def search_experiments(self):
+        return [SimpleNamespace(experiment_id="1")]
+
+    def get_experiment_by_name(self, name):
+        return SimpleNamespace(experiment_id="1") if name == "scale_sweep" else None
+
+    def search_runs(self, exps, filter_string="", order_by=None, max_results=1000, page_token=None):
+        page = type("Page", (list,), {"token": None})(self.parents)
+        return page
+
+
+def parent(run_id, smoke=None):
+    tags = {"kd.role": "sweep", "kd.sweep": "scale_sweep", **({"kd.smoke": smoke} if smoke else {})}
+    return SimpleNamespace(info=SimpleNamespace(run_id=run_id, experiment_id="1"), data=SimpleNamespace(tags=tags))
+
+
+def test_report_never_mixes_smoke_and_real_runs():
+    client = FakeClient([parent("smoke2", "true"), parent("real2", "false"), parent("smoke1", "true"),
+                         parent("old")])  # a parent from before kd.smoke: a real run
+    assert collect.latest_parent(client, "scale_sweep").info.run_id == "real2"
+    assert collect.latest_parent(client, None, smoke=True).info.run_id == "smoke2"
+    assert collect.latest_parent(FakeClient([parent("old")]), None).info.run_id == "old"
+    with pytest.raises(collect.NoRuns, match="only smoke runs for sweep 'scale_sweep'.*--smoke"):
+        collect.latest_parent(FakeClient([parent("smoke1", "true")]), "scale_sweep")
+    with pytest.raises(collect.NoRuns, match="no smoke run"):
+        collect.latest_parent(FakeClient([parent("real1", "false")]), "scale_sweep", smoke=True)
+    with pytest.raises(collect.NoRuns, match=r"no sweep named 'x'.*sweeps there: scale_sweep"):
+        collect.latest_parent(client, "x")
+
+
+def test_cli_report_with_every_option(runs, paper_csv, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    asked = []
+
+    def fake_sweep_runs(uri, sweep, smoke=False):
+        asked.append((sweep, smoke))
+        p = parent("abcdef0123456789")
+        p.data.tags.update({**TAGS, "kd.smoke": "true" if smoke else "false"})
+        return p, runs
+
+    monkeypatch.setattr(collect, "sweep_runs", fake_sweep_runs)
+
+    def report(*args):
+        return CliRunner().invoke(app, ["report", *args, "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+
+    png = tmp_path / "fig.png"
+    res = report("scale_sweep", "--best-over", "scale", "--paper", "--cost", "--plot", str(png))
+    assert res.exit_code == 0, res.output
+    assert asked == [("scale_sweep", False)] and png.read_bytes()[:4] == b"\x89PNG"
+    assert "**75.00 ± 1.41 (2/3)†‡**" in res.stdout and "| ↳ Δ " in res.stdout
+    assert "Total: 12.10 GPU-hours" in res.stdout
+    res = report("--smoke")
+    assert res.exit_code == 0 and asked[-1] == (None, True) and "SMOKE RUN" in res.stdout
+    res = report("--no-table", "--plot", str(tmp_path / "scale.png"), "--axis", "scale")
+    assert res.exit_code == 0 and res.stdout == "" and (tmp_path / "scale.png").exists()
+    res = report("--plot", str(tmp_path / "no.png"))
+    assert res.exit_code == 2 and "several numeric axes (lambda, scale)" in res.output
+    res = report("--best-over", "alpha")
+    assert res.exit_code == 2 and "no axis 'alpha'" in res.output and "lambda, scale" in res.output

@@ -1,0 +1,59 @@
+"""Every sweep file in sweeps/ runs end to end with --smoke, on a Ray cluster the tests start once
+(as a user's `ray start --head`), and lands in MLflow as smoke runs the report keeps apart."""
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+from mlflow import MlflowClient
+
+from orchestrator.smoke import smoke_sweep
+from orchestrator.spec import count_trials, load_sweep
+
+from .conftest import SWEEPS, kd_sweep
+
+FILES = sorted(p.name for p in SWEEPS.glob("*.yaml"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    port = _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # a loopback test cluster
+    ray = os.path.join(os.path.dirname(sys.executable), "ray")
+    subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                    "--disable-usage-stats"], check=True, capture_output=True, env=env)
+    yield f"127.0.0.1:{port}", env
+    subprocess.run([ray, "stop", "--force"], capture_output=True, env=env)
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_sweep_file_runs_with_smoke(name, cluster, tmp_path, monkeypatch):
+    address, env = cluster
+    cache = tmp_path_factory_cache(tmp_path)
+    monkeypatch.setenv("KD_SWEEP_CACHE", cache)
+    res = kd_sweep("run", str(SWEEPS / name), "--smoke", "--address", address, cwd=tmp_path, timeout=900,
+                   env={"RAY_AUTH_MODE": "disabled", "KD_SWEEP_CACHE": cache})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "SMOKE RUN" in res.stdout and "NOT results" in res.stdout
+    sweep, _ = smoke_sweep(load_sweep(SWEEPS / name), str(SWEEPS))
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name(sweep.name)
+    parent = client.search_runs([exp.experiment_id], "tags.`kd.role` = 'sweep'")[0]
+    assert parent.data.tags["kd.smoke"] == "true" and parent.info.status == "FINISHED"
+    kids = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+                              max_results=1000)
+    students = [r for r in kids if r.data.tags["kd.role"] in ("student", "scratch")]
+    assert len(students) == count_trials(sweep)
+    assert all(r.info.status == "FINISHED" and r.data.tags["kd.smoke"] == "true" for r in kids)
+
+
+def tmp_path_factory_cache(tmp_path) -> str:
+    """One cache of generated datasets for the whole module (they are the same for every file)."""
+    return str(tmp_path.parent / "kd-sweep-cache")
