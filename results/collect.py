@@ -26,12 +26,13 @@ def latest_parent(client: MlflowClient, sweep: str | None, smoke: bool = False):
     if sweep is None:
         exps = [e.experiment_id for e in client.search_experiments()]
     else:
-        exp = client.get_experiment_by_name(sweep)
-        if exp is None:
+        # `kd-sweep run FILE --smoke` logs to the experiment `<name>-smoke`.
+        names = [sweep, f"{sweep}-smoke"] if smoke and not sweep.endswith("-smoke") else [sweep]
+        exps = [e.experiment_id for e in map(client.get_experiment_by_name, names) if e is not None]
+        if not exps:
             known = sorted({r.data.tags.get("kd.sweep") for r in _parents(client, None)} - {None})
             raise NoRuns(f"no sweep named {sweep!r} in {client.tracking_uri}"
                          f" (sweeps there: {', '.join(known) or 'none'})")
-        exps = [exp.experiment_id]
     runs = _parents(client, exps)
     where = f" for sweep {sweep!r}" if sweep else ""
     if not runs:

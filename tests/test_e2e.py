@@ -190,5 +190,5 @@ def test_dry_run_lists_trials_and_runs_nothing(quickstart):
     assert lines[0].startswith("quickstart: 8 trials (1 pair(s) x 3 cell(s) x 2 seed(s), + from-scratch students)")
     assert sum("finished earlier with the same config" in ln for ln in lines) == 8
     more = kd_sweep("run", str(SWEEPS / "quickstart.yaml"), *SHRINK, "--dry-run", "--set", "seeds=[7]", cwd=cwd)
-    assert sum("median of 2 earlier run(s) of this cell" in ln for ln in more.stdout.splitlines()) == 4
+    assert sum("earlier run(s) of this cell" in ln for ln in more.stdout.splitlines()) == 4  # estimates
     assert len(runs(uri)) == before  # nothing ran, nothing logged

@@ -296,38 +296,40 @@ def test_plot_refuses_a_non_numeric_axis(runs):
 # --- --smoke: the parent run -----------------------------------------------------------------------
 
 class FakeClient:
+    """The three MLflow calls `latest_parent` makes; parents latest first, as the search orders them."""
     tracking_uri = "sqlite:///fake.db"
 
-    def __init__(self, parents):
-        self.parents = parents  # latest first, as the search orders them
+    def __init__(self, *parents):
+        self.parents = parents
 
     def search_experiments(self):
-        return [SimpleNamespace(experiment_id="1")]
+        return [SimpleNamespace(experiment_id=e) for e in dict.fromkeys(p.info.experiment_id for p in self.parents)]
 
     def get_experiment_by_name(self, name):
-        return SimpleNamespace(experiment_id="1") if name == "scale_sweep" else None
+        return SimpleNamespace(experiment_id=name) if any(p.info.experiment_id == name for p in self.parents) else None
 
     def search_runs(self, exps, filter_string="", order_by=None, max_results=1000, page_token=None):
-        page = type("Page", (list,), {"token": None})(self.parents)
-        return page
+        return type("Page", (list,), {"token": None})(p for p in self.parents if p.info.experiment_id in exps)
 
 
-def parent(run_id, smoke=None):
-    tags = {"kd.role": "sweep", "kd.sweep": "scale_sweep", **({"kd.smoke": smoke} if smoke else {})}
-    return SimpleNamespace(info=SimpleNamespace(run_id=run_id, experiment_id="1"), data=SimpleNamespace(tags=tags))
+def parent(run_id, smoke=None, sweep="scale_sweep"):
+    tags = {"kd.role": "sweep", "kd.sweep": sweep, **({"kd.smoke": smoke} if smoke else {})}
+    return SimpleNamespace(info=SimpleNamespace(run_id=run_id, experiment_id=sweep), data=SimpleNamespace(tags=tags))
 
 
 def test_report_never_mixes_smoke_and_real_runs():
-    client = FakeClient([parent("smoke2", "true"), parent("real2", "false"), parent("smoke1", "true"),
-                         parent("old")])  # a parent from before kd.smoke: a real run
+    smoke2, smoke1 = parent("smoke2", "true", "scale_sweep-smoke"), parent("smoke1", "true", "scale_sweep-smoke")
+    client = FakeClient(smoke2, parent("real2", "false"), smoke1, parent("old"))  # old: from before kd.smoke
     assert collect.latest_parent(client, "scale_sweep").info.run_id == "real2"
+    assert collect.latest_parent(client, None).info.run_id == "real2"
+    assert collect.latest_parent(client, "scale_sweep", smoke=True).info.run_id == "smoke2"  # in <name>-smoke
     assert collect.latest_parent(client, None, smoke=True).info.run_id == "smoke2"
-    assert collect.latest_parent(FakeClient([parent("old")]), None).info.run_id == "old"
-    with pytest.raises(collect.NoRuns, match="only smoke runs for sweep 'scale_sweep'.*--smoke"):
-        collect.latest_parent(FakeClient([parent("smoke1", "true")]), "scale_sweep")
-    with pytest.raises(collect.NoRuns, match="no smoke run"):
-        collect.latest_parent(FakeClient([parent("real1", "false")]), "scale_sweep", smoke=True)
-    with pytest.raises(collect.NoRuns, match=r"no sweep named 'x'.*sweeps there: scale_sweep"):
+    assert collect.latest_parent(FakeClient(parent("old")), None).info.run_id == "old"
+    with pytest.raises(collect.NoRuns, match="only smoke runs for sweep 'scale_sweep-smoke'.*--smoke"):
+        collect.latest_parent(client, "scale_sweep-smoke")
+    with pytest.raises(collect.NoRuns, match="no smoke run for sweep 'scale_sweep'"):
+        collect.latest_parent(FakeClient(parent("real1", "false")), "scale_sweep", smoke=True)
+    with pytest.raises(collect.NoRuns, match=r"no sweep named 'x'.*sweeps there: scale_sweep, scale_sweep-smoke"):
         collect.latest_parent(client, "x")
 
 
