@@ -50,6 +50,14 @@ def preflight(sweep: Sweep, file: str, base: str) -> Plan:
     given: dict[str, dict[str, torch.Tensor]] = {}
     headless: set[int] = set()
     for i, pair in enumerate(sweep.pairs):
+        for role in ("teacher", "student"):
+            spec = getattr(pair, role)
+            if spec is None or (role == "teacher" and spec.checkpoint):
+                continue
+            try:  # the models build here, so a missing weights file fails now, not in a trial
+                build_model(spec.model, data.num_classes, data.in_channels, data.image_size, **spec.options)
+            except (FileNotFoundError, ValueError) as e:
+                raise SpecError(file, f"pairs.{i}.{role}", str(e)) from None
         spec = pair.teacher
         digest, state, head = None, None, True
         if spec.checkpoint:
@@ -70,8 +78,10 @@ def preflight(sweep: Sweep, file: str, base: str) -> Plan:
         pair_teacher[i] = cfg["weights_hash"]
         if state is not None:
             given[cfg["weights_hash"]] = state
-        if not head:
+        if not cfg["student"].get("head", True):
             headless.add(i)
+            if head:  # trained label-free: no classifier to give the students' methods
+                check_headless_teacher(sweep, i, file)
     students = student_trials(sweep, dataset, pair_teacher, frozenset(headless))
     return Plan(dataset, list(teachers.values()), pair_teacher, students, given)
 
@@ -100,7 +110,7 @@ def check_headless_teacher(sweep: Sweep, i: int, file: str) -> None:
         cls = method_class(method)
         if cls.uses_teacher_logits(cls.Knobs.model_validate(sweep.knobs_for(method, cell))):
             raise SpecError(file, f"pairs.{i}.teacher.checkpoint",
-                            f"this teacher has no classifier (no fc.weight in the file), and method {method!r}"
+                            f"this teacher has no classifier (a file without fc.weight, or trained label-free), and method {method!r}"
                             " needs the teacher's logits with these knobs")
 
 

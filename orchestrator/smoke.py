@@ -53,10 +53,14 @@ def smoke_sweep(sweep: Sweep, base: str) -> tuple[Sweep, str]:
         raw["eval"]["linear"].update(epochs=2, milestones=[])
     raw["resources"] = {"cpu": 1.0, "gpu": 0.0}
     raw["grid"] = {axis: _ends(values) for axis, values in raw["grid"].items()}
+    raw["cells"] = _cell_ends(raw["cells"])
     for pair in raw["pairs"]:
         ckpt = pair["teacher"].get("checkpoint")
         if ckpt and not os.path.isfile(resolve_path(ckpt, Path(base))):
             pair["teacher"]["checkpoint"] = None  # trained for one epoch instead
+        for role in ("teacher", "student"):
+            if pair.get(role) and not _weights_here(pair[role]):
+                pair[role]["options"].pop("weights")  # pretrained weights not here: random init
     for m in sweep.methods:
         fields = method_class(m).Knobs.model_fields
         fast = {k: v for k, v in FAST_KNOBS.items() if k in fields}
@@ -66,6 +70,34 @@ def smoke_sweep(sweep: Sweep, base: str) -> tuple[Sweep, str]:
             else:
                 raw["knobs"].update(fast)
     return Sweep.model_validate(raw), where
+
+
+def _weights_here(spec: dict) -> bool:
+    """False when the model names pretrained weights that are neither a file nor in torch's cache."""
+    weights = spec.get("options", {}).get("weights")
+    if not weights or os.path.isfile(weights):
+        return True
+    from trainables.models.imagenet import cached_torchvision_weights
+
+    try:
+        cached_torchvision_weights(spec["model"], weights)
+        return True
+    except (FileNotFoundError, ValueError):
+        return False
+
+
+def _numeric(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _cell_ends(cells: list[dict]) -> list[dict]:
+    """Explicit cells: of the cells that differ only in numeric knobs, the first and the last."""
+    groups: dict[str, list[dict]] = {}
+    for c in cells:
+        key = repr(sorted((k, v) for k, v in c.items() if not _numeric(v)))
+        groups.setdefault(key, []).append(c)
+    kept = {id(g[0]) for g in groups.values()} | {id(g[-1]) for g in groups.values()}
+    return [c for c in cells if id(c) in kept]
 
 
 def _ends(values: list) -> list:

@@ -253,9 +253,8 @@ class Sweep(Strict):
 
     @property
     def methods(self) -> list[str]:
-        found = list(self.grid.get("method", []))
-        found += [c["method"] for c in self.cells if "method" in c and c["method"] not in found]
-        return found or [self.method]
+        found = [*self.grid.get("method", []), *(c["method"] for c in self.cells if "method" in c)]
+        return list(dict.fromkeys(found)) or [self.method]
 
     def all_cells(self) -> list[dict[str, Any]]:
         """Every grid cell: the product of `grid`, crossed with the explicit `cells`."""

@@ -64,6 +64,8 @@ def teacher_trial(sweep: Sweep, spec: TeacherSpec, dataset: dict, checkpoint_dig
     if checkpoint_digest is not None:
         sched = {"from_checkpoint": checkpoint_digest}
     ds = {k: v for k, v in dataset.items() if k not in ("root", "download")}
+    # A teacher trained label-free (teacher_method: autoencoder) has no classifier either.
+    head = head and method_class(sweep.teacher_method).student_needs_head(method_class(sweep.teacher_method).Knobs())
     model = _model(spec) if head else {**_model(spec), "head": False}
     weights_hash = digest({"model": model, "dataset": ds, "train": sched, "seed": TEACHER_SEED,
                            "result_version": RESULT_VERSION,

@@ -220,16 +220,15 @@ def test_best_over_scale_rows_match_a_scale_sweep(published):
 
 @pytest.mark.parametrize("path", sorted(SWEEPS.glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_sweep_file_validates(path):
-    s = load_sweep(path)
-    assert s.name == path.stem or path.stem in ("quickstart",)
-    text = path.read_text()
-    assert text.startswith("#"), f"{path.name}: no header comment"
+    load_sweep(path)
 
 
 def test_the_table_sweeps_exist_and_reuse_the_crd_teachers():
     for files in TABLES.values():
         for n in files:
-            assert (SWEEPS / f"{n}.yaml").is_file(), n
+            text = (SWEEPS / f"{n}.yaml").read_text()
+            assert text.startswith("#") and "Hardware" in text, f"{n}: no header comment with the hardware"
+            assert sweep(n).name == n
     crd = sweep("teachers_cifar100").teacher_schedule
     for n in {n for files in TABLES.values() for n in files} | {"coss_k_ablation", "miles_projector_ablation"}:
         s = sweep(n)
