@@ -178,7 +178,7 @@ def fit(cfg: dict, report: Report, teacher_state: dict[str, torch.Tensor] | None
             metrics.update(evaluate(student, data, final_protocols, seed))
             if per_epoch:
                 metrics["eval/classifier_top1_best"] = best
-            metrics["cost/wall_s"] = wall()
+        metrics["cost/wall_s"] = wall()  # every epoch: a trial that dies still shows what it cost
         report({"epoch": epoch, **metrics}, state(epoch), student.state_dict() if epoch == epochs else None)
     if start > epochs:  # nothing to train (a given teacher, or a resume after the last epoch)
         final = evaluate(student, data, cfg["eval"], seed)
