@@ -125,7 +125,8 @@ def _init_ray(address: str | None, sweep: Sweep, file: str) -> None:
     kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True,
                   configure_logging=True)
     if not address:
-        ray.init(**kwargs)
+        # "local": a new instance of our own, even when `ray start` left a cluster on this machine.
+        ray.init(address="local", **kwargs)
     else:
         try:
             ray.init(address=address, **kwargs)

@@ -14,7 +14,7 @@ from trainables.datasets import DatasetMissing, load_dataset
 from trainables.datasets.synthetic import SMOKE
 from trainables.methods import method_class
 
-from .spec import Sweep, resolve_path
+from .spec import Sweep, check_method_knobs, resolve_path
 
 # Per split; ImageNet-sized models on 224-pixel images need fewer.
 SMOKE_IMAGES = {"imagenet": (12, 6)}
@@ -61,6 +61,7 @@ def smoke_sweep(sweep: Sweep, base: str) -> tuple[Sweep, str]:
         for role in ("teacher", "student"):
             if pair.get(role) and not _weights_here(pair[role]):
                 pair[role]["options"].pop("weights")  # pretrained weights not here: random init
+    _cap_neighbours(raw, sweep, pool=max(1, n_train // 4))
     for m in sweep.methods:
         fields = method_class(m).Knobs.model_fields
         fast = {k: v for k, v in FAST_KNOBS.items() if k in fields}
@@ -69,7 +70,29 @@ def smoke_sweep(sweep: Sweep, base: str) -> tuple[Sweep, str]:
                 raw["knobs"].setdefault(m, {}).update(fast)
             else:
                 raw["knobs"].update(fast)
-    return Sweep.model_validate(raw), where
+    smoke = Sweep.model_validate(raw)
+    check_method_knobs(smoke, f"{sweep.name} (--smoke)")
+    return smoke, where
+
+
+def _cap_neighbours(raw: dict, sweep: Sweep, pool: int) -> None:
+    """CoSS's neighbour pools need more images than a smoke set has: cap k_pool, and k to it."""
+    for m in sweep.methods:
+        if "k_pool" not in method_class(m).Knobs.model_fields:
+            continue
+        own = raw["knobs"] if len(sweep.methods) == 1 else raw["knobs"].setdefault(m, {})
+        shared = raw["knobs"]
+        own["k_pool"] = min(own.get("k_pool", shared.get("k_pool", 31)), pool)
+        for knobs in (shared, own):
+            if "k" in knobs:
+                knobs["k"] = min(knobs["k"], pool)
+        if len(sweep.methods) > 1:
+            shared.pop("k_pool", None)
+    if "k" in raw["grid"]:
+        raw["grid"]["k"] = list(dict.fromkeys(min(k, pool) for k in raw["grid"]["k"]))
+    for cell in raw["cells"]:
+        if "k" in cell:
+            cell["k"] = min(cell["k"], pool)
 
 
 def _weights_here(spec: dict) -> bool:
