@@ -122,15 +122,6 @@ def test_gradients_reach_student_and_both_heads_not_teacher():
 
 # --- (4) one real epoch ---------------------------------------------------------------------------
 
-@pytest.fixture
-def one_thread():
-    """As Ray's trainable runs a 1-CPU trial (smoke_fit asks for cpu 1): torch.set_num_threads(1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_smoke_fit(tmp_path, one_thread):
     (metrics,) = smoke_fit("crd", tmp_path, arch="mlp")  # default knobs: K capped at num_train - 1
     for key in ("train/crd_s", "train/crd_t", "train/loss"):

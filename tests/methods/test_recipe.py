@@ -135,15 +135,6 @@ def test_gradients_reach_student_and_projector_not_teacher(projector):
 
 # --- (4) one real epoch ---------------------------------------------------------------------------
 
-@pytest.fixture
-def one_thread():
-    """As Ray's trainable runs a 1-CPU trial (smoke_fit asks for cpu 1): torch.set_num_threads(1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("knobs, terms", [
     ({}, ("rep", "kl", "ce")),                                          # linear + batchnorm + KL: ImageNet release
     ({"projector": "mlp", "norm": "groupnorm", "lambda_kl": 0.0}, ("rep", "ce")),  # the CIFAR projector

@@ -228,15 +228,6 @@ def test_unknown_anchor_strategy_is_a_validation_error():
 
 # --- (4) one real epoch per anchor strategy -----------------------------------------------------
 
-@pytest.fixture
-def one_thread():
-    """As Ray's trainable runs a 1-CPU trial (smoke_fit asks for cpu 1): torch.set_num_threads(1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("anchors", ANCHORS)
 def test_smoke_fit(tmp_path, anchors, one_thread):
     (metrics,) = smoke_fit("rrkd", tmp_path, arch="mlp", anchors=anchors)

@@ -113,15 +113,6 @@ def test_gradients_reach_student_and_connector_not_teacher():
 
 # --- (4) one real epoch ---------------------------------------------------------------------------
 
-@pytest.fixture
-def one_thread():
-    """As Ray's trainable runs a 1-CPU trial (smoke_fit asks for cpu 1): torch.set_num_threads(1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("knobs, terms", [
     ({}, ("fm", "sr", "ce")),                                   # the paper's supervised loss
     ({"lambda_ce": 0.0, "lambda_sr": 0.0}, ("fm",)),            # the unsupervised adaptation

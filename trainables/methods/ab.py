@@ -58,6 +58,22 @@ def run_stage(ctx: "Context", params: Iterable[torch.Tensor], epochs: int,
     return mean
 
 
+def match_maps_stage(method, ctx: "Context", epochs: int) -> float:
+    """AB's and FSP's initialisation: train the student and the method's connectors so that
+    `method.loss(student maps, teacher maps)` falls, before distillation proper."""
+    ctx.student.train()
+    ctx.teacher.eval()
+    method.train()
+
+    def batch_loss(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            t = ctx.teacher(x, with_maps=True, preact=method.preact)
+        return method.loss(ctx.student(x, with_maps=True, preact=method.preact).maps, t.maps)
+
+    params = [p for p in list(ctx.student.parameters()) + list(method.connectors.parameters()) if p.requires_grad]
+    return run_stage(ctx, params, epochs, batch_loss)
+
+
 class ABKnobs(Knobs):
     weight: float = Field(0.0, ge=0, description="main-stage weight; 0 as the authors' and CRD's code (CRD's"
                                                  " train loop uses no AB loss after the init stage)")
@@ -105,14 +121,4 @@ class AB(Method):
     def pretrain(self, ctx: "Context") -> dict[str, float]:
         if self.knobs.init_epochs == 0:
             return {}
-        ctx.student.train()
-        ctx.teacher.eval()
-        self.train()
-
-        def batch_loss(x: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                t = ctx.teacher(x, with_maps=True, preact=self.preact)
-            return self.loss(ctx.student(x, with_maps=True, preact=self.preact).maps, t.maps)
-
-        params = [p for p in list(ctx.student.parameters()) + list(self.connectors.parameters()) if p.requires_grad]
-        return {"ab_init_loss": run_stage(ctx, params, self.knobs.init_epochs, batch_loss)}
+        return {"ab_init_loss": match_maps_stage(self, ctx, self.knobs.init_epochs)}

@@ -27,7 +27,7 @@ from pydantic import Field
 from torch import nn
 
 from ..registry import METHODS
-from .ab import run_stage
+from .ab import match_maps_stage
 from .at import as_map, map_shape, match_size
 from .base import DataInfo, Knobs, Method, ModelInfo, Step
 
@@ -87,14 +87,4 @@ class FSP(Method):
     def pretrain(self, ctx: "Context") -> dict[str, float]:
         if self.knobs.init_epochs == 0:
             return {}
-        ctx.student.train()
-        ctx.teacher.eval()
-        self.train()
-
-        def batch_loss(x: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                t = ctx.teacher(x, with_maps=True, preact=self.preact)
-            return self.loss(ctx.student(x, with_maps=True, preact=self.preact).maps, t.maps)
-
-        params = [p for p in list(ctx.student.parameters()) + list(self.connectors.parameters()) if p.requires_grad]
-        return {"fsp_init_loss": run_stage(ctx, params, self.knobs.init_epochs, batch_loss)}
+        return {"fsp_init_loss": match_maps_stage(self, ctx, self.knobs.init_epochs)}

@@ -37,3 +37,20 @@ class Backbone(nn.Module):
         feature, maps = self.forward_features(x, with_maps, preact)
         logits = self.fc(feature) if self.fc is not None else None
         return Output(feature, logits, maps)
+
+
+def crd_init(model: nn.Module, linear: str | None = None) -> None:
+    """The CRD zoo's initialisation: Kaiming (fan out) convolutions, BatchNorm at 1/0, and for Linear
+    layers `normal` (N(0, 0.01), zero bias), `bias` (zero bias only) or nothing, per model as CRD."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:  # VGG's convolutions have one
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear) and linear is not None:
+            if linear == "normal":
+                nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..registry import MODELS
-from .base import Backbone
+from .base import Backbone, crd_init
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -59,12 +59,7 @@ class CifarResNet(Backbone):
         self.make_head()
         self.stages = [self.layer1, self.layer2, self.layer3]
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        crd_init(self)
 
     def forward_features(self, x: torch.Tensor, with_maps: bool, preact: bool
                          ) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..registry import MODELS
-from .base import Backbone
+from .base import Backbone, crd_init
 from .state_keys import ForeignKeys
 
 
@@ -90,12 +90,7 @@ class ResNetV2(ForeignKeys, Backbone):
         self.feature_dim = cin
         self.make_head()
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        crd_init(self)
 
     def forward_features(self, x: torch.Tensor, with_maps: bool, preact: bool
                          ) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..registry import MODELS
-from .base import Backbone
+from .base import Backbone, crd_init
 from .state_keys import ForeignKeys
 
 # Channels of the convs in each of the five blocks (CRD's cfg S, A, B, D, E).
@@ -50,16 +50,7 @@ class VGG(ForeignKeys, Backbone):
         self.feature_dim = cin
         self.make_head()
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        crd_init(self, linear="normal")
 
     def forward_features(self, x: torch.Tensor, with_maps: bool, preact: bool
                          ) -> tuple[torch.Tensor, list[torch.Tensor]]:

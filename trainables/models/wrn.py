@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..registry import MODELS
-from .base import Backbone
+from .base import Backbone, crd_init
 from .state_keys import ForeignKeys
 
 
@@ -61,14 +61,7 @@ class WideResNet(ForeignKeys, Backbone):
         self.feature_dim = widths[-1]
         self.make_head()
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        crd_init(self, linear="bias")
 
     def forward_features(self, x: torch.Tensor, with_maps: bool, preact: bool
                          ) -> tuple[torch.Tensor, list[torch.Tensor]]:
