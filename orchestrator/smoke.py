@@ -19,6 +19,7 @@ from .spec import Sweep, check_method_knobs, resolve_path
 # Per split; ImageNet-sized models on 224-pixel images need fewer.
 SMOKE_IMAGES = {"imagenet": (12, 6)}
 DEFAULT_IMAGES = (128, 64)
+SMOKE_BATCH = {"imagenet": 4}  # else 32
 FAST_KNOBS = {"init_epochs": 1, "paraphraser_epochs": 1}  # the methods' own pre-stages
 
 
@@ -48,7 +49,9 @@ def smoke_sweep(sweep: Sweep, base: str) -> tuple[Sweep, str]:
     raw["seeds"] = raw["seeds"][:1]
     for sched in ("train", "teacher_train"):
         if raw.get(sched):
-            raw[sched].update(epochs=min(raw[sched]["epochs"], 1), milestones=[])
+            # Small batches too: two ImageNet-sized trials at batch 256 outgrow a 24 GB machine.
+            raw[sched].update(epochs=min(raw[sched]["epochs"], 1), milestones=[],
+                              batch_size=min(raw[sched]["batch_size"], SMOKE_BATCH.get(ds["name"], 32)))
     if raw["eval"].get("linear"):
         raw["eval"]["linear"].update(epochs=2, milestones=[])
     raw["resources"] = {"cpu": 1.0, "gpu": 0.0}
