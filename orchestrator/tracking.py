@@ -3,6 +3,7 @@ run per trial. Workers never talk to the store, so a cluster's nodes need no acc
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -36,7 +37,9 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return mlflow.get_tracking_uri()
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
+    """Once per process: it tags every trial's run."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
                              text=True, timeout=5)

@@ -65,15 +65,15 @@ def teacher_trial(sweep: Sweep, spec: TeacherSpec, dataset: dict, checkpoint_dig
         sched = {"from_checkpoint": checkpoint_digest}
     ds = {k: v for k, v in dataset.items() if k not in ("root", "download")}
     # A teacher trained label-free (teacher_method: autoencoder) has no classifier either.
-    head = head and method_class(sweep.teacher_method).student_needs_head(method_class(sweep.teacher_method).Knobs())
+    trainer = method_class(sweep.teacher_method)
+    head = head and trainer.student_needs_head(trainer.Knobs())
     model = _model(spec) if head else {**_model(spec), "head": False}
     weights_hash = digest({"model": model, "dataset": ds, "train": sched, "seed": TEACHER_SEED,
                            "result_version": RESULT_VERSION,
                            **({"method": sweep.teacher_method} if sweep.teacher_method != "none" else {})})
     cfg = {
         "role": "teacher", "sweep": sweep.name, "dataset": dataset, "student": model,
-        "teacher": None, "method": sweep.teacher_method,
-        "knobs": method_class(sweep.teacher_method).Knobs().model_dump(by_alias=True),
+        "teacher": None, "method": sweep.teacher_method, "knobs": trainer.Knobs().model_dump(by_alias=True),
         "train": sweep.teacher_schedule.model_dump(), "eval": _eval(sweep, with_classifier=True),
         "seed": TEACHER_SEED, "weights_hash": weights_hash, "deterministic": sweep.deterministic,
         "resources": sweep.resources.model_dump(),

@@ -1,7 +1,6 @@
 """The loaders read the real on-disk formats; batch augmentation matches RandomCrop(pad) + flip."""
 import pickle
 
-import numpy as np
 import pytest
 import torch
 
