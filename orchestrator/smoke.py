@@ -52,6 +52,9 @@ def smoke_sweep(sweep: Sweep, base: str) -> tuple[Sweep, str]:
             # Small batches too: two ImageNet-sized trials at batch 256 outgrow a 24 GB machine.
             raw[sched].update(epochs=min(raw[sched]["epochs"], 1), milestones=[],
                               batch_size=min(raw[sched]["batch_size"], SMOKE_BATCH.get(ds["name"], 32)))
+    # A teacher trained for a few steps keeps BatchNorm statistics near their initial values, and its
+    # features blow up in eval mode (FT's paraphraser then overflows): re-estimate them.
+    raw["teacher_train"] = {**(raw.get("teacher_train") or raw["train"]), "bn_recalibrate": True}
     if raw["eval"].get("linear"):
         raw["eval"]["linear"].update(epochs=2, milestones=[])
     raw["resources"] = {"cpu": 1.0, "gpu": 0.0}

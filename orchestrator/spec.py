@@ -130,6 +130,11 @@ class Schedule(Strict):
     weight_decay: float = Field(5e-4, ge=0)
     milestones: list[int] = Field(default_factory=lambda: [150, 180, 210])
     gamma: float = Field(0.1, gt=0, le=1)
+    # step: x gamma at each milestone (CRD); cosine: to 0 over the epochs (CoSS on ImageNet).
+    lr_schedule: Literal["step", "cosine"] = "step"
+    # Re-estimate BatchNorm statistics on the training images after the last epoch (precise BN):
+    # a model trained for a few steps has running statistics far from its features otherwise.
+    bn_recalibrate: bool = False
 
     @field_validator("milestones")
     @classmethod

@@ -127,3 +127,44 @@ def test_a_teacher_file_without_classifier_is_a_headless_teacher(tmp_path):
                                                  "knobs={}", "grid={method: [kd]}"])
     with pytest.raises(Exception, match=r"pairs.0.teacher.checkpoint: this teacher has no classifier.*'kd'"):
         preflight(bad, "q.yaml", str(SWEEPS))
+
+
+def test_bn_recalibration_gives_the_statistics_of_the_training_images():
+    from trainables.trial import recalibrate_bn
+
+    data = load_dataset("digits", "unused")  # digits train without augmentation: the views are the images
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.BatchNorm1d(64))
+    model.eval()
+    assert recalibrate_bn(model, data, batch_size=719) == 1  # 1438 training images: 2 equal batches
+    flat = data.eval_view("train", slice(None)).flatten(1)
+    bn = model[1]
+    assert torch.allclose(bn.running_mean, flat.mean(0), atol=1e-5)
+    # The cumulative average of per-batch unbiased variances, as BatchNorm defines it with momentum None:
+    # close to the whole set's variance, and nowhere near the initial 1.
+    assert torch.allclose(bn.running_var, flat.var(0), rtol=0.05, atol=1e-3)
+    assert bn.momentum == 0.1 and not model.training  # restored
+
+
+def test_cosine_schedule_decays_to_zero_over_the_epochs():
+    from trainables.trial import make_scheduler
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.4)
+    sched = make_scheduler(opt, {"lr_schedule": "cosine", "epochs": 4, "milestones": [2], "gamma": 0.1})
+    lrs = []
+    for _ in range(4):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.4, 0.4 * (1 + 2**-0.5) / 2, 0.2, 0.4 * (1 - 2**-0.5) / 2])
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_top5_counts_a_label_among_the_five_highest_logits():
+    from trainables.evaluate import top5
+
+    logits = torch.tensor([[6., 5., 4., 3., 2., 1., 0.],    # label 4 is 5th highest: hit
+                           [6., 5., 4., 3., 2., 1., 0.],    # label 5 is 6th: miss
+                           [0., 1., 2., 3., 4., 5., 6.]])   # label 6 is highest: hit
+    assert top5(logits, torch.tensor([4, 5, 6])) == pytest.approx(200 / 3)
+    assert top5(logits[:, :3], torch.tensor([0, 1, 2])) == 100.0  # fewer than 5 classes: always

@@ -134,7 +134,7 @@ def fit(cfg: dict, report: Report, teacher_state: dict[str, torch.Tensor] | None
     params = [p for p in list(student.parameters()) + list(method.parameters()) if p.requires_grad]
     opt = torch.optim.SGD(params, lr=sched_cfg["lr"], momentum=sched_cfg["momentum"],
                           weight_decay=sched_cfg["weight_decay"])
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, sched_cfg["milestones"], sched_cfg["gamma"])
+    sched = make_scheduler(opt, sched_cfg)
 
     start, pre, best, spent = 1, {}, 0.0, 0.0
     if resume is not None:
@@ -169,6 +169,8 @@ def fit(cfg: dict, report: Report, teacher_state: dict[str, torch.Tensor] | None
         metrics = train_epoch(student, teacher, method, data, opt, gen, sched_cfg["batch_size"], epoch, workers)
         sched.step()
         metrics["train/lr"] = lr
+        if epoch == epochs and sched_cfg.get("bn_recalibrate"):
+            recalibrate_bn(student, data, sched_cfg["batch_size"], seed)
         if epoch == start:
             metrics.update(pre)
         if per_epoch:
@@ -186,6 +188,39 @@ def fit(cfg: dict, report: Report, teacher_state: dict[str, torch.Tensor] | None
             final["eval/classifier_top1_best"] = max(best, final["eval/classifier_top1"])
         final["cost/wall_s"] = wall()
         report({"epoch": epochs, **final}, state(epochs), student.state_dict())
+
+
+def make_scheduler(opt: torch.optim.Optimizer, sched_cfg: dict) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped once per epoch."""
+    if sched_cfg.get("lr_schedule", "step") == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, sched_cfg["epochs"]))
+    return torch.optim.lr_scheduler.MultiStepLR(opt, sched_cfg["milestones"], sched_cfg["gamma"])
+
+
+@torch.no_grad()
+def recalibrate_bn(model: Backbone, data: ImageData, batch_size: int, seed: int = 0) -> int:
+    """BatchNorm running statistics recomputed as the equal-weight average of the batch statistics
+    over one pass of the training images under the training augmentation (what the model sees when it
+    teaches), weights untouched. Returns the number of BatchNorm layers reset."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    was = model.training
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every batch counts the same
+    model.train()
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    order = [torch.arange(i, min(i + batch_size, data.num_train)) for i in range(0, data.num_train, batch_size)]
+    for _, x, _ in data.epoch(order, gen):
+        if len(x) > 1:  # a last batch of one image has no batch statistics
+            model(x.to(device))
+    for m, mom in zip(bns, momenta):
+        m.momentum = mom
+    model.train(was)
+    return len(bns)
 
 
 def train_epoch(student: Backbone, teacher: Backbone | None, method: Method, data: ImageData,
