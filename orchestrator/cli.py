@@ -28,8 +28,13 @@ def run(
                                " 1 seed, 1 epoch, a few hundred images; the numbers are not results"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the trials, counts and an estimate from earlier"
                                  " runs of the same cells; run nothing"),
+    rerun: bool = typer.Option(False, "--rerun", help="run every student trial again, even those a sweep already"
+                               " finished (by default they are linked into this sweep, not run)"),
 ) -> None:
-    """Validate FILE, then run every trial of it and log them to MLflow."""
+    """Validate FILE, then run every trial of it and log them to MLflow.
+
+    Run it again after the driver died (Ctrl-C, kill, a lost head node) and it continues: finished
+    trials are not run again and unfinished ones resume from their last epoch checkpoint."""
     import os
 
     from .spec import SpecError, load_sweep
@@ -56,7 +61,8 @@ def run(
             _fail(str(e), 2)
         return
     try:
-        code = run_sweep(sweep, file, address, resolve_tracking_uri(tracking_uri), storage, smoke=smoke)
+        code = run_sweep(sweep, file, address, resolve_tracking_uri(tracking_uri), storage, smoke=smoke,
+                         rerun=rerun)
     except SpecError as e:
         _fail(str(e), 2)
     except RunError as e:

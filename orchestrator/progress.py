@@ -58,6 +58,9 @@ class Progress:
         self.failures.append((name, reason))
         self._print(f"[{self.done}/{self.total}] FAILED {name}: {reason}")
 
+    def retrying(self, trial, reason: str) -> None:
+        self._print(f"retry  {trial.config['trial']['name']} from its last checkpoint: {reason}")
+
     def summary(self) -> int:
         total = _fmt_time(time.time() - self.t0)
         if self.failures:

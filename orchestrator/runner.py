@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 
 import torch
 import yaml
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from trainables.checkpoints import CheckpointError, load_into, read_state_dict
 from trainables.datasets import DatasetMissing, load_dataset
 from trainables.models import build_model
 
 from .progress import Progress
+from .resume import DRIVER_TAG, driver_alive, driver_tag, latest_checkpoints, sweep_key
 from .spec import SpecError, Sweep, resolve_path
 from .tracking import Store, make_callback
 from .trials import _dataset, evaluate_only, file_digest, student_trials, teacher_trial
@@ -124,6 +126,8 @@ def _init_ray(address: str | None, sweep: Sweep, file: str) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True,
                   configure_logging=True)
+    if os.environ.get("KD_SWEEP_FAULT"):  # tests of retry and resume: the workers must see it too
+        kwargs["runtime_env"] = {"env_vars": {"KD_SWEEP_FAULT": os.environ["KD_SWEEP_FAULT"]}}
     if not address:
         # "local": a new instance of our own, even when `ray start` left a cluster on this machine.
         ray.init(address="local", **kwargs)
@@ -177,21 +181,51 @@ def _teacher_weights(store: Store, run) -> dict[str, torch.Tensor]:
     return torch.load(store.download(run.info.run_id, "teacher/model.pt"), map_location="cpu", weights_only=True)
 
 
+def _with_checkpoints(configs: list[dict], found: dict[str, tuple[int, str]], progress: Progress) -> list[dict]:
+    """Trials an earlier driver left unfinished continue from their newest epoch checkpoint."""
+    out = []
+    for cfg in configs:
+        if cfg["name"] in found:
+            epoch, path = found[cfg["name"]]
+            progress.note(f"resume {cfg['name']} from its epoch {epoch} checkpoint")
+            cfg = {**cfg, "resume_from": path}
+        out.append(cfg)
+    return out
+
+
 def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, storage: str | None,
-              out=sys.stdout, smoke: bool = False) -> int:
+              out=sys.stdout, smoke: bool = False, rerun: bool = False) -> int:
+    """`rerun`: run every student trial, even those an earlier sweep finished (otherwise linked)."""
     base = os.path.dirname(os.path.abspath(file))
     plan = preflight(sweep, file, base)
     storage_path = resolve_path(storage or sweep.storage or "ray_results", None)
     store = Store(tracking_uri)
+    progress = Progress(out)
+    exp_id = store.experiment(sweep.name)
+    raw = sweep.model_dump(mode="json", by_alias=True)
+    key = sweep_key(raw, smoke)
+    earlier = None if rerun else store.find_resumable(exp_id, key)
+    if earlier is not None and (pid := driver_alive(earlier.data.tags.get(DRIVER_TAG))):
+        raise RunError(f"this sweep is being run by process {pid} (parent run {earlier.info.run_id}); wait for"
+                       " it, or stop it and run again to continue")
     _init_ray(address, sweep, file)
     import ray
 
-    exp_id = store.experiment(sweep.name)
-    resolved = yaml.safe_dump(sweep.model_dump(mode="json", by_alias=True), sort_keys=False)
-    parent = store.start_parent(exp_id, sweep.name, resolved, len(plan.students),
-                                {"kd.seeds": json.dumps(sweep.seeds), "kd.smoke": str(smoke).lower(),
-                                 "kd.dataset": sweep.dataset.name, "kd.setting": sweep.setting})
-    progress = Progress(out)
+    smoke_tag = {"kd.smoke": str(smoke).lower()}
+    if earlier is not None:
+        parent = earlier.info.run_id
+        attempt = int(earlier.data.tags.get("kd.attempt", "1")) + 1
+        store.client.update_run(parent, status="RUNNING")
+        for k, v in {"kd.attempt": str(attempt), DRIVER_TAG: driver_tag()}.items():
+            store.client.set_tag(parent, k, v)
+        progress.note(f"continuing parent run {parent[:8]} of sweep {sweep.name!r} (its driver stopped;"
+                      f" attempt {attempt}): finished trials stay finished, unfinished ones resume")
+    else:
+        attempt = 1
+        parent = store.start_parent(exp_id, sweep.name, yaml.safe_dump(raw, sort_keys=False), len(plan.students),
+                                    {"kd.seeds": json.dumps(sweep.seeds), **smoke_tag,
+                                     "kd.dataset": sweep.dataset.name, "kd.setting": sweep.setting,
+                                     "kd.sweep_key": key, "kd.attempt": "1", DRIVER_TAG: driver_tag()})
     status = "FAILED"
     try:
         weights = dict(plan.given)
@@ -209,9 +243,12 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
             else:
                 todo.append(cfg)
         if todo:
+            prefix = f"{sweep.name}-teachers-{parent[:8]}"
+            if attempt > 1:
+                todo = _with_checkpoints(todo, latest_checkpoints(storage_path, prefix), progress)
             progress.begin(f"teachers: {len(todo)} trial(s)", len(todo))
-            _fit_phase(f"{sweep.name}-teachers-{parent[:8]}", todo, sweep, storage_path,
-                       make_callback(store, exp_id, parent, progress, {"kd.smoke": str(smoke).lower()}), weights)
+            _fit_phase(f"{prefix}-{attempt}", todo, sweep, storage_path,
+                       make_callback(store, exp_id, parent, progress, smoke_tag), weights)
         for cfg in plan.teachers:
             run = store.find_teacher("config_hash", cfg["config_hash"])
             if run is None:
@@ -228,10 +265,16 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
                           " with the same teacher model, data and teacher_train reuse them.")
             status = "FINISHED"
             return 0
-        # Phase 2: the students of every cell x pair x seed, and the from-scratch students.
-        progress.begin(f"sweep {sweep.name}: {len(plan.students)} trials", len(plan.students))
-        _fit_phase(f"{sweep.name}-{parent[:8]}", plan.students, sweep, storage_path,
-                   make_callback(store, exp_id, parent, progress, {"kd.smoke": str(smoke).lower()}), weights)
+        # Phase 2: the students of every cell x pair x seed, and the from-scratch students. A trial that
+        # finished before (in this sweep before its driver stopped, or in any other) is not run again.
+        todo = _students_to_run(plan.students, store, exp_id, parent, smoke_tag, progress, rerun)
+        prefix = f"{sweep.name}-{parent[:8]}"
+        if attempt > 1:
+            todo = _with_checkpoints(todo, latest_checkpoints(storage_path, prefix), progress)
+        if todo:
+            progress.begin(f"sweep {sweep.name}: {len(todo)} trials to run", len(todo))
+            _fit_phase(f"{prefix}-{attempt}", todo, sweep, storage_path,
+                       make_callback(store, exp_id, parent, progress, smoke_tag), weights)
         failed = progress.summary()
         status = "FAILED" if failed else "FINISHED"
         progress.note(f"MLflow: {tracking_uri} (experiment {sweep.name!r}, parent run {parent});"
@@ -244,3 +287,25 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
         store.finish(parent, status)
         ray.shutdown()
 
+
+def _students_to_run(students: list[dict], store: Store, exp_id: str, parent: str, tags: dict[str, str],
+                     progress: Progress, rerun: bool) -> list[dict]:
+    if rerun:
+        return students
+    found = store.find_finished({c["config_hash"] for c in students})
+    todo, here, linked = [], 0, 0
+    for cfg in students:
+        runs = found.get(cfg["config_hash"], [])
+        if any(r.data.tags.get(MLFLOW_PARENT_RUN_ID) == parent for r in runs):
+            here += 1
+        elif runs:
+            store.link(exp_id, parent, cfg, runs[0], tags)
+            linked += 1
+        else:
+            todo.append(cfg)
+    if here:
+        progress.note(f"{here} trial(s) finished before the driver stopped: not run again")
+    if linked:
+        progress.note(f"{linked} trial(s) finished in an earlier sweep: linked into this one, not run"
+                      " (`--rerun` runs them again)")
+    return todo

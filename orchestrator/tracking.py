@@ -17,6 +17,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from trainables.trial import FAILED
+
 from .trials import flat_params
 
 KD_VERSION = "0.1.0"
@@ -105,6 +107,52 @@ class Store:
             order_by=["attributes.start_time DESC"], max_results=1)
         return runs[0] if runs else None
 
+    def find_resumable(self, exp_id: str, key: str):
+        """The latest parent run of this same sweep whose driver stopped before the end (killed,
+        Ctrl-C: status RUNNING or KILLED); or None."""
+        runs = self.client.search_runs(
+            [exp_id], filter_string=f"tags.`kd.role` = 'sweep' and tags.`kd.sweep_key` = '{key}'",
+            order_by=["attributes.start_time DESC"], max_results=1)
+        return runs[0] if runs and runs[0].info.status in ("RUNNING", "KILLED") else None
+
+    def find_finished(self, hashes: set[str]) -> dict[str, object]:
+        """config hash -> a finished trial run of it from any sweep (the original, not a link to it;
+        one of this parent's own when there is one: see `pick`)."""
+        if not hashes:
+            return {}
+        exps = [e.experiment_id for e in self.client.search_experiments()]
+        found: dict[str, list] = {}
+        token = None
+        while True:
+            page = self.client.search_runs(
+                exps, filter_string="attributes.status = 'FINISHED' and tags.`kd.role` != 'sweep'"
+                                    " and tags.`kd.role` != 'teacher'",
+                order_by=["attributes.start_time ASC"], max_results=1000, page_token=token)
+            for r in page:
+                h = r.data.tags.get("kd.config_hash")
+                if h in hashes:
+                    found.setdefault(h, []).append(r)
+            token = page.token
+            if not token:
+                return found
+
+    def link(self, exp_id: str, parent_id: str, cfg: dict, source, tags: dict[str, str]) -> str:
+        """A child run of PARENT standing for a trial that finished in an earlier sweep: its params,
+        tags and final metrics, and `kd.reused_from` naming the run that holds its history and weights."""
+        src_id = source.data.tags.get("kd.reused_from") or source.info.run_id
+        run = self.client.create_run(exp_id, tags={
+            MLFLOW_PARENT_RUN_ID: parent_id, **trial_tags(cfg), **tags, "kd.state": "reused",
+            "kd.reused_from": src_id,
+            **{k: v for k, v in source.data.tags.items() if k in ("kd.device", "kd.node")}})
+        params = [Param(k, v[:6000]) for k, v in flat_params(cfg).items()]
+        ts = int(time.time() * 1000)
+        step = int(cfg["train"]["epochs"])
+        metrics = [Metric(k, v, ts, step) for k, v in source.data.metrics.items()]
+        for i in range(0, max(len(params), len(metrics)), 100):
+            self.client.log_batch(run.info.run_id, params=params[i:i + 100], metrics=metrics[i:i + 100])
+        self.finish(run.info.run_id, "FINISHED")
+        return run.info.run_id
+
     def download(self, run_id: str, artifact: str) -> str:
         return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact,
                                                    tracking_uri=self.uri)
@@ -124,6 +172,7 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
 
         def __init__(self):
             self.runs: dict[str, str] = {}
+            self.logged: dict[str, set[int]] = {}
 
         def _run_for(self, trial) -> str:
             cfg = trial.config["trial"]
@@ -151,18 +200,34 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
             if progress:
                 progress.started(trial)
 
+        def _logged_before(self, trial, run_id: str) -> set[int]:
+            """Epochs a killed driver logged for a trial this driver resumes: never logged twice."""
+            key = trial.config["trial"]["config_hash"]
+            if key not in self.logged:
+                self.logged[key] = ({m.step for m in store.client.get_metric_history(run_id, "cost/wall_s")}
+                                    if trial.config["trial"].get("resume_from") else set())
+            return self.logged[key]
+
         def on_trial_result(self, iteration, trials, trial, result, **info):
             run_id = self._run_for(trial)
             step = int(result.get("epoch", 0))
             ts = int(time.time() * 1000)
             metrics = [Metric(k, v, ts, step) for k, v in _numbers(result).items()]
-            tags = [RunTag("kd.device", str(result["device"]))] if "device" in result else []
+            if step in self._logged_before(trial, run_id):
+                metrics = []
+            tags = [RunTag(f"kd.{k}", str(result[k])) for k in ("device", "node") if k in result]
+            if FAILED in result:
+                tags += [RunTag("kd.failed_epoch", str(step))]
             store.client.log_batch(run_id, metrics=metrics, tags=tags)
             if progress:
                 progress.result(trial, result)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             run_id = self._run_for(trial)
+            reason = (trial.last_result or {}).get(FAILED)
+            if reason:  # failed for good inside the trainable (a non-finite loss): not retried
+                self._failed(trial, run_id, reason)
+                return
             cfg = trial.config["trial"]
             ckpt = trial.checkpoint
             if ckpt is not None:
@@ -176,8 +241,13 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
                 progress.completed(trial)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            run_id = self._run_for(trial)
-            reason = error_reason(trial)
+            self._failed(trial, self._run_for(trial), error_reason(trial))
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            if progress:
+                progress.retrying(trial, error_reason(trial))
+
+        def _failed(self, trial, run_id: str, reason: str) -> None:
             store.client.log_batch(run_id, tags=[RunTag("kd.state", "failed"), RunTag("kd.error", reason[:5000])])
             store.finish(run_id, "FAILED")
             if progress:

@@ -151,5 +151,5 @@ def flat_params(cfg: dict) -> dict[str, str]:
         else:
             out[prefix] = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
 
-    walk("", {k: v for k, v in cfg.items() if k not in ("labels", "name")})
+    walk("", {k: v for k, v in cfg.items() if k not in ("labels", "name", "resume_from")})
     return out

@@ -15,7 +15,8 @@ class NoRuns(Exception):
 TAGS = {"role": "kd.role", "pair": "kd.pair", "teacher": "kd.teacher", "student": "kd.student",
         "method": "kd.method", "cell": "kd.cell", "seed": "kd.seed", "config_hash": "kd.config_hash",
         "teacher_hash": "kd.teacher_hash", "weights_hash": "kd.weights_hash", "error": "kd.error",
-        "eval_split": "kd.eval_split", "dataset": "kd.dataset", "device": "kd.device"}
+        "eval_split": "kd.eval_split", "dataset": "kd.dataset", "device": "kd.device",
+        "reused_from": "kd.reused_from", "state": "kd.state"}
 # MLflow params the report reads (what a trial reserved: the cost of a cell), as frame columns.
 PARAMS = {"gpu": "resources.gpu", "cpu": "resources.cpu"}
 
@@ -111,7 +112,9 @@ def sweep_runs(tracking_uri: str, sweep: str | None = None, smoke: bool = False)
     exp = parent.info.experiment_id
     children = _search_all(client, [exp], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent.info.run_id}'")
     df = _frame(_runs_frame(children))
-    df["in_sweep"] = True
+    # A trial finished by an earlier sweep is linked in (kd.reused_from): it counts in the table, and
+    # its cost is that sweep's.
+    df["in_sweep"] = df["reused_from"].isna()
     # Teachers this sweep used, wherever they were trained (the parent records their runs).
     used = json.loads(parent.data.tags.get("kd.teacher_runs", "{}"))
     here = set(df.loc[df["role"] == "teacher", "run_id"])

@@ -6,6 +6,7 @@ The config is the plain dict `orchestrator.trials` builds; every number that mat
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -32,7 +33,33 @@ LOADER_ARGS = ("download", "verify_checksum", "augment", "val_split", "val_seed"
 
 
 class NonFiniteLoss(RuntimeError):
-    pass
+    """Deterministic given the config: the trial is failed for good, never retried."""
+
+    def __init__(self, msg: str, epoch: int | None = None):
+        super().__init__(msg)
+        self.epoch = epoch
+
+
+class InjectedFault(RuntimeError):
+    """Raised by KD_SWEEP_FAULT (tests of retry and resume only)."""
+
+
+def maybe_fault(cfg: dict, epoch: int) -> None:
+    """Faults for the tests of retry and resume, from KD_SWEEP_FAULT (comma-separated):
+    "crash:E:DIR" makes each trial raise once, at the start of epoch E (a marker file per trial in DIR
+    makes it once, so the retry from the epoch E-1 checkpoint goes through); "slow:S" sleeps S seconds
+    an epoch, so a test can kill a driver mid-trial."""
+    for fault in filter(None, os.environ.get("KD_SWEEP_FAULT", "").split(",")):
+        kind, _, arg = fault.partition(":")
+        if kind == "slow":
+            time.sleep(float(arg))
+        elif kind == "crash":
+            at, _, where = arg.partition(":")
+            marker = os.path.join(where, f"{cfg['config_hash']}.crashed")
+            if epoch == int(at) and not os.path.exists(marker):
+                os.makedirs(where, exist_ok=True)
+                open(marker, "w").close()
+                raise InjectedFault(f"KD_SWEEP_FAULT: crashed at the start of epoch {epoch}")
 
 
 def seed_everything(seed: int) -> None:
@@ -151,10 +178,12 @@ def fit(cfg: dict, report: Report, teacher_state: dict[str, torch.Tensor] | None
     per_epoch = "classifier" in cfg["eval"] and student.fc is not None
     final_protocols = {k: v for k, v in cfg["eval"].items() if k != "classifier" or not per_epoch}
 
-    def state(epoch: int) -> dict[str, Any]:
+    def state(epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
+        """`metrics`: what the epoch reported, so a driver that died before logging the last epoch
+        gets it from the checkpoint instead of a second evaluation."""
         return {"student": student.state_dict(), "method": method.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "epoch": epoch, "best_classifier_top1": best,
-                "wall_s": wall()}
+                "wall_s": wall(), "metrics": metrics}
 
     def wall() -> float:
         """Seconds this trial has run, over every resume: what a cell costs."""
@@ -163,10 +192,17 @@ def fit(cfg: dict, report: Report, teacher_state: dict[str, torch.Tensor] | None
     epochs = sched_cfg["epochs"]
     gen = torch.Generator(device=device)
     for epoch in range(start, epochs + 1):
+        maybe_fault(cfg, epoch)
         # The data order of epoch e is a function of (seed, e) alone, so a resumed trial replays it.
         gen.manual_seed(seed * 1_000_003 + epoch)
         lr = opt.param_groups[0]["lr"]
-        metrics = train_epoch(student, teacher, method, data, opt, gen, sched_cfg["batch_size"], epoch, workers)
+        try:
+            metrics = train_epoch(student, teacher, method, data, opt, gen, sched_cfg["batch_size"], epoch, workers)
+        except torch.cuda.OutOfMemoryError as e:
+            raise RuntimeError(
+                f"GPU out of memory in trial {cfg.get('name', '?')} at batch size {sched_cfg['batch_size']}"
+                f" ({device_name(cfg)}, resources.gpu {cfg['resources']['gpu']:g}): lower train.batch_size,"
+                " or give each trial a larger GPU share") from e
         sched.step()
         metrics["train/lr"] = lr
         if epoch == epochs and sched_cfg.get("bn_recalibrate"):
@@ -181,13 +217,16 @@ def fit(cfg: dict, report: Report, teacher_state: dict[str, torch.Tensor] | None
             if per_epoch:
                 metrics["eval/classifier_top1_best"] = best
         metrics["cost/wall_s"] = wall()  # every epoch: a trial that dies still shows what it cost
-        report({"epoch": epoch, **metrics}, state(epoch), student.state_dict() if epoch == epochs else None)
-    if start > epochs:  # nothing to train (a given teacher, or a resume after the last epoch)
+        report({"epoch": epoch, **metrics}, state(epoch, metrics), student.state_dict() if epoch == epochs else None)
+    if start > epochs and resume is not None and resume.get("metrics") and resume["epoch"] == epochs > 0:
+        # Resumed after its last epoch (the driver died before logging it): that epoch's report again.
+        report({"epoch": epochs, **resume["metrics"]}, resume, student.state_dict())
+    elif start > epochs:  # nothing to train (a given teacher)
         final = evaluate(student, data, cfg["eval"], seed)
         if "eval/classifier_top1" in final:
             final["eval/classifier_top1_best"] = max(best, final["eval/classifier_top1"])
         final["cost/wall_s"] = wall()
-        report({"epoch": epochs, **final}, state(epochs), student.state_dict())
+        report({"epoch": epochs, **final}, state(epochs, final), student.state_dict())
 
 
 def make_scheduler(opt: torch.optim.Optimizer, sched_cfg: dict) -> torch.optim.lr_scheduler.LRScheduler:
@@ -250,7 +289,7 @@ def train_epoch(student: Backbone, teacher: Backbone | None, method: Method, dat
         loss = sum(terms.values())
         if not torch.isfinite(loss):
             bad = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-            raise NonFiniteLoss(f"loss is not finite at epoch {epoch}, step {steps + 1} ({bad})")
+            raise NonFiniteLoss(f"loss is not finite at epoch {epoch}, step {steps + 1} ({bad})", epoch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -274,21 +313,33 @@ def device_name(cfg: dict) -> str:
 
 # --- Ray Tune adapter ---------------------------------------------------------------------------
 
+FAILED = "kd_failed"  # a result key: the trial failed for good (the value says why)
+
+
 def tune_trainable(config: dict, teachers: dict[str, dict[str, torch.Tensor]] | None = None) -> None:
+    import ray
     from ray import tune
 
     cfg = config["trial"]
     logging.getLogger("ray").setLevel(logging.WARNING)  # one INFO line per checkpoint otherwise
     resume = None
+    # Tune's own checkpoint (a retry in this sweep) is the newest; else the one an earlier, killed
+    # driver left (`kd-sweep run` found it on the storage and named it in the config).
     ckpt = tune.get_checkpoint()
+    if ckpt is None and cfg.get("resume_from"):
+        ckpt = tune.Checkpoint(cfg["resume_from"])
     if ckpt is not None:
         with ckpt.as_directory() as d:
             resume = torch.load(os.path.join(d, "state.pt"), weights_only=True, map_location="cpu")
 
+    node = ray.get_runtime_context().get_node_id()
+
     def report(metrics: dict[str, float], state: dict[str, Any], final_model: dict | None) -> None:
-        metrics = {**metrics, "device": device_name(cfg)}
+        metrics = {**metrics, "device": device_name(cfg), "node": node}
         with tempfile.TemporaryDirectory() as d:
             torch.save(state, os.path.join(d, "state.pt"))
+            with open(os.path.join(d, "epoch.json"), "w") as f:  # read by a resuming driver
+                json.dump({"epoch": state["epoch"], "config_hash": cfg["config_hash"]}, f)
             if final_model is not None:
                 torch.save(final_model, os.path.join(d, "model.pt"))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
@@ -296,4 +347,8 @@ def tune_trainable(config: dict, teachers: dict[str, dict[str, torch.Tensor]] | 
     teachers = teachers or {}
     teacher_state = teachers[cfg["teacher"]["hash"]] if cfg.get("teacher") else None
     init_state = teachers[cfg["init"]] if cfg.get("init") else None
-    fit(cfg, report, teacher_state, resume, init_state)
+    try:
+        fit(cfg, report, teacher_state, resume, init_state)
+    except NonFiniteLoss as e:
+        # Not raised: Tune would retry it max_failures times, and it would diverge again each time.
+        tune.report({FAILED: str(e), "epoch": e.epoch or 0, "device": device_name(cfg), "node": node})

@@ -1,0 +1,166 @@
+"""Sweeps that survive their driver and their trials: a SIGKILLed driver continues where it stopped,
+finished trials are never run twice, a crashed trial resumes from its checkpoint, a diverging one
+fails at once with its reason, and every trial has exactly one MLflow run."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from .conftest import kd_sweep
+
+SWEEP = """\
+name: resilience
+dataset: {name: digits}
+pairs:
+  - teacher: {model: mlp, hidden: [64]}
+    student: {model: mlp, hidden: [32]}
+method: coss
+knobs: {beta: 1.0}
+grid:
+  lambda: %s
+seeds: [0]
+train: {epochs: %d, batch_size: 64, lr: 0.05, milestones: []}
+teacher_train: {epochs: 2, batch_size: 64, lr: 0.05, milestones: []}
+eval:
+  knn: {k: 10, temperature: 0.07}
+resources: {cpu: 1, gpu: 0}
+"""
+
+
+def children(client: MlflowClient, parent: str) -> list:
+    exp = client.get_run(parent).info.experiment_id
+    return client.search_runs([exp], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}'")
+
+
+def parents(client: MlflowClient) -> list:
+    exps = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(exps, "tags.`kd.role` = 'sweep'", order_by=["attributes.start_time ASC"])
+
+
+def epochs_logged(client: MlflowClient, run_id: str) -> list[int]:
+    return [m.step for m in client.get_metric_history(run_id, "cost/wall_s")]  # reported every epoch
+
+
+def test_killed_driver_resumes_and_a_second_run_links_every_trial(tmp_path):
+    (tmp_path / "s.yaml").write_text(SWEEP % ("[0, 0.25, 0.5, 1.0]", 8))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "KD_SWEEP_FAULT": "slow:0.4"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "orchestrator.cli", "run", "s.yaml", "--tracking-uri", uri]
+    driver = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, start_new_session=True)
+    client = MlflowClient(uri)
+    # Kill once a student trial has finished and another has an epoch checkpoint but has not finished.
+    deadline = time.time() + 240
+    killed_with = None
+    while time.time() < deadline and driver.poll() is None:
+        time.sleep(0.5)
+        try:
+            ps = parents(client)
+            kids = children(client, ps[0].info.run_id) if ps else []
+        except Exception:  # noqa: BLE001 - the store may not exist yet
+            continue
+        students = [r for r in kids if r.data.tags.get("kd.role") == "student"]
+        done = [r for r in students if r.info.status == "FINISHED"]
+        going = [r for r in students if r.info.status == "RUNNING" and epochs_logged(client, r.info.run_id)]
+        if done and going:
+            killed_with = ({r.info.run_id for r in done}, {r.info.run_id for r in going})
+            os.kill(driver.pid, signal.SIGKILL)  # the driver only: as a lost head node would
+            break
+    driver.wait(timeout=60)
+    assert killed_with, "the sweep never reached a state with finished and running trials:\n" + driver.stdout.read()
+    finished_before, running_before = killed_with
+
+    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "continuing parent run" in again.stdout
+    assert "from its epoch" in again.stdout  # an unfinished trial resumed from its checkpoint, not epoch 0
+
+    (parent,) = parents(client)  # one parent: the second driver continued the first's
+    assert parent.info.status == "FINISHED" and parent.data.tags["kd.attempt"] == "2"
+    kids = children(client, parent.info.run_id)
+    students = [r for r in kids if r.data.tags["kd.role"] == "student"]
+    # Exactly one run per trial, all finished, every epoch logged exactly once.
+    assert Counter(r.data.tags["kd.config_hash"] for r in kids).most_common(1)[0][1] == 1
+    assert len(students) == 4 and all(r.info.status == "FINISHED" for r in students)
+    for r in students:
+        steps = epochs_logged(client, r.info.run_id)
+        assert len(steps) == len(set(steps)) and max(steps) == 8, (r.info.run_name, steps)
+        if r.info.run_id in finished_before:
+            assert steps == list(range(1, 9))  # not run again
+    assert running_before <= {r.info.run_id for r in students}  # continued, not duplicated
+
+    # The same sweep again: every trial is linked from the finished ones, none runs, same table.
+    first = kd_sweep("report", "resilience", "--metric", "knn_top1", "--tracking-uri", uri, cwd=tmp_path)
+    third = kd_sweep("run", "s.yaml", "--tracking-uri", uri, cwd=tmp_path)
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert "4 trial(s) finished in an earlier sweep: linked" in third.stdout
+    assert "trials to run" not in third.stdout
+    second = kd_sweep("report", "resilience", "--metric", "knn_top1", "--tracking-uri", uri, cwd=tmp_path)
+    table = lambda out: [ln for ln in out.splitlines() if ln.startswith("|")]  # noqa: E731
+    assert table(second.stdout) == table(first.stdout) and len(table(first.stdout)) == 3
+    latest = parents(client)[-1]
+    linked = children(client, latest.info.run_id)
+    assert len(linked) == 4 and all(r.data.tags["kd.state"] == "reused" for r in linked)
+    assert {r.data.tags["kd.reused_from"] for r in linked} == {r.info.run_id for r in students}
+    assert all(epochs_logged(client, r.info.run_id) == [8] for r in linked)  # final values only, no history
+
+    # --rerun runs them all again.
+    fourth = kd_sweep("run", "s.yaml", "--rerun", "--tracking-uri", uri, cwd=tmp_path,
+                      env={"KD_SWEEP_FAULT": ""})
+    assert fourth.returncode == 0, fourth.stdout + fourth.stderr
+    assert "sweep resilience: 4 trials to run" in fourth.stdout
+    rerun = children(client, parents(client)[-1].info.run_id)
+    assert len(rerun) == 4 and all(epochs_logged(client, r.info.run_id) == list(range(1, 9)) for r in rerun)
+
+
+def test_a_diverging_trial_fails_at_once_and_a_crashed_one_resumes_from_its_checkpoint(tmp_path):
+    (tmp_path / "s.yaml").write_text(SWEEP % ("[1.0, 1.0e+30]", 3))
+    faults = tmp_path / "faults"
+    res = kd_sweep("run", "s.yaml", cwd=tmp_path, env={"KD_SWEEP_FAULT": f"crash:2:{faults}"})
+    assert res.returncode == 1, res.stdout + res.stderr
+    out = res.stdout
+    assert "retry  student_lambda=1.0_" in out and "1 trial(s) failed" in out
+    assert "student_lambda=1e+30_s0_" in out.split("1 trial(s) failed")[1]
+    assert "loss is not finite at epoch 1" in out.split("1 trial(s) failed")[1]
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (parent,) = parents(client)
+    assert parent.info.status == "FAILED"
+    runs = {r.data.tags["kd.cell"]: r for r in children(client, parent.info.run_id)
+            if r.data.tags["kd.role"] == "student"}
+    ok, nan = runs['{"lambda": 1.0}'], runs['{"lambda": 1e+30}']
+    # Crashed at the start of epoch 2, retried from the epoch 1 checkpoint: epoch 1 ran once.
+    assert ok.info.status == "FINISHED" and epochs_logged(client, ok.info.run_id) == [1, 2, 3]
+    # Diverged: failed at once with its reason and epoch; never retried (max_failures is 2).
+    assert nan.info.status == "FAILED" and nan.data.tags["kd.failed_epoch"] == "1"
+    assert "loss is not finite at epoch 1" in nan.data.tags["kd.error"]
+    assert "retry  student_lambda=1e+30" not in out
+    assert len(list(faults.iterdir())) == 2  # the teacher and the good student crashed once each
+
+
+def test_a_second_driver_on_a_running_sweep_is_refused(tmp_path):
+    """The pid check that keeps two drivers from continuing one sweep."""
+    from orchestrator.resume import driver_alive, driver_tag
+
+    import json
+    import socket
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "kd-sweep"])
+    try:
+        while not open(f"/proc/{child.pid}/cmdline", "rb").read():  # until the exec is visible
+            time.sleep(0.05)
+        tag = json.dumps({"host": socket.gethostname(), "pid": child.pid})
+        assert driver_alive(tag) == child.pid
+        assert driver_alive(json.dumps({"host": "elsewhere", "pid": child.pid})) is None
+        assert driver_alive(driver_tag()) is None  # this very process
+    finally:
+        child.kill()
+        child.wait()
+    assert driver_alive(tag) is None  # dead now
