@@ -82,7 +82,8 @@ class Fmt(str, Enum):
 def report(
     sweep: Optional[str] = typer.Argument(None, help="sweep name (default: the latest sweep in the store)"),
     table: bool = typer.Option(True, "--table/--no-table", help="print the paper-style table"),
-    metric: str = typer.Option("linear_top1", help="linear_top1, knn_top1, classifier_top1, ..."),
+    metric: Optional[str] = typer.Option(None, help="linear_top1 (default), knn_top1, classifier_top1, ...;"
+                                         " a search sweep's default is its own metric"),
     fmt: Fmt = typer.Option(Fmt.md, "--format", help="md, latex (booktabs) or csv"),
     best_over: Optional[str] = typer.Option(
         None, "--best-over", metavar="AXIS",
@@ -108,6 +109,13 @@ def report(
         _fail(str(e), 1)
     if not table and not plot:
         return
+    if "kd.search" in parent.data.tags:  # not a grid: its best trials and what each knob mattered
+        from results.search import render_search
+
+        sys.stdout.write(render_search(parent.data.tags, runs, fmt.value,
+                                       f"eval/{metric}" if metric and not metric.startswith("eval/") else metric)[0])
+        return
+    metric = metric or "linear_top1"
     try:
         text, tab, col = compose(parent.data.tags, parent.info.run_id, runs, metric, fmt.value, best_over,
                                  paper, cost)
@@ -126,6 +134,24 @@ def report(
         sys.stdout.write(text)
     if plot:
         typer.echo(f"wrote {plot}", err=True)
+
+
+@app.command()
+def status(
+    sweep: Optional[str] = typer.Argument(None, help="sweep name (default: the latest sweep in the store)"),
+    tracking_uri: Optional[str] = typer.Option(None, envvar="MLFLOW_TRACKING_URI"),
+) -> None:
+    """Each trial of a sweep's latest run: done, reused, running (epoch, ETA), failed (why), pending."""
+    from results.collect import NoRuns
+
+    from .status import show
+    from .tracking import resolve_tracking_uri
+
+    try:
+        failed = show(resolve_tracking_uri(tracking_uri), sweep, typer.echo)
+    except NoRuns as e:
+        _fail(str(e), 1)
+    raise typer.Exit(1 if failed else 0)
 
 
 class Kind(str, Enum):

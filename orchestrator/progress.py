@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import time
 
+from .trials import materialize
+
 
 def _fmt_time(s: float) -> str:
     s = int(s)
@@ -10,17 +12,19 @@ def _fmt_time(s: float) -> str:
 
 
 class Progress:
-    def __init__(self, out):
+    """`every`: seconds between the status lines printed while trials run (Ray's tables stay off)."""
+
+    def __init__(self, out, every: float = 30.0):
         self.out = out
+        self.every = every
+        self.last_line = time.time()
+        self.running: set[str] = set()
         self.t0 = time.time()
         self.total = 0
         self.done = 0
         self.failures: list[tuple[str, str]] = []
         self.started_at: dict[str, float] = {}
         self.last: dict[str, dict] = {}
-
-    def _print(self, line: str) -> None:
-        print(line, file=self.out, flush=True)
 
     def note(self, line: str) -> None:
         self._print(line)
@@ -32,9 +36,18 @@ class Progress:
 
     def started(self, trial) -> None:
         self.started_at.setdefault(trial.trial_id, time.time())
+        self.running.add(trial.trial_id)
 
     def result(self, trial, result: dict) -> None:
         self.last[trial.trial_id] = result
+        if time.time() - self.last_line >= self.every:
+            self.status_line()
+
+    def status_line(self) -> None:
+        epochs = [f"{r.get('epoch', 0)}" for t, r in self.last.items() if t in self.running]
+        self._print(f"... {self.done}/{self.total} finished ({len(self.failures)} failed), {len(self.running)} running"
+                    f"{' at epochs ' + ','.join(epochs) if epochs else ''}; elapsed {_fmt_time(time.time() - self.t0)},"
+                    f" eta {self._eta()}")
 
     def _eta(self) -> str:
         if not self.done:
@@ -42,9 +55,14 @@ class Progress:
         per = (time.time() - self.phase_t0) / self.done
         return _fmt_time(per * (self.total - self.done))
 
+    def _print(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
+        self.last_line = time.time()
+
     def completed(self, trial) -> None:
+        self.running.discard(trial.trial_id)
         self.done += 1
-        cfg = trial.config["trial"]
+        cfg = materialize(trial.config)
         res = self.last.get(trial.trial_id, {})
         scores = "  ".join(f"{k.removeprefix('eval/').removesuffix('_top1')} {v:.2f}"
                            for k, v in res.items() if k.startswith("eval/") and k.endswith("_top1"))
@@ -52,9 +70,16 @@ class Progress:
         self._print(f"[{self.done}/{self.total}] done   {cfg['name']:<44} {cfg['labels']['pair']:<24} {scores}"
                     f"  ({_fmt_time(took)}; elapsed {_fmt_time(time.time() - self.t0)}, eta {self._eta()})")
 
-    def failed(self, trial, reason: str) -> None:
+    def stopped_early(self, trial, epoch: int) -> None:
+        self.running.discard(trial.trial_id)
         self.done += 1
-        name = trial.config["trial"]["name"]
+        self._print(f"[{self.done}/{self.total}] early  {materialize(trial.config)['name']}: stopped by the scheduler"
+                    f" after epoch {epoch}")
+
+    def failed(self, trial, reason: str) -> None:
+        self.running.discard(trial.trial_id)
+        self.done += 1
+        name = materialize(trial.config)["name"]
         self.failures.append((name, reason))
         self._print(f"[{self.done}/{self.total}] FAILED {name}: {reason}")
 

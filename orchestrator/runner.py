@@ -21,9 +21,9 @@ from trainables.models import build_model
 
 from .progress import Progress
 from .resume import DRIVER_TAG, driver_alive, driver_tag, latest_checkpoints, sweep_key
-from .spec import SpecError, Sweep, resolve_path
+from .spec import SpecError, Sweep, resolve_path, search_metric
 from .tracking import Store, make_callback
-from .trials import _dataset, evaluate_only, file_digest, student_trials, teacher_trial
+from .trials import _dataset, evaluate_only, file_digest, materialize, student_trials, teacher_trial
 
 
 class RunError(Exception):
@@ -155,20 +155,82 @@ def _init_ray(address: str | None, sweep: Sweep, file: str) -> None:
                         f"each trial asks for {want.cpu:g} CPUs and the Ray cluster has {have.get('CPU', 0):g}")
 
 
+def storage_blind_nodes(storage: str) -> tuple[int, list[str]]:
+    """(alive nodes, those that cannot see STORAGE). A URI is the object store's business; a path is
+    checked by a marker file the driver writes and a zero-CPU task on each node looks for."""
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) < 2 or "://" in storage:
+        return len(nodes), []
+    os.makedirs(storage, exist_ok=True)
+    marker = os.path.join(storage, f".kd-sweep-visible-{uuid.uuid4().hex}")
+    open(marker, "w").close()
+
+    @ray.remote(num_cpus=0)
+    def sees(path: str) -> bool:
+        return os.path.exists(path)
+
+    try:
+        refs = [(n, sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                 .remote(marker)) for n in nodes]
+        blind = []
+        for n, ref in refs:
+            try:
+                ok = ray.get(ref, timeout=120)
+            except Exception:  # noqa: BLE001 - a node that cannot answer cannot be trusted with checkpoints
+                ok = False
+            if not ok:
+                blind.append(f"{n.get('NodeManagerAddress', '?')} ({n['NodeID'][:8]})")
+    finally:
+        os.remove(marker)
+    return len(nodes), blind
+
+
+def check_storage(storage: str, file: str) -> None:
+    nodes, blind = storage_blind_nodes(storage)
+    if blind:
+        import ray
+
+        ray.shutdown()
+        raise SpecError(file, "storage",
+                        f"{storage} is not visible from {len(blind)} of the cluster's {nodes} nodes"
+                        f" ({', '.join(blind)}): trial checkpoints must be where every node sees them. Give a"
+                        " shared path (NFS) or an object store URI (s3://..., gs://...) with --storage or"
+                        " `storage:` in the sweep")
+
+
 def _fit_phase(name: str, configs: list[dict], sweep: Sweep, storage: str, callback,
-               weights: dict[str, dict[str, torch.Tensor]]):
+               weights: dict[str, dict[str, torch.Tensor]], students: bool = False,
+               searched: list[tuple[dict, float]] | None = None):
+    """One Tuner over CONFIGS (a grid of them), or, for the students of a search sweep, over
+    `n_trials - len(searched)` samples of the search space around CONFIGS[0]."""
     from ray import tune
 
     from trainables.trial import tune_trainable
 
     trainable = tune.with_resources(tune.with_parameters(tune_trainable, teachers=weights),
                                     {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu})
-    namer = lambda t: t.config["trial"]["name"]  # noqa: E731
+    namer = lambda t: materialize(t.config)["name"]  # noqa: E731
+    # Reused actors keep torch imported between trials: seconds per trial on short ones.
+    tune_config = dict(trial_name_creator=namer, trial_dirname_creator=namer, reuse_actors=True)
+    param_space = {"trial": tune.grid_search(configs)}
+    if students and (sweep.search or sweep.scheduler):
+        from . import search
+
+        if sweep.scheduler:
+            tune_config["scheduler"] = search.scheduler(sweep)
+        if sweep.search:
+            done = searched or []
+            param_space = {"trial": configs[0], "search": search.search_space(sweep)}
+            tune_config.update(search_alg=search.searcher(sweep, done), num_samples=sweep.search.n_trials - len(done))
     tuner = tune.Tuner(
         trainable,
-        param_space={"trial": tune.grid_search(configs)},
-        # Reused actors keep torch imported between trials: seconds per trial on short ones.
-        tune_config=tune.TuneConfig(trial_name_creator=namer, trial_dirname_creator=namer, reuse_actors=True),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(**tune_config),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, callbacks=[callback], verbose=0,
             failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
@@ -209,6 +271,7 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
         raise RunError(f"this sweep is being run by process {pid} (parent run {earlier.info.run_id}); wait for"
                        " it, or stop it and run again to continue")
     _init_ray(address, sweep, file)
+    check_storage(storage_path, file)
     import ray
 
     smoke_tag = {"kd.smoke": str(smoke).lower()}
@@ -225,7 +288,9 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
         parent = store.start_parent(exp_id, sweep.name, yaml.safe_dump(raw, sort_keys=False), len(plan.students),
                                     {"kd.seeds": json.dumps(sweep.seeds), **smoke_tag,
                                      "kd.dataset": sweep.dataset.name, "kd.setting": sweep.setting,
-                                     "kd.sweep_key": key, "kd.attempt": "1", DRIVER_TAG: driver_tag()})
+                                     "kd.sweep_key": key, "kd.attempt": "1", DRIVER_TAG: driver_tag(),
+                                     **({"kd.search": json.dumps({**raw["search"], "metric": search_metric(sweep)})}
+                                        if sweep.search else {})})
     status = "FAILED"
     try:
         weights = dict(plan.given)
@@ -265,16 +330,30 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
                           " with the same teacher model, data and teacher_train reuse them.")
             status = "FINISHED"
             return 0
-        # Phase 2: the students of every cell x pair x seed, and the from-scratch students. A trial that
-        # finished before (in this sweep before its driver stopped, or in any other) is not run again.
-        todo = _students_to_run(plan.students, store, exp_id, parent, smoke_tag, progress, rerun)
         prefix = f"{sweep.name}-{parent[:8]}"
-        if attempt > 1:
-            todo = _with_checkpoints(todo, latest_checkpoints(storage_path, prefix), progress)
-        if todo:
-            progress.begin(f"sweep {sweep.name}: {len(todo)} trials to run", len(todo))
-            _fit_phase(f"{prefix}-{attempt}", todo, sweep, storage_path,
-                       make_callback(store, exp_id, parent, progress, smoke_tag), weights)
+        callback = make_callback(store, exp_id, parent, progress, smoke_tag)
+        if sweep.search:
+            # Phase 2 of a search: n_trials sampled knob sets; a continued search tells the sampler
+            # what the stopped driver's trials found and samples only the rest.
+            searched = _searched(store, exp_id, parent, search_metric(sweep))
+            todo_n = sweep.search.n_trials - len(searched)
+            if searched:
+                progress.note(f"{len(searched)} searched trial(s) finished before the driver stopped; sampling"
+                              f" {todo_n} more")
+            if todo_n > 0:
+                progress.begin(f"search {sweep.name}: {todo_n} trials to run ({sweep.search.algorithm},"
+                               f" {sweep.search.max_concurrent} at a time)", todo_n)
+                _fit_phase(f"{prefix}-{attempt}", plan.students, sweep, storage_path, callback, weights,
+                           students=True, searched=searched)
+        else:
+            # Phase 2: the students of every cell x pair x seed, and the from-scratch students. A trial
+            # that finished before (in this sweep before its driver stopped, or in any other) is not run again.
+            todo = _students_to_run(plan.students, store, exp_id, parent, smoke_tag, progress, rerun)
+            if attempt > 1:
+                todo = _with_checkpoints(todo, latest_checkpoints(storage_path, prefix), progress)
+            if todo:
+                progress.begin(f"sweep {sweep.name}: {len(todo)} trials to run", len(todo))
+                _fit_phase(f"{prefix}-{attempt}", todo, sweep, storage_path, callback, weights, students=True)
         failed = progress.summary()
         status = "FAILED" if failed else "FINISHED"
         progress.note(f"MLflow: {tracking_uri} (experiment {sweep.name!r}, parent run {parent});"
@@ -286,6 +365,15 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
     finally:
         store.finish(parent, status)
         ray.shutdown()
+
+
+def _searched(store: Store, exp_id: str, parent: str, metric: str) -> list[tuple[dict, float]]:
+    """(sampled knobs, metric) of the search trials this parent run finished."""
+    runs = store.client.search_runs(
+        [exp_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}' and attributes.status = 'FINISHED'"
+                  " and tags.`kd.role` = 'student'", max_results=10000)
+    return [(json.loads(r.data.tags["kd.cell"]), r.data.metrics[metric]) for r in runs
+            if metric in r.data.metrics and r.data.tags.get("kd.state") == "done"]
 
 
 def _students_to_run(students: list[dict], store: Store, exp_id: str, parent: str, tags: dict[str, str],

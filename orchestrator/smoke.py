@@ -76,6 +76,10 @@ def smoke_sweep(sweep: Sweep, base: str) -> tuple[Sweep, str]:
                 raw["knobs"].setdefault(m, {}).update(fast)
             else:
                 raw["knobs"].update(fast)
+    if raw.get("search"):
+        raw["search"]["n_trials"] = min(raw["search"]["n_trials"], 2)
+    if raw.get("scheduler"):
+        raw["scheduler"]["grace_period"] = 1
     smoke = Sweep.model_validate(raw)
     check_method_knobs(smoke, f"{sweep.name} (--smoke)")
     return smoke, where

@@ -204,6 +204,62 @@ class Resources(Strict):
         return v
 
 
+class SearchParam(Strict):
+    """One searched knob: `float` (uniform, or log-uniform with `log: true`) and `int` between `low` and
+    `high` (both included), or `choice` among `values`."""
+    type: Literal["float", "int", "choice"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    values: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _range(self) -> "SearchParam":
+        if self.type == "choice":
+            if not self.values:
+                raise ValueError("a choice needs `values`, e.g. values: [linear, mlp]")
+            if self.low is not None or self.high is not None or self.log:
+                raise ValueError("a choice takes `values`, not low/high/log")
+            return self
+        if self.values is not None:
+            raise ValueError(f"a {self.type} range takes low and high, not values (or use type: choice)")
+        if self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"a {self.type} range needs low < high")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
+            raise ValueError("an int range needs whole low and high")
+        return self
+
+    def ends(self) -> list[Any]:
+        if self.type == "choice":
+            return list(self.values)
+        cast = int if self.type == "int" else float
+        return [cast(self.low), cast(self.high)]
+
+
+class Search(Strict):
+    """Optuna's TPE through Ray Tune's OptunaSearch: `n_trials` sampled configs of the method's knobs,
+    at most `max_concurrent` at a time (TPE learns from finished trials only)."""
+    algorithm: Literal["optuna"] = "optuna"
+    n_trials: int = Field(ge=1)
+    max_concurrent: int = Field(2, ge=1)
+    metric: str | None = None  # default: the first of linear, knn, classifier that `eval` scores
+    mode: Literal["max", "min"] = "max"
+    seed: int = 0  # the sampler's
+    space: dict[str, SearchParam] = Field(min_length=1)
+
+
+class Scheduler(Strict):
+    """ASHA (asynchronous successive halving) on a metric scored every epoch: stops the worse trials
+    at epochs grace_period, grace_period x reduction_factor, ... up to train.epochs."""
+    type: Literal["asha"]
+    metric: str = "eval/classifier_top1"
+    mode: Literal["max", "min"] = "max"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1)
+
+
 class Sweep(Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
     description: str = ""
@@ -231,6 +287,9 @@ class Sweep(Strict):
     deterministic: bool = False
     max_failures: int = Field(2, ge=0)
     storage: str | None = None
+    # Beyond grids: a search samples the knobs (no grid or cells then), a scheduler stops trials early.
+    search: Search | None = None
+    scheduler: Scheduler | None = None
 
     @field_validator("method")
     @classmethod
@@ -352,6 +411,7 @@ def load_sweep(path: str | Path, sets: list[str] | None = None) -> Sweep:
             msg = "required field is missing"
         raise SpecError(file, _loc(err["loc"]), msg) from None
     check_method_knobs(sweep, file)
+    check_search(sweep, file)
     return sweep
 
 
@@ -417,6 +477,55 @@ def check_method_knobs(sweep: Sweep, file: str) -> None:
                                 " (weight 0, lambda_ce 0, lambda_kd 0): give it a weight or a label term")
 
 
+def search_metric(sweep: Sweep) -> str:
+    if sweep.search and sweep.search.metric:
+        return sweep.search.metric
+    return f"eval/{next(p for p in ('linear', 'knn', 'classifier') if p in sweep.eval.protocols())}_top1"
+
+
+def check_search(sweep: Sweep, file: str) -> None:
+    """What Ray would refuse or silently get wrong in `search` and `scheduler`, named by field."""
+    protocols = sweep.eval.protocols()
+    if sweep.scheduler is not None:
+        if sweep.scheduler.metric != "eval/classifier_top1" or "classifier" not in protocols:
+            raise SpecError(file, "scheduler.metric", "ASHA compares trials every epoch, and the one metric scored"
+                            " every epoch is eval/classifier_top1: use it, with `classifier: {}` under eval")
+        if sweep.scheduler.grace_period > sweep.train.epochs:
+            raise SpecError(file, "scheduler.grace_period", f"longer than train.epochs ({sweep.train.epochs})")
+    search = sweep.search
+    if search is None:
+        return
+    if sweep.grid or sweep.cells:
+        axes = ", ".join(sweep.axes())
+        raise SpecError(file, "search", f"a search samples its knobs and cannot be mixed with grid axes or cells"
+                        f" ({axes}): Ray's OptunaSearch refuses grid_search. Move them into search.space, e.g."
+                        " {type: choice, values: [...]}")
+    if len(sweep.seeds) != 1:
+        raise SpecError(file, "seeds", "a search runs each sampled config once: give one seed (then run the best"
+                        " configs over seeds as a grid)")
+    if sum(p.student is not None for p in sweep.pairs) != 1:
+        raise SpecError(file, "pairs", "a search tunes one teacher/student pair: give one pair with a student")
+    if sweep.scratch:
+        raise SpecError(file, "scratch", "a search has no from-scratch column: run it as a grid sweep")
+    metric = search_metric(sweep)
+    name = metric.removeprefix("eval/")
+    if not metric.startswith("eval/") or name.split("_top")[0] not in protocols:
+        raise SpecError(file, "search.metric", f"{metric!r} is not scored by this sweep's eval"
+                        f" (it scores: {', '.join(f'eval/{p}_top1' for p in protocols)})")
+    model = method_knob_model(sweep.method)
+    known = set(model.model_fields) | {f.alias for f in model.model_fields.values() if f.alias}
+    for k, param in search.space.items():
+        if k not in known:
+            listed = sorted(f.alias or n for n, f in model.model_fields.items())
+            raise SpecError(file, f"search.space.{k}", f"method {sweep.method!r} has no knob {k!r}"
+                            f"{_did_you_mean(k, listed)} (knobs: {', '.join(listed)})")
+        for v in param.ends():
+            try:
+                model.model_validate({**sweep.knobs_for(sweep.method, {}), k: v})
+            except ValidationError as e:
+                raise SpecError(file, f"search.space.{k}", f"{v!r}: {e.errors()[0]['msg']}") from None
+
+
 def check_unsupervised(method: str, knobs: Any, sweep: "Sweep", file: str) -> None:
     cls = method_class(method)
     field = "grid.method" if "method" in sweep.grid else "method"
@@ -433,7 +542,8 @@ def check_unsupervised(method: str, knobs: Any, sweep: "Sweep", file: str) -> No
 
 
 def _all_fields() -> list[str]:
-    models = [Sweep, DatasetSpec, Pair, TeacherSpec, Schedule, LinearProbe, KNN, EvalSpec, Resources]
+    models = [Sweep, DatasetSpec, Pair, TeacherSpec, Schedule, LinearProbe, KNN, EvalSpec, Resources, Search,
+              SearchParam, Scheduler]
     return sorted({n for m in models for n in m.model_fields})
 
 
@@ -458,6 +568,8 @@ def resolve_path(p: str, base: Path | None = None) -> str:
 
 def count_trials(sweep: Sweep) -> int:
     """Student trials (teachers not counted: they may exist already)."""
+    if sweep.search is not None:
+        return sweep.search.n_trials
     students = [p.student for p in sweep.pairs if p.student is not None]
     n = len(students) * len(sweep.all_cells()) * len(sweep.seeds)
     if sweep.scratch:

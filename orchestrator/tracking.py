@@ -19,7 +19,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from trainables.trial import FAILED
 
-from .trials import flat_params
+from .trials import flat_params, materialize
 
 KD_VERSION = "0.1.0"
 # Per-epoch names the trainable reports; everything else in a Tune result is Ray's bookkeeping.
@@ -130,7 +130,7 @@ class Store:
                 order_by=["attributes.start_time ASC"], max_results=1000, page_token=token)
             for r in page:
                 h = r.data.tags.get("kd.config_hash")
-                if h in hashes:
+                if h in hashes and r.data.tags.get("kd.state") in ("done", "reused"):
                     found.setdefault(h, []).append(r)
             token = page.token
             if not token:
@@ -175,7 +175,7 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
             self.logged: dict[str, set[int]] = {}
 
         def _run_for(self, trial) -> str:
-            cfg = trial.config["trial"]
+            cfg = materialize(trial.config)
             key = cfg["config_hash"]
             if key in self.runs:
                 return self.runs[key]
@@ -202,10 +202,10 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
 
         def _logged_before(self, trial, run_id: str) -> set[int]:
             """Epochs a killed driver logged for a trial this driver resumes: never logged twice."""
-            key = trial.config["trial"]["config_hash"]
+            key = materialize(trial.config)["config_hash"]
             if key not in self.logged:
                 self.logged[key] = ({m.step for m in store.client.get_metric_history(run_id, "cost/wall_s")}
-                                    if trial.config["trial"].get("resume_from") else set())
+                                    if materialize(trial.config).get("resume_from") else set())
             return self.logged[key]
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -228,7 +228,14 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
             if reason:  # failed for good inside the trainable (a non-finite loss): not retried
                 self._failed(trial, run_id, reason)
                 return
-            cfg = trial.config["trial"]
+            cfg = materialize(trial.config)
+            epoch = int((trial.last_result or {}).get("epoch", 0))
+            if epoch < cfg["train"]["epochs"]:  # the scheduler (ASHA) stopped it: not a finished trial
+                store.client.set_tag(run_id, "kd.state", "stopped_early")
+                store.finish(run_id, "KILLED")
+                if progress:
+                    progress.stopped_early(trial, epoch)
+                return
             ckpt = trial.checkpoint
             if ckpt is not None:
                 with ckpt.as_directory() as d:

@@ -140,6 +140,23 @@ def _student(sweep: Sweep, pair: Pair, dataset: dict, method: str, knobs: dict, 
     return cfg
 
 
+def materialize(config: dict) -> dict:
+    """The trial config inside a Tune config. A searched trial's sampled knobs (`config["search"]`) go
+    into its knobs, cell, name and hash; the trainable and the driver's callback both call this, so
+    they agree on what the trial is."""
+    cfg, picked = config["trial"], config.get("search")
+    if not picked:
+        return cfg
+    picked = {k: (v.item() if hasattr(v, "item") else v) for k, v in picked.items()}  # numpy scalars
+    knobs = method_class(cfg["method"]).Knobs.model_validate({**cfg["knobs"], **picked}).model_dump(by_alias=True)
+    out = {**cfg, "knobs": knobs}
+    out["config_hash"] = _hash({k: v for k, v in out.items() if k != "config_hash"})
+    out["labels"] = {**cfg["labels"], "cell": picked}
+    cell_name = "_".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in picked.items())
+    out["name"] = f"{cfg['role']}_{cell_name}_s{cfg['seed']}_{out['config_hash'][:6]}"
+    return out
+
+
 def flat_params(cfg: dict) -> dict[str, str]:
     """The resolved config as MLflow params: one dotted name per value, as named in the YAML."""
     out: dict[str, str] = {}

@@ -77,6 +77,11 @@ def test_killed_driver_resumes_and_a_second_run_links_every_trial(tmp_path):
     assert killed_with, "the sweep never reached a state with finished and running trials:\n" + driver.stdout.read()
     finished_before, running_before = killed_with
 
+    # `status` from MLflow alone: the dead driver's trials show as stopped, with the way to continue.
+    st = kd_sweep("status", "resilience", "--tracking-uri", uri, cwd=tmp_path)
+    assert "stopped before the end: run the same file again" in st.stdout, st.stdout + st.stderr
+    assert st.stdout.count(" done ") >= 1 and "stopped  at epoch" in st.stdout
+
     again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "continuing parent run" in again.stdout
@@ -144,6 +149,10 @@ def test_a_diverging_trial_fails_at_once_and_a_crashed_one_resumes_from_its_chec
     assert "retry  student_lambda=1e+30" not in out
     assert len(list(faults.iterdir())) == 2  # the teacher and the good student crashed once each
 
+    st = kd_sweep("status", cwd=tmp_path)
+    assert st.returncode == 1 and "2 done, 1 failed" in st.stdout  # the teacher and one student
+    assert "failed   loss is not finite at epoch 1" in st.stdout
+
 
 def test_a_second_driver_on_a_running_sweep_is_refused(tmp_path):
     """The pid check that keeps two drivers from continuing one sweep."""
@@ -164,3 +173,20 @@ def test_a_second_driver_on_a_running_sweep_is_refused(tmp_path):
         child.kill()
         child.wait()
     assert driver_alive(tag) is None  # dead now
+
+
+def test_a_multi_node_sweep_refuses_storage_that_some_node_cannot_see(monkeypatch):
+    import pytest
+
+    from orchestrator import runner
+    from orchestrator.spec import SpecError
+
+    monkeypatch.setattr(runner, "storage_blind_nodes", lambda storage: (3, ["10.0.0.7 (abcd1234)"]))
+    monkeypatch.setattr("ray.shutdown", lambda: None)
+    with pytest.raises(SpecError) as e:
+        runner.check_storage("/local/ray_results", "big.yaml")
+    msg = str(e.value)
+    assert msg.startswith("big.yaml: storage:") and "1 of the cluster's 3 nodes (10.0.0.7" in msg
+    assert "shared path (NFS) or an object store URI" in msg and "--storage" in msg
+    monkeypatch.setattr(runner, "storage_blind_nodes", lambda storage: (3, []))
+    runner.check_storage("/shared/ray_results", "big.yaml")  # every node sees it: no error

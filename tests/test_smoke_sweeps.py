@@ -29,11 +29,15 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
+    """Two Ray nodes on this machine, one CPU each, as `ray start --head` plus `ray start --address`
+    on two machines: trials land on both, and the driver checks both see the storage."""
     port = _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # a loopback test cluster
     ray = os.path.join(os.path.dirname(sys.executable), "ray")
-    subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+    subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
                     "--disable-usage-stats"], check=True, capture_output=True, env=env)
+    subprocess.run([ray, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1"], check=True,
+                   capture_output=True, env=env)
     yield f"127.0.0.1:{port}", env
     subprocess.run([ray, "stop", "--force"], capture_output=True, env=env)
 
@@ -58,6 +62,10 @@ def test_sweep_file_runs_with_smoke(name, cluster, tmp_path, monkeypatch):
     students = [r for r in kids if r.data.tags["kd.role"] in ("student", "scratch")]
     assert len(students) == count_trials(sweep)
     assert all(r.info.status == "FINISHED" and r.data.tags["kd.smoke"] == "true" for r in kids)
+    # Logged once per trial, from the driver, whichever node ran it; with several trials, both nodes did.
+    assert len({r.data.tags["kd.config_hash"] for r in kids}) == len(kids)
+    if name == "quickstart.yaml":
+        assert len({r.data.tags["kd.node"] for r in kids}) == 2
 
 
 def tmp_path_factory_cache(tmp_path) -> str:

@@ -53,6 +53,26 @@ CASES = [
     ("unknown augmentation", mutate("dataset.augment", "rotate"), "dataset.augment", "'crop_flip'"),
     ("main stage with nothing to train", {**mutate("method", "ab"), "knobs": {}, "grid": {"margin": [1.0]}},
      "method", "nothing to train the student"),
+    ("search mixed with a grid", {**BASE, "search": {"n_trials": 4, "space": {"beta": {"type": "float", "low": 0.5,
+                                                                                      "high": 2}}}},
+     "search", "cannot be mixed with grid axes or cells (lambda)"),
+    ("search over several seeds", {**BASE, "grid": {}, "search": {"n_trials": 4, "space": {
+        "lambda": {"type": "float", "low": 0, "high": 1}}}}, "seeds", "give one seed"),
+    ("search over an unknown knob", {**BASE, "grid": {}, "seeds": [0], "scratch": False, "search": {
+        "n_trials": 4, "space": {"lamda": {"type": "float", "low": 0, "high": 1}}}},
+     "search.space.lamda", "no knob 'lamda' (did you mean 'lambda'?)"),
+    ("search range upside down", {**BASE, "grid": {}, "seeds": [0], "search": {
+        "n_trials": 4, "space": {"lambda": {"type": "float", "low": 1, "high": 0}}}},
+     "search.space.lambda", "low < high"),
+    ("search choice without values", {**BASE, "grid": {}, "seeds": [0], "search": {
+        "n_trials": 4, "space": {"temperature": {"type": "choice"}}}}, "search.space.temperature", "needs `values`"),
+    ("search value the knob refuses", {**BASE, "grid": {}, "seeds": [0], "scratch": False, "search": {
+        "n_trials": 4, "space": {"beta": {"type": "float", "low": -1, "high": 1}}}},
+     "search.space.beta", "greater than 0"),
+    ("ASHA on a metric scored once", {**BASE, "scheduler": {"type": "asha", "metric": "eval/linear_top1"}},
+     "scheduler.metric", "scored every epoch is eval/classifier_top1"),
+    ("zero trials", {**BASE, "grid": {}, "seeds": [0], "search": {"n_trials": 0, "space": {
+        "lambda": {"type": "float", "low": 0, "high": 1}}}}, "search.n_trials", "greater than or equal to 1"),
     ("bad YAML", "name: x\npairs: [\n", "line", "not valid YAML"),
     ("not a mapping", "- just\n- a list\n", "", "YAML mapping"),
 ]

@@ -168,3 +168,27 @@ def test_top5_counts_a_label_among_the_five_highest_logits():
                            [0., 1., 2., 3., 4., 5., 6.]])   # label 6 is highest: hit
     assert top5(logits, torch.tensor([4, 5, 6])) == pytest.approx(200 / 3)
     assert top5(logits[:, :3], torch.tensor([0, 1, 2])) == 100.0  # fewer than 5 classes: always
+
+
+def test_progress_prints_a_status_line_with_counts_and_epochs():
+    import io
+    from types import SimpleNamespace
+
+    from orchestrator.progress import Progress
+
+    out = io.StringIO()
+    p = Progress(out, every=0)
+    p.begin("sweep x: 3 trials to run", 3)
+    trials = [SimpleNamespace(trial_id=str(i), config={"trial": {"name": f"t{i}", "labels": {"pair": "a/b"}}})
+              for i in range(3)]
+    for t in trials:
+        p.started(t)
+    p.result(trials[0], {"epoch": 3, "eval/knn_top1": 50.0})
+    p.completed(trials[0])
+    p.failed(trials[1], "boom")
+    p.result(trials[2], {"epoch": 2})
+    lines = out.getvalue().splitlines()
+    assert lines[1].startswith("... 0/3 finished (0 failed), 3 running at epochs 3")
+    assert "[1/3] done   t0" in lines[2] and "knn 50.00" in lines[2]
+    assert lines[3] == "[2/3] FAILED t1: boom"
+    assert lines[4].startswith("... 2/3 finished (1 failed), 1 running at epochs 2;")

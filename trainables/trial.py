@@ -320,7 +320,9 @@ def tune_trainable(config: dict, teachers: dict[str, dict[str, torch.Tensor]] | 
     import ray
     from ray import tune
 
-    cfg = config["trial"]
+    from orchestrator.trials import materialize
+
+    cfg = materialize(config)
     logging.getLogger("ray").setLevel(logging.WARNING)  # one INFO line per checkpoint otherwise
     resume = None
     # Tune's own checkpoint (a retry in this sweep) is the newest; else the one an earlier, killed
