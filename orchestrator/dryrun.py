@@ -37,7 +37,7 @@ def dry_run(sweep: Sweep, file: str, tracking_uri: str) -> None:
     client = MlflowClient(tracking_uri)
     exps = [e.experiment_id for e in client.search_experiments()]
     history = client.search_runs(exps, "attributes.status = 'FINISHED'", max_results=5000) if exps else []
-    done = {r.data.tags.get("kd.config_hash") for r in history}
+    done = {r.data.tags.get("kd.config_hash") for r in history if r.data.tags.get("kd.state") in ("done", "reused")}
     by_cell: dict[tuple, list[float]] = {}
     for r in history:
         t, wall = r.data.tags, r.data.metrics.get("cost/wall_s")
@@ -47,6 +47,17 @@ def dry_run(sweep: Sweep, file: str, tracking_uri: str) -> None:
 
     gpu = sweep.resources.gpu
     unit, share = ("GPU", gpu) if gpu > 0 else ("CPU", sweep.resources.cpu)
+    if sweep.search:
+        s = sweep.search
+        runs = [w for (ds, pair, method, _), ws in by_cell.items() for w in ws
+                if ds == sweep.dataset.name and method == sweep.method and pair == plan.students[0]["labels"]["pair"]]
+        est = (f"~{_duration(statistics.median(runs))} each (median of {len(runs)} earlier run(s) of this pair and"
+               f" method), {statistics.median(runs) * s.n_trials * share / 3600:.2f} {unit}-hours in all"
+               if runs else "no earlier run of this pair and method to estimate from")
+        print(f"{sweep.name}: an {s.algorithm} search of {s.n_trials} trials ({s.max_concurrent} at a time) over"
+              f" {', '.join(s.space)} of {sweep.method} on {plan.students[0]['labels']['pair']}"
+              f"{', ASHA stopping some early' if sweep.scheduler else ''}; {share:g} {unit} per trial; {est}")
+        return
     print(f"{sweep.name}: {len(plan.students)} trials ({len(sweep.pairs)} pair(s) x {len(sweep.all_cells())}"
           f" cell(s) x {len(sweep.seeds)} seed(s){', + from-scratch students' if sweep.scratch else ''}),"
           f" {len(plan.teachers)} teacher(s); {share:g} {unit} per trial")

@@ -4,7 +4,8 @@ A run's hours: GPU-hours = cost/wall_s × resources.gpu / 3600 when it reserved 
 CPU-hours = cost/wall_s × resources.cpu / 3600. A cell's cost is the sum over all its runs (with
 --best-over: every value of the axis, since the best needs them all). Not counted: runs that logged
 no wall time (the trainable logs cost/wall_s with the final metrics, so failed and unfinished runs
-have none) and teacher runs of an earlier sweep reused by this one (their cost is that sweep's). The
+have none), teacher runs of an earlier sweep reused by this one, and trials an earlier sweep finished
+that this one linked in instead of running (kd.reused_from): their cost is that sweep's. The
 table total counts each run once (pairs may share a teacher or a from-scratch student).
 """
 from __future__ import annotations

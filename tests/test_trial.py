@@ -192,3 +192,18 @@ def test_progress_prints_a_status_line_with_counts_and_epochs():
     assert "[1/3] done   t0" in lines[2] and "knn 50.00" in lines[2]
     assert lines[3] == "[2/3] FAILED t1: boom"
     assert lines[4].startswith("... 2/3 finished (1 failed), 1 running at epochs 2;")
+
+
+def test_gpu_out_of_memory_names_the_trial_and_its_batch_size(plan, monkeypatch):
+    import trainables.trial as trial
+
+    def oom(*a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(trial, "train_epoch", oom)
+    cfg = copy.deepcopy(plan.teachers[0])
+    with pytest.raises(RuntimeError) as e:
+        fit(cfg, collect()[1])
+    msg = str(e.value)
+    assert f"GPU out of memory in trial {cfg['name']} at batch size {cfg['train']['batch_size']}" in msg
+    assert "lower train.batch_size" in msg and isinstance(e.value.__cause__, torch.cuda.OutOfMemoryError)
