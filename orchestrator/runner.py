@@ -205,14 +205,15 @@ def check_storage(storage: str, file: str) -> None:
 
 def _fit_phase(name: str, configs: list[dict], sweep: Sweep, storage: str, callback,
                weights: dict[str, dict[str, torch.Tensor]], students: bool = False,
-               searched: list[tuple[dict, float]] | None = None):
+               searched: list[tuple[dict, float]] | None = None,
+               finished: dict[str, tuple[str, dict[str, float]]] | None = None):
     """One Tuner over CONFIGS (a grid of them), or, for the students of a search sweep, over
     `n_trials - len(searched)` samples of the search space around CONFIGS[0]."""
     from ray import tune
 
     from trainables.trial import tune_trainable
 
-    trainable = tune.with_resources(tune.with_parameters(tune_trainable, teachers=weights),
+    trainable = tune.with_resources(tune.with_parameters(tune_trainable, teachers=weights, finished=finished),
                                     {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu})
     namer = lambda t: materialize(t.config)["name"]  # noqa: E731
     # Reused actors keep torch imported between trials: seconds per trial on short ones.
@@ -343,8 +344,9 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
             if todo_n > 0:
                 progress.begin(f"search {sweep.name}: {todo_n} trials to run ({sweep.search.algorithm},"
                                f" {sweep.search.max_concurrent} at a time)", todo_n)
+                finished = {} if rerun else store.finished_like(plan.students[0])
                 _fit_phase(f"{prefix}-{attempt}", plan.students, sweep, storage_path, callback, weights,
-                           students=True, searched=searched)
+                           students=True, searched=searched, finished=finished)
         else:
             # Phase 2: the students of every cell x pair x seed, and the from-scratch students. A trial
             # that finished before (in this sweep before its driver stopped, or in any other) is not run again.
@@ -368,12 +370,17 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
 
 
 def _searched(store: Store, exp_id: str, parent: str, metric: str) -> list[tuple[dict, float]]:
-    """(sampled knobs, metric) of the search trials this parent run finished."""
+    """(sampled knobs, metric) of the search trials this parent run finished. Those a dead driver left
+    running are closed as interrupted: the continued search samples afresh rather than resuming them."""
     runs = store.client.search_runs(
-        [exp_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}' and attributes.status = 'FINISHED'"
-                  " and tags.`kd.role` = 'student'", max_results=10000)
+        [exp_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}' and tags.`kd.role` = 'student'", max_results=10000)
+    for r in runs:
+        if r.info.status == "RUNNING":
+            store.client.set_tag(r.info.run_id, "kd.state", "interrupted")
+            store.finish(r.info.run_id, "KILLED")
     return [(json.loads(r.data.tags["kd.cell"]), r.data.metrics[metric]) for r in runs
-            if metric in r.data.metrics and r.data.tags.get("kd.state") == "done"]
+            if r.info.status == "FINISHED" and metric in r.data.metrics
+            and r.data.tags.get("kd.state") in ("done", "reused")]
 
 
 def _students_to_run(students: list[dict], store: Store, exp_id: str, parent: str, tags: dict[str, str],

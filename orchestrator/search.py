@@ -47,8 +47,12 @@ def searcher(sweep: Sweep, done: list[tuple[dict, float]]):
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     kwargs = {}
     if done:
-        kwargs = {"points_to_evaluate": [p for p, _ in done], "evaluated_rewards": [v for _, v in done]}
-    alg = FinalMetricOptuna(metric=search_metric(sweep), mode=s.mode, seed=s.seed, **kwargs)
+        # Keyed as OptunaSearch flattens the param space: "search/<knob>".
+        kwargs = {"points_to_evaluate": [{f"search/{k}": v for k, v in p.items()} for p, _ in done],
+                  "evaluated_rewards": [v for _, v in done]}
+    # A continued search seeds its sampler past the first one's: the same seed would draw the same
+    # startup points again.
+    alg = FinalMetricOptuna(metric=search_metric(sweep), mode=s.mode, seed=s.seed + len(done), **kwargs)
     return ConcurrencyLimiter(alg, max_concurrent=s.max_concurrent)
 
 

@@ -38,6 +38,8 @@ def trial_state(client: MlflowClient, run, driver_running: bool) -> tuple[str, s
         return "done", score
     if tags.get("kd.state") == "stopped_early":
         return "early", f"stopped by the scheduler after epoch {max(m.get('epoch', 0), _last_epoch(client, run))}"
+    if tags.get("kd.state") == "interrupted":
+        return "lost", "its driver died mid-search; the continued search sampled other knobs instead"
     if run.info.status == "FAILED":
         return "failed", tags.get("kd.error", "no reason logged")
     hist = client.get_metric_history(run.info.run_id, "cost/wall_s")

@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from trainables.trial import FAILED
+from trainables.trial import FAILED, REUSED
 
 from .trials import flat_params, materialize
 
@@ -136,6 +136,26 @@ class Store:
             if not token:
                 return found
 
+    def finished_like(self, cfg: dict) -> dict[str, tuple[str, dict[str, float]]]:
+        """config hash -> (run id, final metrics) of the finished trials, in any sweep, of CFG's method,
+        pair and dataset: what a search may sample again."""
+        exps = [e.experiment_id for e in self.client.search_experiments()]
+        out, token = {}, None
+        while True:
+            page = self.client.search_runs(
+                exps, filter_string=f"attributes.status = 'FINISHED' and tags.`kd.method` = '{cfg['method']}'"
+                                    f" and tags.`kd.pair` = '{cfg['labels']['pair']}'"
+                                    f" and tags.`kd.dataset` = '{cfg['dataset']['name']}'",
+                max_results=1000, page_token=token)
+            for r in page:
+                t = r.data.tags
+                if t.get("kd.state") in ("done", "reused"):
+                    out.setdefault(t["kd.config_hash"], (t.get("kd.reused_from") or r.info.run_id,
+                                                         dict(r.data.metrics)))
+            token = page.token
+            if not token:
+                return out
+
     def link(self, exp_id: str, parent_id: str, cfg: dict, source, tags: dict[str, str]) -> str:
         """A child run of PARENT standing for a trial that finished in an earlier sweep: its params,
         tags and final metrics, and `kd.reused_from` naming the run that holds its history and weights."""
@@ -213,7 +233,7 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
             step = int(result.get("epoch", 0))
             ts = int(time.time() * 1000)
             metrics = [Metric(k, v, ts, step) for k, v in _numbers(result).items()]
-            if step in self._logged_before(trial, run_id):
+            if step in self._logged_before(trial, run_id) or REUSED in result:
                 metrics = []
             tags = [RunTag(f"kd.{k}", str(result[k])) for k in ("device", "node") if k in result]
             if FAILED in result:
@@ -229,6 +249,17 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
                 self._failed(trial, run_id, reason)
                 return
             cfg = materialize(trial.config)
+            if (source := (trial.last_result or {}).get(REUSED)):  # a searched config run before: linked
+                src = store.client.get_run(source)
+                ts = int(time.time() * 1000)
+                store.client.log_batch(run_id, metrics=[Metric(k, v, ts, cfg["train"]["epochs"])
+                                                        for k, v in src.data.metrics.items()],
+                                       tags=[RunTag("kd.state", "done")] if source == run_id else
+                                       [RunTag("kd.state", "reused"), RunTag("kd.reused_from", source)])
+                store.finish(run_id, "FINISHED")
+                if progress:
+                    progress.completed(trial)
+                return
             epoch = int((trial.last_result or {}).get("epoch", 0))
             if epoch < cfg["train"]["epochs"]:  # the scheduler (ASHA) stopped it: not a finished trial
                 store.client.set_tag(run_id, "kd.state", "stopped_early")

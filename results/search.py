@@ -21,7 +21,12 @@ def trials_frame(runs: pd.DataFrame, spec: dict, metric: str) -> pd.DataFrame:
         cell = r["cell"] if isinstance(r["cell"], dict) else {}
         value = r.get(metric)
         finished = r["status"] == "FINISHED" and value is not None and not pd.isna(value)
+        tag = r.get("state")
+        if tag == "interrupted":  # its driver died mid-search; the continued search sampled others
+            continue
         state = {"FINISHED": "done", "KILLED": "stopped early", "FAILED": "failed"}.get(r["status"], r["status"].lower())
+        if tag == "reused":
+            state = "reused"
         rows.append({**{k: cell.get(k) for k in space}, metric: value if finished else math.nan, "state": state,
                      "run": r["run_id"][:8]})
     frame = pd.DataFrame(rows, columns=[*space, metric, "state", "run"])

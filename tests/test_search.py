@@ -78,3 +78,23 @@ def test_importance_ranks_the_knob_that_decides_the_metric():
     imp = importances(frame, spec, "eval/knn_top1")
     assert set(imp) == {"lr_like", "noise"} and imp["lr_like"] > 0.9 and math.isclose(sum(imp.values()), 1.0)
     assert importances(frame.head(2), spec, "eval/knn_top1") == {}  # too few to say
+
+
+def test_a_continued_search_tells_the_sampler_what_was_found_and_samples_elsewhere():
+    import yaml
+    from optuna.trial import TrialState
+
+    from orchestrator.search import search_space, searcher
+    from orchestrator.spec import Sweep
+
+    sweep = Sweep.model_validate(yaml.safe_load(SWEEP))
+    done = [({"T": 2.0, "weight": 0.5}, 97.0), ({"T": 4.0, "weight": 0.7}, 98.0)]
+    limiter = searcher(sweep, done)
+    assert limiter.set_search_properties(None, None, {"trial": {"x": 1}, "search": search_space(sweep)})
+    study = limiter.searcher._ot_study
+    told = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert sorted((t.params["search/T"], t.value) for t in told) == [(2.0, 97.0), (4.0, 98.0)]
+    new = [limiter.suggest(f"t{i}")["search"] for i in range(2)]  # max_concurrent 2
+    assert all(1 <= c["T"] <= 8 and 0.1 <= c["weight"] <= 0.9 for c in new)
+    assert not any(c == p for c in new for p, _ in done)
+    assert limiter.suggest("t2") is None  # a third waits for one of the two running to finish

@@ -314,9 +314,13 @@ def device_name(cfg: dict) -> str:
 # --- Ray Tune adapter ---------------------------------------------------------------------------
 
 FAILED = "kd_failed"  # a result key: the trial failed for good (the value says why)
+REUSED = "kd_reused"  # a result key: an earlier run (the value) finished this very config
 
 
-def tune_trainable(config: dict, teachers: dict[str, dict[str, torch.Tensor]] | None = None) -> None:
+def tune_trainable(config: dict, teachers: dict[str, dict[str, torch.Tensor]] | None = None,
+                   finished: dict[str, tuple[str, dict[str, float]]] | None = None) -> None:
+    """`finished`: config hash -> (run id, final metrics) of trials that earlier sweeps finished. A
+    search samples its configs here, so only here can it see that one of them was run before."""
     import ray
     from ray import tune
 
@@ -346,6 +350,10 @@ def tune_trainable(config: dict, teachers: dict[str, dict[str, torch.Tensor]] | 
                 torch.save(final_model, os.path.join(d, "model.pt"))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
+    if finished and cfg["config_hash"] in finished:
+        run_id, metrics = finished[cfg["config_hash"]]
+        tune.report({**metrics, "epoch": cfg["train"]["epochs"], REUSED: run_id})
+        return
     teachers = teachers or {}
     teacher_state = teachers[cfg["teacher"]["hash"]] if cfg.get("teacher") else None
     init_state = teachers[cfg["init"]] if cfg.get("init") else None
