@@ -30,6 +30,8 @@ def run(
                                  " runs of the same cells; run nothing"),
     rerun: bool = typer.Option(False, "--rerun", help="run every student trial again, even those a sweep already"
                                " finished (by default they are linked into this sweep, not run)"),
+    resume: bool = typer.Option(False, "--resume", help="only continue a sweep whose driver died (exit 1 when there"
+                                " is none); without it a plain run continues one too, or starts anew"),
 ) -> None:
     """Validate FILE, then run every trial of it and log them to MLflow.
 
@@ -61,8 +63,10 @@ def run(
             _fail(str(e), 2)
         return
     try:
+        if rerun and resume:
+            _fail("--rerun starts the sweep anew and --resume continues one: give one of them", 2)
         code = run_sweep(sweep, file, address, resolve_tracking_uri(tracking_uri), storage, smoke=smoke,
-                         rerun=rerun)
+                         rerun=rerun, resume=resume)
     except SpecError as e:
         _fail(str(e), 2)
     except RunError as e:
@@ -152,6 +156,23 @@ def status(
     except NoRuns as e:
         _fail(str(e), 1)
     raise typer.Exit(1 if failed else 0)
+
+
+@app.command()
+def bench(
+    plain_loop: Optional[str] = typer.Option(None, "--plain-loop", help="the reference loop (default:"
+                                             " ../shared/bench/plain_loop.py beside the repository)"),
+    steps: int = typer.Option(10, help="timed steps per measurement (after the warm-up)"),
+    faiss_n: Optional[int] = typer.Option(None, "--faiss-n", help="images in the k-NN timing (default 50k on a"
+                                          " GPU, 10k on CPU)"),
+) -> None:
+    """kd-sweep's images/s against the hand-written loop, the share of the matmul peak, the
+    orchestration overhead and the faiss k-NN time, measured here in one run."""
+    from pathlib import Path
+
+    from .bench import run_bench
+
+    run_bench(typer.echo, Path(plain_loop) if plain_loop else None, steps, faiss_n)
 
 
 class Kind(str, Enum):

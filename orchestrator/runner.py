@@ -257,8 +257,9 @@ def _with_checkpoints(configs: list[dict], found: dict[str, tuple[int, str]], pr
 
 
 def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, storage: str | None,
-              out=sys.stdout, smoke: bool = False, rerun: bool = False) -> int:
-    """`rerun`: run every student trial, even those an earlier sweep finished (otherwise linked)."""
+              out=sys.stdout, smoke: bool = False, rerun: bool = False, resume: bool = False) -> int:
+    """`rerun`: run every student trial, even those an earlier sweep finished (otherwise linked).
+    `resume`: only continue a sweep whose driver died; RunError when there is none."""
     base = os.path.dirname(os.path.abspath(file))
     plan = preflight(sweep, file, base)
     storage_path = resolve_path(storage or sweep.storage or "ray_results", None)
@@ -268,6 +269,9 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
     raw = sweep.model_dump(mode="json", by_alias=True)
     key = sweep_key(raw, smoke)
     earlier = None if rerun else store.find_resumable(exp_id, key)
+    if resume and earlier is None:
+        raise RunError(f"nothing to resume: no run of sweep {sweep.name!r} (as this file resolves now) stopped"
+                       f" before its end in {tracking_uri}; `kd-sweep status {sweep.name}` shows its latest run")
     if earlier is not None and (pid := driver_alive(earlier.data.tags.get(DRIVER_TAG))):
         raise RunError(f"this sweep is being run by process {pid} (parent run {earlier.info.run_id}); wait for"
                        " it, or stop it and run again to continue")

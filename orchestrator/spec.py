@@ -108,11 +108,23 @@ class DatasetSpec(Strict):
     # At most this many images per split (stratified, seeded): quick runs, `--smoke`.
     max_train: int | None = Field(None, ge=2)
     max_test: int | None = Field(None, ge=1)
+    # The crop side of a dataset read from image files (imagenet: 224); `--smoke` uses 64.
+    image_size: int | None = Field(None, ge=16)
 
     def loader_args(self) -> dict:
-        return {"download": self.download, "verify_checksum": self.verify_checksum, "augment": self.augment,
+        args = {"download": self.download, "verify_checksum": self.verify_checksum, "augment": self.augment,
                 "val_split": self.val_split, "val_seed": self.val_seed, "train_fraction": self.train_fraction,
                 "max_train": self.max_train, "max_test": self.max_test}
+        if self.image_size is not None:  # only when set: the content hashes of earlier runs stay valid
+            args["image_size"] = self.image_size
+        return args
+
+    @model_validator(mode="after")
+    def _sized(self) -> "DatasetSpec":
+        if self.image_size is not None and self.name != "imagenet":
+            raise ValueError(f"image_size is for datasets read from image files (imagenet); {self.name} images"
+                             " have their own size")
+        return self
 
     @field_validator("name")
     @classmethod

@@ -82,7 +82,7 @@ def test_killed_driver_resumes_and_a_second_run_links_every_trial(tmp_path):
     assert "stopped before the end: run the same file again" in st.stdout, st.stdout + st.stderr
     assert st.stdout.count(" done ") >= 1 and "stopped  at epoch" in st.stdout
 
-    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    again = subprocess.run([*cmd, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "continuing parent run" in again.stdout
     assert "from its epoch" in again.stdout  # an unfinished trial resumed from its checkpoint, not epoch 0
@@ -100,6 +100,9 @@ def test_killed_driver_resumes_and_a_second_run_links_every_trial(tmp_path):
         if r.info.run_id in finished_before:
             assert steps == list(range(1, 9))  # not run again
     assert running_before <= {r.info.run_id for r in students}  # continued, not duplicated
+
+    nothing = kd_sweep("run", "s.yaml", "--resume", "--tracking-uri", uri, cwd=tmp_path)
+    assert nothing.returncode == 1 and "nothing to resume" in nothing.stderr
 
     # The same sweep again: every trial is linked from the finished ones, none runs, same table.
     first = kd_sweep("report", "resilience", "--metric", "knn_top1", "--tracking-uri", uri, cwd=tmp_path)

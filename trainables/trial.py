@@ -29,7 +29,7 @@ Report = Callable[[dict[str, float], dict[str, Any], dict[str, torch.Tensor] | N
 
 
 LOADER_ARGS = ("download", "verify_checksum", "augment", "val_split", "val_seed", "train_fraction", "max_train",
-               "max_test")
+               "max_test", "image_size")
 
 
 class NonFiniteLoss(RuntimeError):

@@ -13,15 +13,17 @@ __all__ = ["AUGMENTATIONS", "DATASETS", "DatasetMissing", "ImageData", "MAX_VAL_
 
 def load_dataset(name: str, root: str, download: bool = False, verify_checksum: bool = True,
                  augment: str | None = None, val_split: float = 0.0, val_seed: int = 0,
-                 train_fraction: float = 1.0, max_train: int | None = None, max_test: int | None = None
-                 ) -> ImageData:
+                 train_fraction: float = 1.0, max_train: int | None = None, max_test: int | None = None,
+                 image_size: int | None = None) -> ImageData:
     """`augment`: None (the dataset's default view) or one of AUGMENTATIONS. `val_split` > 0: a stratified part
     of the training set, seeded by `val_seed`, comes back in place of the test split (eval_split "val") and
-    leaves the training set; keep the test split for final numbers."""
+    leaves the training set; keep the test split for final numbers. `image_size`: the crop side of a
+    dataset read from image files (imagenet; 224 by default); in-memory datasets keep their own."""
     check_options(augment, val_split)  # before any reading or downloading
     root = os.path.abspath(os.path.expanduser(root))
+    sized = {} if image_size is None else {"image_size": image_size}
     data = DATASETS.get(name)(root, download=download, verify_checksum=verify_checksum, augment=augment,
-                              val_split=val_split, val_seed=val_seed)
+                              val_split=val_split, val_seed=val_seed, **sized)
     data = data.subset(train_fraction, val_seed) if train_fraction < 1 else data
     if max_train is not None and max_train < data.num_train:
         data = data.subset(max_train / data.num_train, val_seed)

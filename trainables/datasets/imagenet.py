@@ -25,29 +25,33 @@ STD = (0.229, 0.224, 0.225)
 SIZE = 224
 
 
-def train_transform(augment: str | None) -> T.Compose:
+def train_transform(augment: str | None, size: int = SIZE) -> T.Compose:
     """`crop_flip` (default): RandomResizedCrop + flip (torchvision/Miles recipe). `mocov2`: MoCo v2's
     augmentation, which CoSS trains with (crop scale (0.2, 1), colour jitter 0.4/0.4/0.4/0.1 p 0.8,
     greyscale p 0.2, Gaussian blur sigma in [0.1, 2] p 0.5, flip)."""
     norm = [T.ToTensor(), T.Normalize(MEAN, STD)]
     if augment == "mocov2":
         return T.Compose([
-            T.RandomResizedCrop(SIZE, scale=(0.2, 1.0)),
+            T.RandomResizedCrop(size, scale=(0.2, 1.0)),
             T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
             T.RandomGrayscale(p=0.2),
             T.RandomApply([T.GaussianBlur(23, sigma=(0.1, 2.0))], p=0.5),
             T.RandomHorizontalFlip(), *norm])
     if augment == "none":
-        return eval_transform()
+        return eval_transform(size)
     if augment in (None, "crop_flip"):
-        return T.Compose([T.RandomResizedCrop(SIZE), T.RandomHorizontalFlip(), *norm])
+        return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *norm])
     if augment == "crop":
-        return T.Compose([T.RandomResizedCrop(SIZE), *norm])
-    return T.Compose([T.Resize(256), T.CenterCrop(SIZE), T.RandomHorizontalFlip(), *norm])  # flip
+        return T.Compose([T.RandomResizedCrop(size), *norm])
+    return T.Compose([T.Resize(_resize(size)), T.CenterCrop(size), T.RandomHorizontalFlip(), *norm])  # flip
 
 
-def eval_transform() -> T.Compose:
-    return T.Compose([T.Resize(256), T.CenterCrop(SIZE), T.ToTensor(), T.Normalize(MEAN, STD)])
+def _resize(size: int) -> int:
+    return round(size * 256 / 224)  # the 256 -> 224 centre crop, at any size
+
+
+def eval_transform(size: int = SIZE) -> T.Compose:
+    return T.Compose([T.Resize(_resize(size)), T.CenterCrop(size), T.ToTensor(), T.Normalize(MEAN, STD)])
 
 
 class _Split(torch.utils.data.Dataset):
@@ -106,7 +110,7 @@ class FolderData:
     def eval_view(self, split: str, idx) -> torch.Tensor:
         samples = self._samples(split)
         picked = samples[idx] if isinstance(idx, slice) else [samples[int(i)] for i in idx]
-        ds = _Split(picked, eval_transform())
+        ds = _Split(picked, eval_transform(self.image_size))
         return torch.stack([ds[i][0] for i in range(len(ds))])
 
     def _loader(self, ds, workers: int, **kw) -> torch.utils.data.DataLoader:
@@ -114,7 +118,8 @@ class FolderData:
                                            persistent_workers=False, **kw)
 
     def eval_loader(self, split: str, batch_size: int = 256) -> Iterator[torch.Tensor]:
-        for x, _ in self._loader(_Split(self._samples(split), eval_transform()), self.workers, batch_size=batch_size):
+        for x, _ in self._loader(_Split(self._samples(split), eval_transform(self.image_size)), self.workers,
+                                 batch_size=batch_size):
             yield x
 
     def epoch(self, batches: list[torch.Tensor], gen: torch.Generator, workers: int = 0
@@ -123,7 +128,7 @@ class FolderData:
         randomness is seeded from `gen`, so an epoch is a function of the trial's seed and epoch."""
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen, device=gen.device).item())
         order = [b.cpu().tolist() for b in batches]
-        ds = _Split(self.train_samples, train_transform(self.augment))
+        ds = _Split(self.train_samples, train_transform(self.augment, self.image_size))
         if workers == 0:
             yield from self._epoch_in_process(batches, order, ds, seed)
             return
@@ -179,7 +184,9 @@ def _holdout(samples: list[tuple[str, int]], fraction: float, seed: int):
 
 @DATASETS.register("imagenet")
 def load_imagenet(root: str, download: bool = False, verify_checksum: bool = True, augment: str | None = None,
-                  val_split: float = 0.0, val_seed: int = 0) -> FolderData:
+                  val_split: float = 0.0, val_seed: int = 0, image_size: int = SIZE) -> FolderData:
+    """`image_size`: the side of the training and evaluation crops (224, ImageNet's; smaller for quick
+    runs, e.g. `--smoke`)."""
     check_options(augment, val_split)
     missing = [d for d in ("train", "val") if not os.path.isdir(os.path.join(root, d))]
     if missing:
@@ -194,8 +201,8 @@ def load_imagenet(root: str, download: bool = False, verify_checksum: bool = Tru
     val = torchvision.datasets.ImageFolder(os.path.join(root, "val"))
     if train.classes != val.classes:
         raise DatasetMissing(f"ImageNet under {root}: train/ and val/ hold different class folders")
-    data = FolderData(list(train.samples), list(val.samples), len(train.classes), augment)
+    data = FolderData(list(train.samples), list(val.samples), len(train.classes), augment, image_size=image_size)
     if val_split > 0:
         kept, held = _holdout(data.train_samples, val_split, val_seed)
-        data = FolderData(kept, held, data.num_classes, augment, eval_split="val")
+        data = FolderData(kept, held, data.num_classes, augment, eval_split="val", image_size=image_size)
     return data

@@ -1,0 +1,172 @@
+"""`kd-sweep bench`: kd-sweep's speed against the hand-written loop, on this machine, in one run.
+
+Every figure is a ratio of two numbers measured here and now: images/s of kd-sweep's trainable
+against ../shared/bench/plain_loop.py (run unchanged, as a subprocess) on the same generated CIFAR-100,
+the fraction of the device's measured matmul peak the trainable reaches, the orchestration overhead
+of a one-trial sweep (Ray, Tune, MLflow) against the trial's own time, and the faiss k-NN time.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+PAIRS = [("resnet32x4", "resnet8x4"), ("resnet56", "resnet20")]
+BATCH = 64
+WARMUP = 5  # steps plain_loop.py leaves out of its rate
+
+
+def default_plain_loop() -> Path:
+    return Path(__file__).resolve().parents[1].parent / "shared" / "bench" / "plain_loop.py"
+
+
+def _sweep(root: str, teacher: str, student: str, images: int, epochs: int, device: str, cpus: int) -> dict:
+    return {"name": "bench", "dataset": {"name": "cifar100", "root": root, "verify_checksum": False,
+                                         "max_train": images, "max_test": 128},
+            "pairs": [{"teacher": teacher, "student": student}], "setting": "unsupervised", "method": "coss",
+            "seeds": [0], "train": {"epochs": epochs, "batch_size": BATCH, "lr": 0.05, "milestones": []},
+            "eval": {"knn": {"k": 10}}, "resources": {"cpu": cpus, "gpu": 1 if device == "cuda" else 0}}
+
+
+def trainable_rate(root: str, teacher: str, student: str, steps: int, device: str, cpus: int) -> float:
+    """Images/s of kd-sweep's training loop (CoSS, the same loss as plain_loop.py), over the second of
+    two epochs of `steps` batches: the first is the warm-up."""
+    from trainables.models import build_model
+    from trainables.trial import fit
+
+    from .runner import preflight
+    from .spec import Sweep
+
+    sweep = Sweep.model_validate(_sweep(root, teacher, student, steps * BATCH, 2, device, cpus))
+    plan = preflight(sweep, "bench", root)
+    cfg = plan.students[0]
+    t_state = build_model(teacher, 100, 3, 32).state_dict()
+    rates = []
+    fit(cfg, lambda m, s, f: rates.append(m["train/images_per_s"]), t_state)
+    return rates[-1]
+
+
+def plain_loop_rate(script: Path, root: str, teacher: str, student: str, steps: int, device: str,
+                    workers: int) -> float:
+    out = subprocess.run([sys.executable, str(script), root, "--steps", str(steps + WARMUP), "--batch", str(BATCH),
+                          "--device", device, "--workers", str(workers), "--teacher", teacher, "--student", student],
+                         capture_output=True, text=True, timeout=3600)
+    m = re.search(r"plain loop: ([\d.]+) images/s", out.stdout)
+    if not m:
+        raise RuntimeError(f"plain_loop.py printed no rate: {out.stdout[-500:]} {out.stderr[-1500:]}")
+    return float(m.group(1))
+
+
+def flops_per_image(teacher: str, student: str, device: str) -> float:
+    """Teacher forward + student forward and backward, per image (torch's FLOP counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from trainables.models import build_model
+
+    t = build_model(teacher, 100, 3, 32).to(device).eval()
+    s = build_model(student, 100, 3, 32).to(device).train()
+    x = torch.randn(2, 3, 32, 32, device=device)  # 2: BatchNorm in training mode needs a batch
+    with FlopCounterMode(display=False) as fc:
+        with torch.no_grad():
+            t(x)
+        s(x).feature.sum().backward()
+    return fc.get_total_flops() / 2
+
+
+def matmul_peak(device: str, n: int = 2048, reps: int = 10) -> float:
+    """FLOP/s of an n x n matmul in the trainable's precision (fp32 here)."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    a @ b
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def orchestration(root: str, device: str, cpus: int, echo) -> tuple[float, float]:
+    """(sweep wall, trials' own time) of a one-student sweep with a teacher given as a file, through
+    the CLI as a user runs it: everything but the trials' own time is orchestration."""
+    from mlflow import MlflowClient
+
+    from trainables.models import build_model
+
+    with tempfile.TemporaryDirectory() as d:
+        torch.save(build_model("resnet56", 100, 3, 32).state_dict(), os.path.join(d, "t.pth"))
+        raw = _sweep(root, "resnet56", "resnet20", 64 * 40, 3, device, cpus)
+        raw["pairs"][0]["teacher"] = {"model": "resnet56", "checkpoint": os.path.join(d, "t.pth")}
+        Path(d, "s.yaml").write_text(yaml.safe_dump(raw))
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{d}/mlflow.db"}
+        env.pop("RAY_ADDRESS", None)
+        t0 = time.perf_counter()
+        res = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", "s.yaml"], cwd=d, env=env,
+                             capture_output=True, text=True, timeout=3600)
+        wall = time.perf_counter() - t0
+        if res.returncode != 0:
+            raise RuntimeError(f"the one-trial sweep failed: {res.stdout[-800:]} {res.stderr[-800:]}")
+        client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+        exp = client.get_experiment_by_name("bench")
+        runs = client.search_runs([exp.experiment_id], "tags.`kd.role` != 'sweep'")
+        own = sum(r.data.metrics.get("cost/wall_s", 0.0) for r in runs)
+    return wall, own
+
+
+def faiss_time(n: int, dim: int = 2048, k: int = 31) -> float:
+    from trainables.neighbours import knn_indices
+
+    feats = torch.nn.functional.normalize(torch.randn(n, dim), dim=1)
+    t0 = time.perf_counter()
+    knn_indices(feats.cuda() if torch.cuda.is_available() else feats, k)
+    return time.perf_counter() - t0
+
+
+def run_bench(echo, plain_loop: Path | None = None, steps: int = 10, faiss_n: int | None = None) -> None:
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    cpus = max(1, os.cpu_count() or 1)
+    script = plain_loop or default_plain_loop()
+    echo(f"kd-sweep bench: torch {torch.__version__}, {cpus} CPU cores"
+         f"{', ' + torch.cuda.get_device_name() if torch.cuda.is_available() else ', no GPU'}; batch {BATCH},"
+         f" {steps} timed steps after warm-up; generated CIFAR-100 (random pixels, the real on-disk format)")
+    from trainables.datasets.synthetic import write_cifar100
+
+    with tempfile.TemporaryDirectory() as root:
+        write_cifar100(Path(root), max(2 * steps * BATCH, (steps + WARMUP) * BATCH), 128)
+        for device in devices:
+            torch.set_num_threads(cpus)
+            peak = matmul_peak(device)
+            echo(f"\n[{device}] matmul peak (fp32, 2048^2): {peak / 1e9:.1f} GFLOP/s")
+            for teacher, student in PAIRS:
+                if script.is_file():
+                    plain = plain_loop_rate(script, root, teacher, student, steps, device, min(2, cpus))
+                else:
+                    plain = float("nan")
+                ours = trainable_rate(root, teacher, student, steps, device, cpus)
+                fl = flops_per_image(teacher, student, device)
+                echo(f"  {teacher}->{student}: kd-sweep {ours:.1f} images/s, plain_loop {plain:.1f} images/s,"
+                     f" ratio {ours / plain:.2f}x; {fl / 1e9:.2f} GFLOP/image, {ours * fl / peak:.0%} of the"
+                     " matmul peak")
+        if not script.is_file():
+            echo(f"  (plain_loop.py not found at {script}: give --plain-loop PATH)")
+        echo("\n[orchestration] a one-trial sweep through `kd-sweep run` (Ray start, Tune, MLflow) against"
+             " the trials' own time:")
+        wall, own = orchestration(root, devices[-1], cpus, echo)
+        over = wall - own
+        echo(f"  sweep {wall:.1f} s, trials {own:.1f} s, overhead {over:.1f} s = {over / 60:.0%} of a 60-second"
+             " trial (Ray's start-up is most of it, paid once per sweep)")
+    n = faiss_n or (50_000 if torch.cuda.is_available() else 10_000)
+    t = faiss_time(n)
+    scale = "" if n == 50_000 else f"; 50k x 2048 by the n^2 law: ~{t * (50_000 / n) ** 2:.0f} s"
+    echo(f"\n[faiss] exact k-NN, k 31, {n} x 2048 on {'GPU' if torch.cuda.is_available() else 'CPU'}:"
+         f" {t:.1f} s{scale}")
+    echo("\n[packing] one teacher forward for several students: not built yet (#7), so no ratio")
