@@ -46,6 +46,11 @@ def _dataset(sweep: Sweep, root: str, fingerprint: str) -> dict:
     return {"name": sweep.dataset.name, "root": root, **sweep.dataset.loader_args(), "fingerprint": fingerprint}
 
 
+def _precision(sweep: Sweep) -> dict:
+    """Only when forced: "auto" (the default) leaves the content hashes of earlier runs as they were."""
+    return {} if sweep.precision == "auto" else {"precision": sweep.precision}
+
+
 def _hash(cfg: dict) -> str:
     """Everything that decides the result; not where files lie, the sweep's name or the resources."""
     skip = ("sweep", "resources", "name", "config_hash", "labels", "init")
@@ -69,14 +74,14 @@ def teacher_trial(sweep: Sweep, spec: TeacherSpec, dataset: dict, checkpoint_dig
     head = head and trainer.student_needs_head(trainer.Knobs())
     model = _model(spec) if head else {**_model(spec), "head": False}
     weights_hash = digest({"model": model, "dataset": ds, "train": sched, "seed": TEACHER_SEED,
-                           "result_version": RESULT_VERSION,
+                           "result_version": RESULT_VERSION, **_precision(sweep),
                            **({"method": sweep.teacher_method} if sweep.teacher_method != "none" else {})})
     cfg = {
         "role": "teacher", "sweep": sweep.name, "dataset": dataset, "student": model,
         "teacher": None, "method": sweep.teacher_method, "knobs": trainer.Knobs().model_dump(by_alias=True),
         "train": sweep.teacher_schedule.model_dump(), "eval": _eval(sweep, with_classifier=True),
         "seed": TEACHER_SEED, "weights_hash": weights_hash, "deterministic": sweep.deterministic,
-        "resources": sweep.resources.model_dump(),
+        "resources": sweep.resources.model_dump(), **_precision(sweep),
     }
     cfg["config_hash"] = _hash(cfg)
     cfg["init"] = None
@@ -130,7 +135,7 @@ def _student(sweep: Sweep, pair: Pair, dataset: dict, method: str, knobs: dict, 
         "teacher": teacher,
         "method": method, "knobs": knobs, "train": sweep.train.model_dump(),
         "eval": _eval(sweep, with_classifier=role == "scratch"), "seed": seed,
-        "deterministic": sweep.deterministic, "resources": sweep.resources.model_dump(),
+        "deterministic": sweep.deterministic, "resources": sweep.resources.model_dump(), **_precision(sweep),
     }
     cfg["config_hash"] = _hash(cfg)
     cfg["labels"] = {"teacher": pair.teacher.label if teacher_hash else "", "student": pair.student.label,

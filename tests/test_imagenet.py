@@ -40,6 +40,19 @@ def test_reads_an_imagefolder_and_streams_batches(tmp_path):
     assert load_dataset("imagenet", str(tmp_path)).fingerprint() == data.fingerprint()
 
 
+def test_image_size_sets_every_crop_and_the_models(tmp_path):
+    from trainables.models import build_model
+
+    data = load_dataset("imagenet", str(write_imagefolder(tmp_path)), image_size=64, val_split=0.25)
+    assert data.image_size == 64 and data.eval_split == "val"  # kept through the validation split
+    assert data.eval_view("train", [0]).shape == (1, 3, 64, 64)
+    assert next(data.eval_loader("test", 2)).shape == (2, 3, 64, 64)
+    (_, x, _), = data.epoch([torch.tensor([0, 1])], torch.Generator().manual_seed(0))
+    assert x.shape == (2, 3, 64, 64)
+    vit = build_model("vit_b_16", data.num_classes, 3, data.image_size)  # 4 x 4 patches
+    assert vit(x).logits.shape == (2, 3)
+
+
 def test_missing_imagenet_says_where_and_how(tmp_path):
     with pytest.raises(DatasetMissing, match=r"looked for .*/train/, .*/val/.*image-net.org"):
         load_dataset("imagenet", str(tmp_path))

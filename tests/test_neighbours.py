@@ -70,3 +70,19 @@ def test_coss_with_neighbours_trains_on_b_times_1_plus_k(tmp_path, monkeypatch):
         plain[0]["train/images_per_s"] * plain[0]["train/epoch_s"])
     assert abs(ratio - 3.0) < 1e-6
     assert len(list((tmp_path / "cache" / "neighbours").glob("*_k4.pt"))) == 1
+
+
+def test_faiss_gpu_backend_says_what_is_missing_on_a_cpu_build():
+    import faiss
+    import pytest
+    import torch
+
+    from trainables.neighbours import knn_indices
+
+    if faiss.get_num_gpus() > 0:
+        pytest.skip("a GPU build of faiss with a GPU: the path runs for real")
+    with pytest.raises(RuntimeError, match="pip install faiss-gpu"):
+        knn_indices(torch.randn(10, 4), 3, backend="faiss_gpu")
+    # auto on CPU tensors is faiss's CPU search, equal to the torch path
+    x = torch.randn(50, 8)
+    assert torch.equal(knn_indices(x, 5), knn_indices(x, 5, backend="torch"))

@@ -73,6 +73,8 @@ CASES = [
      "scheduler.metric", "scored every epoch is eval/classifier_top1"),
     ("zero trials", {**BASE, "grid": {}, "seeds": [0], "search": {"n_trials": 0, "space": {
         "lambda": {"type": "float", "low": 0, "high": 1}}}}, "search.n_trials", "greater than or equal to 1"),
+    ("image size on an in-memory dataset", mutate("dataset.image_size", 64), "dataset", "image_size is for datasets"
+     " read from image files"),
     ("bad YAML", "name: x\npairs: [\n", "line", "not valid YAML"),
     ("not a mapping", "- just\n- a list\n", "", "YAML mapping"),
 ]

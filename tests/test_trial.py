@@ -207,3 +207,32 @@ def test_gpu_out_of_memory_names_the_trial_and_its_batch_size(plan, monkeypatch)
     msg = str(e.value)
     assert f"GPU out of memory in trial {cfg['name']} at batch size {cfg['train']['batch_size']}" in msg
     assert "lower train.batch_size" in msg and isinstance(e.value.__cause__, torch.cuda.OutOfMemoryError)
+
+
+def test_bf16_autocasts_the_step_and_scores_like_fp32(plan):
+    t, rep = collect()
+    fit(plan.teachers[0], rep)
+    base = copy.deepcopy(plan.students[-3])  # coss, lambda 1.0, 4 epochs on digits
+    seen = []
+    import trainables.trial as trial
+
+    real = trial.make_model
+
+    def spy(*a, **k):
+        m = real(*a, **k)
+        m.register_forward_hook(lambda mod, inp, out: seen.append(out.feature.dtype) if mod.training else None)
+        return m
+
+    scores = {}
+    for precision in ("fp32", "bf16"):
+        cfg = {**base, "precision": precision}
+        got, rep = collect()
+        seen.clear()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(trial, "make_model", spy)
+            fit(cfg, rep, t["model"])
+        assert set(seen) == {torch.bfloat16 if precision == "bf16" else torch.float32}
+        assert all(torch.isfinite(torch.tensor(m["train/loss"])) for m in got["metrics"])
+        assert all(v.dtype == torch.float32 for v in got["model"].values() if v.is_floating_point())
+        scores[precision] = got["metrics"][-1]["eval/knn_top1"]
+    assert abs(scores["bf16"] - scores["fp32"]) < 3.0, scores  # 359 test digits: 3 points is ~11 images

@@ -24,24 +24,36 @@ def cache_dir() -> Path:
     return Path(os.environ.get("KD_SWEEP_CACHE", Path.home() / ".cache" / "kd-sweep")) / "neighbours"
 
 
+def _torch_knn(x: torch.Tensor, k: int, chunk: int) -> torch.Tensor:
+    out = []
+    for i in range(0, len(x), chunk):
+        sims = x[i:i + chunk] @ x.T
+        sims[torch.arange(len(sims), device=x.device), torch.arange(i, i + len(sims), device=x.device)] = -2
+        out.append(sims.topk(k, dim=1).indices)
+    return torch.cat(out).cpu()
+
+
 def knn_indices(feats: torch.Tensor, k: int, backend: str = "auto", chunk: int = 4096) -> torch.Tensor:
     """Exact cosine top-k of every row among the other rows, best first (self excluded): (N, k) int64.
 
-    `auto`: on a GPU, chunked matmul + top-k (exact, needs no faiss-gpu); on CPU, faiss's exact
-    inner-product search."""
+    `auto`: on a GPU, faiss-gpu's exact search when that build is installed (`pip install kd-sweep[gpu]`),
+    else chunked matmul + top-k (exact too); on CPU, faiss's exact inner-product search."""
     x = F.normalize(feats.float(), dim=1)
     n = len(x)
     if k >= n:
         raise ValueError(f"k_pool {k} needs more than {n} training samples")
-    if backend == "torch" or (backend == "auto" and x.is_cuda):
-        out = []
-        for i in range(0, n, chunk):
-            sims = x[i:i + chunk] @ x.T
-            sims[torch.arange(len(sims), device=x.device), torch.arange(i, i + len(sims), device=x.device)] = -2
-            out.append(sims.topk(k, dim=1).indices)
-        return torch.cat(out).cpu()
+    on_gpu = backend == "faiss_gpu" or (backend == "auto" and x.is_cuda)
+    if on_gpu and faiss.get_num_gpus() == 0:
+        if backend == "faiss_gpu":
+            raise RuntimeError("backend faiss_gpu: this faiss build sees no GPU (pip install faiss-gpu)")
+        backend = "torch"
+    if backend == "torch":
+        return _torch_knn(x, k, chunk)
     xs = np.ascontiguousarray(x.cpu().numpy(), dtype=np.float32)
-    _, idx = faiss.knn(xs, xs, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
+    if on_gpu:
+        _, idx = faiss.knn_gpu(faiss.StandardGpuResources(), xs, xs, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
+    else:
+        _, idx = faiss.knn(xs, xs, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
     # Drop each row's own index (normally first; with exact duplicates it can be anywhere).
     own = idx == np.arange(n)[:, None]
     own[~own.any(1), -1] = True

@@ -68,6 +68,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def amp_dtype(cfg: dict, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the training step: bf16 on CUDA unless `precision: fp32`; none on CPU
+    unless `precision: bf16` (CPU bf16 is slower than fp32 on most chips)."""
+    p = cfg.get("precision", "auto")
+    if p == "bf16" or (p == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
 def pick_device(cfg: dict) -> torch.device:
     if cfg["resources"]["gpu"] > 0 and torch.cuda.is_available():
         return torch.device("cuda")
@@ -146,6 +155,11 @@ def fit(cfg: dict, report: Report, teacher_state: dict[str, torch.Tensor] | None
             raise RuntimeError(f"method {cfg['method']!r} needs a teacher and the trial was given none")
         teacher = load_teacher(cfg, data, teacher_state, device)
     student = make_model(cfg["student"], data, with_head=cls.student_needs_head(knobs)).to(device)
+    amp = amp_dtype(cfg, device)
+    if device.type == "cuda":  # tensor-core convolutions want NHWC
+        student.to(memory_format=torch.channels_last)
+        if teacher is not None:
+            teacher.to(memory_format=torch.channels_last)
     if init_state is not None:
         student.load_state_dict(init_state)
     method = cls(knobs, model_info(student, data, cls.preact),
@@ -197,7 +211,8 @@ def fit(cfg: dict, report: Report, teacher_state: dict[str, torch.Tensor] | None
         gen.manual_seed(seed * 1_000_003 + epoch)
         lr = opt.param_groups[0]["lr"]
         try:
-            metrics = train_epoch(student, teacher, method, data, opt, gen, sched_cfg["batch_size"], epoch, workers)
+            metrics = train_epoch(student, teacher, method, data, opt, gen, sched_cfg["batch_size"], epoch, workers,
+                                  amp)
         except torch.cuda.OutOfMemoryError as e:
             raise RuntimeError(
                 f"GPU out of memory in trial {cfg.get('name', '?')} at batch size {sched_cfg['batch_size']}"
@@ -264,7 +279,9 @@ def recalibrate_bn(model: Backbone, data: ImageData, batch_size: int, seed: int 
 
 def train_epoch(student: Backbone, teacher: Backbone | None, method: Method, data: ImageData,
                 opt: torch.optim.Optimizer, gen: torch.Generator, batch_size: int, epoch: int,
-                workers: int = 0) -> dict[str, float]:
+                workers: int = 0, amp: torch.dtype | None = None) -> dict[str, float]:
+    """One pass over the training set. `amp`: the autocast dtype of the forward passes and the loss
+    (bf16), or None for fp32; the backward pass and the optimiser step stay in the weights' fp32."""
     student.train()
     method.train()
     sums: dict[str, torch.Tensor] = {}
@@ -281,11 +298,15 @@ def train_epoch(student: Backbone, teacher: Backbone | None, method: Method, dat
 
     device = next(student.parameters()).device
     order = [method.batch_indices(sampled, gen) for sampled in train_batches(data.num_train, batch_size, gen)]
+    channels_last = device.type == "cuda"
     for idx, x, y in data.epoch(order, gen, workers):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        step = Step(x, y, idx, run_student(x), run_teacher(x) if teacher is not None else None,
-                    run_student, run_teacher if teacher is not None else None, epoch)
-        terms = method(step)
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+            step = Step(x, y, idx, run_student(x), run_teacher(x) if teacher is not None else None,
+                        run_student, run_teacher if teacher is not None else None, epoch)
+            terms = {k: v.float() for k, v in method(step).items()}
         loss = sum(terms.values())
         if not torch.isfinite(loss):
             bad = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
@@ -355,8 +376,13 @@ def tune_trainable(config: dict, teachers: dict[str, dict[str, torch.Tensor]] | 
         tune.report({**metrics, "epoch": cfg["train"]["epochs"], REUSED: run_id})
         return
     teachers = teachers or {}
-    teacher_state = teachers[cfg["teacher"]["hash"]] if cfg.get("teacher") else None
-    init_state = teachers[cfg["init"]] if cfg.get("init") else None
+
+    def weights(key: str) -> dict[str, torch.Tensor]:
+        w = teachers[key]  # an object ref per teacher: a trial fetches only the one it uses
+        return ray.get(w) if isinstance(w, ray.ObjectRef) else w
+
+    teacher_state = weights(cfg["teacher"]["hash"]) if cfg.get("teacher") else None
+    init_state = weights(cfg["init"]) if cfg.get("init") else None
     try:
         fit(cfg, report, teacher_state, resume, init_state)
     except NonFiniteLoss as e:
