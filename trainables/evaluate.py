@@ -61,7 +61,7 @@ def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Ten
     head = torch.nn.Linear(train_f.shape[1], num_classes).to(train_f.device)
     opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma)
-    best = last = last5 = 0.0
+    best = last = 0.0
     for _ in range(epochs):
         order = torch.randperm(len(train_f), generator=gen, device=train_f.device)
         for i in range(0, len(order), batch_size):
