@@ -297,7 +297,7 @@ class Sweep(Strict):
     resources: Resources = Field(default_factory=Resources)
     # Bit-for-bit repeats: deterministic kernels (slower on GPU). Seeds fix init and data order anyway.
     deterministic: bool = False
-    # auto: bf16 autocast (and channels_last) on CUDA, fp32 on CPU; bf16 or fp32 to force one.
+    # auto: bf16 autocast on CUDA, fp32 on CPU; bf16 or fp32 to force one.
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     max_failures: int = Field(2, ge=0)
     storage: str | None = None

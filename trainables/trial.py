@@ -156,10 +156,11 @@ def fit(cfg: dict, report: Report, teacher_state: dict[str, torch.Tensor] | None
         teacher = load_teacher(cfg, data, teacher_state, device)
     student = make_model(cfg["student"], data, with_head=cls.student_needs_head(knobs)).to(device)
     amp = amp_dtype(cfg, device)
-    if device.type == "cuda":  # tensor-core convolutions want NHWC
-        student.to(memory_format=torch.channels_last)
-        if teacher is not None:
-            teacher.to(memory_format=torch.channels_last)
+    # NHWC convolutions: tensor cores on CUDA, and measured faster on CPU too (oneDNN: +5% for
+    # resnet32x4->resnet8x4, +16% for resnet56->resnet20 on this 2-core machine).
+    student.to(memory_format=torch.channels_last)
+    if teacher is not None:
+        teacher.to(memory_format=torch.channels_last)
     if init_state is not None:
         student.load_state_dict(init_state)
     method = cls(knobs, model_info(student, data, cls.preact),
@@ -298,10 +299,9 @@ def train_epoch(student: Backbone, teacher: Backbone | None, method: Method, dat
 
     device = next(student.parameters()).device
     order = [method.batch_indices(sampled, gen) for sampled in train_batches(data.num_train, batch_size, gen)]
-    channels_last = device.type == "cuda"
     for idx, x, y in data.epoch(order, gen, workers):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if channels_last and x.dim() == 4:
+        if x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
             step = Step(x, y, idx, run_student(x), run_teacher(x) if teacher is not None else None,

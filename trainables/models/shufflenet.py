@@ -23,7 +23,7 @@ from .state_keys import ForeignKeys
 def _shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     """[N, g*c, H, W] -> interleave the g groups' channels."""
     n, c, h, w = x.shape
-    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+    return x.reshape(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
 class ShuffleUnitV1(nn.Module):
