@@ -2,11 +2,11 @@
 
 A run's hours: GPU-hours = cost/wall_s × resources.gpu / 3600 when it reserved a GPU (gpu > 0), else
 CPU-hours = cost/wall_s × resources.cpu / 3600. A cell's cost is the sum over all its runs (with
---best-over: every value of the axis, since the best needs them all). Not counted: runs that logged
-no wall time (the trainable logs cost/wall_s with the final metrics, so failed and unfinished runs
-have none), teacher runs of an earlier sweep reused by this one, and trials an earlier sweep finished
-that this one linked in instead of running (kd.reused_from): their cost is that sweep's. The
-table total counts each run once (pairs may share a teacher or a from-scratch student).
+--best-over: every value of the axis, since the best needs them all), failed runs included: the
+trainable logs cost/wall_s every epoch, so a run that died still shows what it spent. Not counted:
+runs that logged no wall time (killed before their first epoch), teacher runs of an earlier sweep
+reused by this one, and trials an earlier sweep finished that this one linked in instead of running
+(kd.reused_from): their cost is that sweep's. The table total counts each run once (pairs may share a teacher or a from-scratch student).
 """
 from __future__ import annotations
 
