@@ -320,6 +320,13 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
                 todo.append(evaluate_only(cfg))
             else:
                 todo.append(cfg)
+        # Teachers that only need scoring (a given checkpoint, weights an earlier sweep trained) run
+        # beside the students: their weights are here already, and one Tuner fewer saves an actor
+        # start-up per sweep. Only training must come first.
+        deferred: list[dict] = []
+        if todo and plan.students and not sweep.search and all(c["train"]["epochs"] == 0 for c in todo):
+            deferred, todo = todo, []
+        later = {c["config_hash"] for c in deferred}
         if todo:
             prefix = f"{sweep.name}-teachers-{parent[:8]}"
             if attempt > 1:
@@ -328,6 +335,8 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
             _fit_phase(f"{prefix}-{attempt}", todo, sweep, storage_path,
                        make_callback(store, exp_id, parent, progress, smoke_tag), weights)
         for cfg in plan.teachers:
+            if cfg["config_hash"] in later:
+                continue  # scored in phase 2; its weights are in `weights`
             run = store.find_teacher("config_hash", cfg["config_hash"])
             if run is None:
                 progress.note(f"teacher {cfg['labels']['student']} failed: its students cannot run")
@@ -365,9 +374,16 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
             todo = _students_to_run(plan.students, store, exp_id, parent, smoke_tag, progress, rerun)
             if attempt > 1:
                 todo = _with_checkpoints(todo, latest_checkpoints(storage_path, prefix), progress)
-            if todo:
-                progress.begin(f"sweep {sweep.name}: {len(todo)} trials to run", len(todo))
-                _fit_phase(f"{prefix}-{attempt}", todo, sweep, storage_path, callback, weights, students=True)
+            if todo or deferred:
+                scoring = f" (+ scoring {len(deferred)} teacher(s))" if deferred else ""
+                progress.begin(f"sweep {sweep.name}: {len(todo)} trials to run{scoring}", len(todo) + len(deferred))
+                _fit_phase(f"{prefix}-{attempt}", deferred + todo, sweep, storage_path, callback, weights,
+                           students=True)
+            for cfg in deferred:
+                if (run := store.find_teacher("config_hash", cfg["config_hash"])) is not None:
+                    teacher_runs[cfg["weights_hash"]] = run.info.run_id
+            if deferred:
+                store.client.set_tag(parent, "kd.teacher_runs", json.dumps(teacher_runs, sort_keys=True))
         failed = progress.summary()
         status = "FAILED" if failed else "FINISHED"
         progress.note(f"MLflow: {tracking_uri} (experiment {sweep.name!r}, parent run {parent});"
