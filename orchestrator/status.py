@@ -8,7 +8,7 @@ import json
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from results.collect import NoRuns, _parents, _search_all
+from results.collect import NoRuns, _parents, search_all
 
 from .progress import _fmt_time
 from .resume import DRIVER_TAG, driver_alive
@@ -63,7 +63,7 @@ def show(tracking_uri: str, sweep: str | None, echo) -> int:
     parent = latest_run(client, sweep)
     ptags = parent.data.tags
     exp = parent.info.experiment_id
-    kids = _search_all(client, [exp], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent.info.run_id}'")
+    kids = search_all(client, [exp], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent.info.run_id}'")
     pid = driver_alive(ptags.get(DRIVER_TAG))
     live = parent.info.status == "RUNNING" and (pid is not None or _elsewhere(ptags.get(DRIVER_TAG)))
     where = (f"running (driver pid {pid})" if pid else "running (driver on another machine)" if live else

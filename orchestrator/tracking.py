@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from results.collect import search_all
 from trainables.trial import FAILED, REUSED
 
 from .trials import flat_params, materialize
@@ -115,46 +116,34 @@ class Store:
             order_by=["attributes.start_time DESC"], max_results=1)
         return runs[0] if runs and runs[0].info.status in ("RUNNING", "KILLED") else None
 
-    def find_finished(self, hashes: set[str]) -> dict[str, object]:
-        """config hash -> a finished trial run of it from any sweep (the original, not a link to it;
-        one of this parent's own when there is one: see `pick`)."""
+    def find_finished(self, hashes: set[str]) -> dict[str, list]:
+        """config hash -> the finished trial runs of it, from any sweep, the earliest first."""
         if not hashes:
             return {}
-        exps = [e.experiment_id for e in self.client.search_experiments()]
         found: dict[str, list] = {}
-        token = None
-        while True:
-            page = self.client.search_runs(
-                exps, filter_string="attributes.status = 'FINISHED' and tags.`kd.role` != 'sweep'"
-                                    " and tags.`kd.role` != 'teacher'",
-                order_by=["attributes.start_time ASC"], max_results=1000, page_token=token)
-            for r in page:
-                h = r.data.tags.get("kd.config_hash")
-                if h in hashes and r.data.tags.get("kd.state") in ("done", "reused"):
-                    found.setdefault(h, []).append(r)
-            token = page.token
-            if not token:
-                return found
+        for r in search_all(self.client, self._experiments(),
+                            "attributes.status = 'FINISHED' and tags.`kd.role` != 'sweep'"
+                            " and tags.`kd.role` != 'teacher'"):
+            h = r.data.tags.get("kd.config_hash")
+            if h in hashes and r.data.tags.get("kd.state") in ("done", "reused"):
+                found.setdefault(h, []).append(r)
+        return found
 
     def finished_like(self, cfg: dict) -> dict[str, tuple[str, dict[str, float]]]:
         """config hash -> (run id, final metrics) of the finished trials, in any sweep, of CFG's method,
         pair and dataset: what a search may sample again."""
-        exps = [e.experiment_id for e in self.client.search_experiments()]
-        out, token = {}, None
-        while True:
-            page = self.client.search_runs(
-                exps, filter_string=f"attributes.status = 'FINISHED' and tags.`kd.method` = '{cfg['method']}'"
-                                    f" and tags.`kd.pair` = '{cfg['labels']['pair']}'"
-                                    f" and tags.`kd.dataset` = '{cfg['dataset']['name']}'",
-                max_results=1000, page_token=token)
-            for r in page:
-                t = r.data.tags
-                if t.get("kd.state") in ("done", "reused"):
-                    out.setdefault(t["kd.config_hash"], (t.get("kd.reused_from") or r.info.run_id,
-                                                         dict(r.data.metrics)))
-            token = page.token
-            if not token:
-                return out
+        out: dict[str, tuple[str, dict[str, float]]] = {}
+        for r in search_all(self.client, self._experiments(),
+                            f"attributes.status = 'FINISHED' and tags.`kd.method` = '{cfg['method']}'"
+                            f" and tags.`kd.pair` = '{cfg['labels']['pair']}'"
+                            f" and tags.`kd.dataset` = '{cfg['dataset']['name']}'"):
+            t = r.data.tags
+            if t.get("kd.state") in ("done", "reused"):
+                out.setdefault(t["kd.config_hash"], (t.get("kd.reused_from") or r.info.run_id, dict(r.data.metrics)))
+        return out
+
+    def _experiments(self) -> list[str]:
+        return [e.experiment_id for e in self.client.search_experiments()]
 
     def link(self, exp_id: str, parent_id: str, cfg: dict, source, tags: dict[str, str]) -> str:
         """A child run of PARENT standing for a trial that finished in an earlier sweep: its params,

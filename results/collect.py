@@ -80,7 +80,8 @@ def _frame(runs: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def _search_all(client: MlflowClient, exps: list[str], filt: str) -> list:
+def search_all(client: MlflowClient, exps: list[str], filt: str) -> list:
+    """Every run matching FILT, page after page, the earliest first."""
     runs, token = [], None
     while True:
         page = client.search_runs(exps, filter_string=filt, order_by=["attributes.start_time ASC"],
@@ -110,7 +111,7 @@ def sweep_runs(tracking_uri: str, sweep: str | None = None, smoke: bool = False)
     client = MlflowClient(tracking_uri)
     parent = latest_parent(client, sweep, smoke)
     exp = parent.info.experiment_id
-    children = _search_all(client, [exp], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent.info.run_id}'")
+    children = search_all(client, [exp], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent.info.run_id}'")
     df = _frame(_runs_frame(children))
     # A trial finished by an earlier sweep is linked in (kd.reused_from): it counts in the table, and
     # its cost is that sweep's.
