@@ -1,9 +1,9 @@
-"""What `kd-sweep run` prints: a line per finished or failed trial with its numbers, then a summary."""
+"""What `kd-sweep run` prints: a line per finished or failed trial with its numbers, then a summary.
+
+Everything is per student trial (a trial config), so a pack's students count one by one."""
 from __future__ import annotations
 
 import time
-
-from .trials import materialize
 
 
 def _fmt_time(s: float) -> str:
@@ -34,12 +34,12 @@ class Progress:
         self.phase_t0 = time.time()
         self._print(title)
 
-    def started(self, trial) -> None:
-        self.started_at.setdefault(trial.trial_id, time.time())
-        self.running.add(trial.trial_id)
+    def started(self, cfg: dict) -> None:
+        self.started_at.setdefault(cfg["name"], time.time())
+        self.running.add(cfg["name"])
 
-    def result(self, trial, result: dict) -> None:
-        self.last[trial.trial_id] = result
+    def result(self, cfg: dict, result: dict) -> None:
+        self.last[cfg["name"]] = result
         if time.time() - self.last_line >= self.every:
             self.status_line()
 
@@ -59,32 +59,31 @@ class Progress:
         print(line, file=self.out, flush=True)
         self.last_line = time.time()
 
-    def completed(self, trial) -> None:
-        self.running.discard(trial.trial_id)
+    def completed(self, cfg: dict) -> None:
+        self.running.discard(cfg["name"])
         self.done += 1
-        cfg = materialize(trial.config)
-        res = self.last.get(trial.trial_id, {})
+        res = self.last.get(cfg["name"], {})
         scores = "  ".join(f"{k.removeprefix('eval/').removesuffix('_top1')} {v:.2f}"
                            for k, v in res.items() if k.startswith("eval/") and k.endswith("_top1"))
-        took = time.time() - self.started_at.get(trial.trial_id, time.time())
+        took = time.time() - self.started_at.get(cfg["name"], time.time())
         self._print(f"[{self.done}/{self.total}] done   {cfg['name']:<44} {cfg['labels']['pair']:<24} {scores}"
                     f"  ({_fmt_time(took)}; elapsed {_fmt_time(time.time() - self.t0)}, eta {self._eta()})")
 
-    def stopped_early(self, trial, epoch: int) -> None:
-        self.running.discard(trial.trial_id)
+    def stopped_early(self, cfg: dict, epoch: int) -> None:
+        self.running.discard(cfg["name"])
         self.done += 1
-        self._print(f"[{self.done}/{self.total}] early  {materialize(trial.config)['name']}: stopped by the scheduler"
+        self._print(f"[{self.done}/{self.total}] early  {cfg['name']}: stopped by the scheduler"
                     f" after epoch {epoch}")
 
-    def failed(self, trial, reason: str) -> None:
-        self.running.discard(trial.trial_id)
+    def failed(self, cfg: dict, reason: str) -> None:
+        self.running.discard(cfg["name"])
         self.done += 1
-        name = materialize(trial.config)["name"]
+        name = cfg["name"]
         self.failures.append((name, reason))
         self._print(f"[{self.done}/{self.total}] FAILED {name}: {reason}")
 
-    def retrying(self, trial, reason: str) -> None:
-        self._print(f"retry  {trial.config['trial']['name']} from its last checkpoint: {reason}")
+    def retrying(self, name: str, reason: str) -> None:
+        self._print(f"retry  {name} from its last checkpoint: {reason}")
 
     def summary(self) -> int:
         total = _fmt_time(time.time() - self.t0)

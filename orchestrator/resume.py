@@ -52,7 +52,7 @@ def _filesystem(storage: str):
 
 
 def latest_checkpoints(storage: str, prefix: str) -> dict[str, tuple[int, str]]:
-    """trial name -> (epoch, checkpoint path or URI) of its newest complete epoch checkpoint, over
+    """config hash -> (epoch, checkpoint path or URI) of its newest complete epoch checkpoint, over
     every experiment folder under STORAGE whose name starts with PREFIX (one per attempt)."""
     from pyarrow import fs as pafs
 
@@ -78,7 +78,9 @@ def latest_checkpoints(storage: str, prefix: str) -> dict[str, tuple[int, str]]:
                 if not {"epoch.json", "state.pt"} <= names:
                     continue  # an upload the kill cut short
                 with fs.open_input_stream(f"{ck.path}/epoch.json") as f:
-                    epoch = int(json.loads(f.read())["epoch"])
-                if epoch > found.get(trial.base_name, (-1, ""))[0]:
-                    found[trial.base_name] = (epoch, scheme + ck.path)
+                    info = json.loads(f.read())
+                epoch = int(info["epoch"])
+                for key in info.get("members") or [info["config_hash"]]:  # a pack's checkpoint holds several
+                    if epoch > found.get(key, (-1, ""))[0]:
+                        found[key] = (epoch, scheme + ck.path)
     return found

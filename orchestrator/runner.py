@@ -23,7 +23,8 @@ from .progress import Progress
 from .resume import DRIVER_TAG, driver_alive, driver_tag, latest_checkpoints, sweep_key
 from .spec import SpecError, Sweep, resolve_path, search_metric
 from .tracking import Store, make_callback
-from .trials import _dataset, evaluate_only, file_digest, materialize, student_trials, teacher_trial
+from . import packing
+from .trials import _dataset, evaluate_only, file_digest, student_trials, teacher_trial, trial_name
 
 
 class RunError(Exception):
@@ -37,6 +38,7 @@ class Plan:
     pair_teacher: dict[int, str]                          # pair index -> teacher weights hash
     students: list[dict]
     given: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # weights hash -> checkpoint
+    data: object = None  # the loaded dataset: packing measures the students on it
 
 
 def preflight(sweep: Sweep, file: str, base: str) -> Plan:
@@ -85,7 +87,7 @@ def preflight(sweep: Sweep, file: str, base: str) -> Plan:
             if head:  # trained label-free: no classifier to give the students' methods
                 check_headless_teacher(sweep, i, file)
     students = student_trials(sweep, dataset, pair_teacher, frozenset(headless))
-    return Plan(dataset, list(teachers.values()), pair_teacher, students, given)
+    return Plan(dataset, list(teachers.values()), pair_teacher, students, given, data)
 
 
 def read_teacher(spec, data, path: str) -> tuple[dict[str, torch.Tensor], bool]:
@@ -216,14 +218,14 @@ def _fit_phase(name: str, configs: list[dict], sweep: Sweep, storage: str, callb
     `n_trials - len(searched)` samples of the search space around CONFIGS[0]."""
     from ray import tune
 
-    from trainables.trial import tune_trainable
+    from trainables.tune_trial import tune_trainable
 
     import ray
 
     refs = {k: ray.put(v) for k, v in weights.items()}  # each trial fetches its own teacher, not all of them
     trainable = tune.with_resources(tune.with_parameters(tune_trainable, teachers=refs, finished=finished),
                                     {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu})
-    namer = lambda t: materialize(t.config)["name"]  # noqa: E731
+    namer = lambda t: trial_name(t.config)  # noqa: E731
     # Reused actors keep torch imported between trials: seconds per trial on short ones.
     tune_config = dict(trial_name_creator=namer, trial_dirname_creator=namer, reuse_actors=True)
     param_space = {"trial": tune.grid_search(configs)}
@@ -256,8 +258,8 @@ def _with_checkpoints(configs: list[dict], found: dict[str, tuple[int, str]], pr
     """Trials an earlier driver left unfinished continue from their newest epoch checkpoint."""
     out = []
     for cfg in configs:
-        if cfg["name"] in found:
-            epoch, path = found[cfg["name"]]
+        if cfg["config_hash"] in found:
+            epoch, path = found[cfg["config_hash"]]
             progress.note(f"resume {cfg['name']} from its epoch {epoch} checkpoint")
             cfg = {**cfg, "resume_from": path}
         out.append(cfg)
@@ -275,7 +277,8 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
     progress = Progress(out)
     exp_id = store.experiment(sweep.name)
     raw = sweep.model_dump(mode="json", by_alias=True)
-    key = sweep_key(raw, smoke)
+    # Packing changes no number and a resumed student finds its state in any checkpoint layout.
+    key = sweep_key({k: v for k, v in raw.items() if k != "pack"}, smoke)
     earlier = None if rerun else store.find_resumable(exp_id, key)
     if resume and earlier is None:
         raise RunError(f"nothing to resume: no run of sweep {sweep.name!r} (as this file resolves now) stopped"
@@ -377,8 +380,8 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
             if todo or deferred:
                 scoring = f" (+ scoring {len(deferred)} teacher(s))" if deferred else ""
                 progress.begin(f"sweep {sweep.name}: {len(todo)} trials to run{scoring}", len(todo) + len(deferred))
-                _fit_phase(f"{prefix}-{attempt}", deferred + todo, sweep, storage_path, callback, weights,
-                           students=True)
+                _fit_phase(f"{prefix}-{attempt}", deferred + _packed(todo, sweep, plan, progress), sweep,
+                           storage_path, callback, weights, students=True)
             for cfg in deferred:
                 if (run := store.find_teacher("config_hash", cfg["config_hash"])) is not None:
                     teacher_runs[cfg["weights_hash"]] = run.info.run_id
@@ -395,6 +398,24 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
     finally:
         store.finish(parent, status)
         ray.shutdown()
+
+
+def _packed(configs: list[dict], sweep: Sweep, plan: Plan, progress: Progress) -> list[dict]:
+    """Students that can share a teacher forward, packed into trials (orchestrator/packing.py)."""
+    import ray
+
+    if sweep.search or sweep.scheduler or sweep.pack == "off":
+        return configs
+    room = None
+    if sweep.pack == "auto":
+        room = packing.room_by_memory(plan.data, packing.device_memory(sweep.resources.gpu, sweep.resources.cpu))
+    units = packing.plan(configs, sweep.pack,
+                         packing.slots(ray.cluster_resources(), sweep.resources.cpu, sweep.resources.gpu), room)
+    packs = [len(u["pack"]) for u in units if "pack" in u]
+    if packs:
+        progress.note(f"packed {sum(packs)} students into {len(packs)} trial(s) of {'/'.join(map(str, packs))}:"
+                      " one teacher forward per batch, each student its own run (pack: off to run them apart)")
+    return units
 
 
 def _searched(store: Store, exp_id: str, parent: str, metric: str) -> list[tuple[dict, float]]:

@@ -300,6 +300,9 @@ class Sweep(Strict):
     # auto: bf16 autocast on CUDA, fp32 on CPU; bf16 or fp32 to force one.
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     max_failures: int = Field(2, ge=0)
+    # Students that share a teacher forward train in one trial, each still its own run (orchestrator/
+    # packing.py): auto (fill the trial slots, then as many as fit in memory), off, or at most N a trial.
+    pack: Literal["auto", "off"] | int = "auto"
     storage: str | None = None
     # Beyond grids: a search samples the knobs (no grid or cells then), a scheduler stops trials early.
     search: Search | None = None
@@ -321,6 +324,15 @@ class Sweep(Strict):
             raise ValueError(f"a teacher is trained without a teacher: {v!r} needs one"
                              f" (methods that need none: {', '.join(n for n in METHODS.names() if not method_class(n).needs_teacher)})")
         return v
+
+    @field_validator("pack", mode="before")
+    @classmethod
+    def _pack(cls, v: Any) -> Any:
+        if isinstance(v, bool):  # YAML 1.1 reads a bare `off` as false (and `on` as true)
+            return "off" if not v else "auto"
+        if v in ("auto", "off") or (isinstance(v, int) and v >= 1):
+            return v
+        raise ValueError(f"pack takes auto, off, or a number of students per trial (1 or more), not {v!r}")
 
     @field_validator("seeds")
     @classmethod
@@ -506,6 +518,9 @@ def check_search(sweep: Sweep, file: str) -> None:
                             " every epoch is eval/classifier_top1: use it, with `classifier: {}` under eval")
         if sweep.scheduler.grace_period > sweep.train.epochs:
             raise SpecError(file, "scheduler.grace_period", f"longer than train.epochs ({sweep.train.epochs})")
+    if isinstance(sweep.pack, int) and sweep.pack > 1 and (sweep.search or sweep.scheduler):
+        raise SpecError(file, "pack", f"a {'search' if sweep.search else 'scheduler'} decides on each trial alone,"
+                        " so its trials are not packed: set pack: auto or off")
     search = sweep.search
     if search is None:
         return

@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -18,9 +19,9 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from results.collect import search_all
-from trainables.trial import FAILED, REUSED
+from trainables.tune_trial import FAILED, MEMBERS, REUSED
 
-from .trials import flat_params, materialize
+from .trials import flat_params, trial_members, trial_name
 
 KD_VERSION = "0.1.0"
 # Per-epoch names the trainable reports; everything else in a Tune result is Ray's bookkeeping.
@@ -61,6 +62,7 @@ def trial_tags(cfg: dict) -> dict[str, str]:
         # Which split the eval/* numbers are on: "val" numbers are for tuning, never for the paper.
         "kd.eval_split": "val" if cfg["dataset"].get("val_split") else "test",
         "kd.metrics": METRIC_NOTE,
+        "kd.pair_index": str(lab.get("pair_index", 0)),
         MLFLOW_RUN_NAME: cfg["name"],
     }
     if cfg.get("teacher"):
@@ -172,19 +174,29 @@ def _numbers(result: dict) -> dict[str, float]:
             if k.startswith(METRIC_PREFIXES) and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def member_result(result: dict, cfg: dict) -> dict | None:
+    """CFG's part of a Tune result: the result itself, or its student's entry in a pack's."""
+    if MEMBERS not in result:
+        return result
+    r = result[MEMBERS].get(cfg["config_hash"])
+    return None if r is None else {**r, **{k: result[k] for k in ("device", "node") if k in result}}
+
+
 def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags: dict[str, str] | None = None):
     from ray import tune
 
     class MLflowTrials(tune.Callback):
-        """Tune trial events -> MLflow child runs. Runs are keyed by the trial's config hash under
-        this parent, so a restarted trial continues its run instead of opening a second one."""
+        """Tune trial events -> MLflow child runs, one per student: a pack's students each get theirs.
+        Runs are keyed by config hash under this parent, so a restarted trial continues its run instead
+        of opening a second one. A student is closed once (done, failed, stopped early) and then left alone."""
 
         def __init__(self):
             self.runs: dict[str, str] = {}
             self.logged: dict[str, set[int]] = {}
+            self.last: dict[str, dict] = {}
+            self.closed: set[str] = set()
 
-        def _run_for(self, trial) -> str:
-            cfg = materialize(trial.config)
+        def _run_for(self, cfg: dict) -> str:
             key = cfg["config_hash"]
             if key in self.runs:
                 return self.runs[key]
@@ -204,81 +216,108 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
             self.runs[key] = run_id
             return run_id
 
-        def on_trial_start(self, iteration, trials, trial, **info):
-            self._run_for(trial)
-            if progress:
-                progress.started(trial)
+        def _open(self, trial) -> list[dict]:
+            return [c for c in trial_members(trial.config) if c["config_hash"] not in self.closed]
 
-        def _logged_before(self, trial, run_id: str) -> set[int]:
+        def on_trial_start(self, iteration, trials, trial, **info):
+            members = trial_members(trial.config)
+            for cfg in self._open(trial):
+                run_id = self._run_for(cfg)
+                if len(members) > 1:  # which trial trained it, and beside how many others
+                    store.client.log_batch(run_id, tags=[RunTag("kd.pack", trial_name(trial.config)),
+                                                         RunTag("kd.pack_size", str(len(members)))])
+                if progress:
+                    progress.started(cfg)
+
+        def _logged_before(self, cfg: dict, run_id: str) -> set[int]:
             """Epochs a killed driver logged for a trial this driver resumes: never logged twice."""
-            key = materialize(trial.config)["config_hash"]
+            key = cfg["config_hash"]
             if key not in self.logged:
                 self.logged[key] = ({m.step for m in store.client.get_metric_history(run_id, "cost/wall_s")}
-                                    if materialize(trial.config).get("resume_from") else set())
+                                    if cfg.get("resume_from") else set())
             return self.logged[key]
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            run_id = self._run_for(trial)
-            step = int(result.get("epoch", 0))
-            ts = int(time.time() * 1000)
-            metrics = [Metric(k, v, ts, step) for k, v in _numbers(result).items()]
-            if step in self._logged_before(trial, run_id) or REUSED in result:
-                metrics = []
-            tags = [RunTag(f"kd.{k}", str(result[k])) for k in ("device", "node") if k in result]
-            if FAILED in result:
-                tags += [RunTag("kd.failed_epoch", str(step))]
-            store.client.log_batch(run_id, metrics=metrics, tags=tags)
-            if progress:
-                progress.result(trial, result)
+            for cfg in self._open(trial):
+                r = member_result(result, cfg)
+                if r is None:
+                    continue
+                run_id = self._run_for(cfg)
+                step = int(r.get("epoch", 0))
+                ts = int(time.time() * 1000)
+                metrics = [Metric(k, v, ts, step) for k, v in _numbers(r).items()]
+                if step in self._logged_before(cfg, run_id) or REUSED in r:
+                    metrics = []
+                tags = [RunTag(f"kd.{k}", str(r[k])) for k in ("device", "node") if k in r]
+                if FAILED in r:
+                    tags += [RunTag("kd.failed_epoch", str(step))]
+                store.client.log_batch(run_id, metrics=metrics, tags=tags)
+                self.last[cfg["config_hash"]] = r
+                if FAILED in r:  # failed for good inside the trainable (a non-finite loss): not retried
+                    self._failed(cfg, r[FAILED])
+                elif progress:
+                    progress.result(cfg, r)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            run_id = self._run_for(trial)
-            reason = (trial.last_result or {}).get(FAILED)
-            if reason:  # failed for good inside the trainable (a non-finite loss): not retried
-                self._failed(trial, run_id, reason)
-                return
-            cfg = materialize(trial.config)
-            if (source := (trial.last_result or {}).get(REUSED)):  # a searched config run before: linked
+            packed = "pack" in trial.config["trial"]
+            for cfg in self._open(trial):
+                self._complete(trial, cfg, f"model_{cfg['config_hash']}.pt" if packed else "model.pt")
+
+        def _complete(self, trial, cfg: dict, model_file: str) -> None:
+            run_id = self._run_for(cfg)
+            last = self.last.get(cfg["config_hash"]) or member_result(trial.last_result or {}, cfg) or {}
+            if (source := last.get(REUSED)):  # a searched config run before: linked
                 src = store.client.get_run(source)
                 ts = int(time.time() * 1000)
                 store.client.log_batch(run_id, metrics=[Metric(k, v, ts, cfg["train"]["epochs"])
                                                         for k, v in src.data.metrics.items()],
                                        tags=[RunTag("kd.state", "done")] if source == run_id else
                                        [RunTag("kd.state", "reused"), RunTag("kd.reused_from", source)])
-                store.finish(run_id, "FINISHED")
+                self._close(cfg, run_id, "FINISHED")
                 if progress:
-                    progress.completed(trial)
+                    progress.completed(cfg)
                 return
-            epoch = int((trial.last_result or {}).get("epoch", 0))
+            epoch = int(last.get("epoch", 0))
             if epoch < cfg["train"]["epochs"]:  # the scheduler (ASHA) stopped it: not a finished trial
                 store.client.set_tag(run_id, "kd.state", "stopped_early")
-                store.finish(run_id, "KILLED")
+                self._close(cfg, run_id, "KILLED")
                 if progress:
-                    progress.stopped_early(trial, epoch)
+                    progress.stopped_early(cfg, epoch)
                 return
             ckpt = trial.checkpoint
             if ckpt is not None:
                 with ckpt.as_directory() as d:
-                    model = os.path.join(d, "model.pt")
-                    if os.path.exists(model):
+                    model = os.path.join(d, model_file)
+                    if os.path.exists(model) and model_file == "model.pt":
                         store.client.log_artifact(run_id, model, artifact_path=cfg["role"])
+                    elif os.path.exists(model):  # a pack's student: its weights are <role>/model.pt too
+                        with tempfile.TemporaryDirectory() as t:
+                            shutil.copyfile(model, os.path.join(t, "model.pt"))
+                            store.client.log_artifact(run_id, os.path.join(t, "model.pt"), artifact_path=cfg["role"])
             store.client.set_tag(run_id, "kd.state", "done")
-            store.finish(run_id, "FINISHED")
+            self._close(cfg, run_id, "FINISHED")
             if progress:
-                progress.completed(trial)
+                progress.completed(cfg)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self._failed(trial, self._run_for(trial), error_reason(trial))
+            reason = error_reason(trial)
+            for cfg in self._open(trial):
+                self._failed(cfg, reason)
 
         def on_trial_recover(self, iteration, trials, trial, **info):
             if progress:
-                progress.retrying(trial, error_reason(trial))
+                progress.retrying(trial_name(trial.config), error_reason(trial))
 
-        def _failed(self, trial, run_id: str, reason: str) -> None:
+        def _close(self, cfg: dict, run_id: str, status: str) -> None:
+            self.closed.add(cfg["config_hash"])
+            store.finish(run_id, status)
+
+        def _failed(self, cfg: dict, reason: str) -> None:
+            run_id = self._run_for(cfg)
             store.client.log_batch(run_id, tags=[RunTag("kd.state", "failed"), RunTag("kd.error", reason[:5000])])
-            store.finish(run_id, "FAILED")
+            self._close(cfg, run_id, "FAILED")
             if progress:
-                progress.failed(trial, reason)
+                progress.failed(cfg, reason)
 
     return MLflowTrials()
 

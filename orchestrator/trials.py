@@ -111,22 +111,22 @@ def student_trials(sweep: Sweep, dataset: dict, teacher_hash: dict[int, str],
             for seed in sweep.seeds:
                 needs_teacher = method_class(method).needs_teacher
                 cfg = _student(sweep, pair, dataset, method, knobs, seed, "student",
-                               teacher_hash[i] if needs_teacher else None, cell, i not in headless)
+                               teacher_hash[i] if needs_teacher else None, cell, i not in headless, i)
                 trials.append(cfg)
     if sweep.scratch:
         seen = set()
-        for pair in sweep.pairs:
+        for i, pair in enumerate(sweep.pairs):
             if pair.student is None or pair.student.label in seen:
                 continue
             seen.add(pair.student.label)
             knobs = method_class("none").Knobs().model_dump(by_alias=True)
             for seed in sweep.seeds:
-                trials.append(_student(sweep, pair, dataset, "none", knobs, seed, "scratch", None, {}))
+                trials.append(_student(sweep, pair, dataset, "none", knobs, seed, "scratch", None, {}, index=i))
     return trials
 
 
 def _student(sweep: Sweep, pair: Pair, dataset: dict, method: str, knobs: dict, seed: int, role: str,
-             teacher_hash: str | None, cell: dict, teacher_head: bool = True) -> dict:
+             teacher_hash: str | None, cell: dict, teacher_head: bool = True, index: int = 0) -> dict:
     teacher = None
     if teacher_hash:
         teacher = {**_model(pair.teacher), "hash": teacher_hash, **({} if teacher_head else {"head": False})}
@@ -139,7 +139,8 @@ def _student(sweep: Sweep, pair: Pair, dataset: dict, method: str, knobs: dict, 
     }
     cfg["config_hash"] = _hash(cfg)
     cfg["labels"] = {"teacher": pair.teacher.label if teacher_hash else "", "student": pair.student.label,
-                     "pair": pair.label if role == "student" else pair.student.label, "cell": cell}
+                     "pair": pair.label if role == "student" else pair.student.label, "cell": cell,
+                     "pair_index": index}  # the table's rows follow the file, not the runs' order
     cell_name = "_".join(f"{k}={v}" for k, v in cell.items()) or method
     cfg["name"] = f"{role}_{cell_name}_s{seed}_{cfg['config_hash'][:6]}"
     return cfg
@@ -160,6 +161,17 @@ def materialize(config: dict) -> dict:
     cell_name = "_".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in picked.items())
     out["name"] = f"{cfg['role']}_{cell_name}_s{cfg['seed']}_{out['config_hash'][:6]}"
     return out
+
+
+def trial_members(config: dict) -> list[dict]:
+    """The student configs a Tune trial trains: its own, or a pack's (orchestrator/packing.py)."""
+    t = config["trial"]
+    return t["pack"] if "pack" in t else [materialize(config)]
+
+
+def trial_name(config: dict) -> str:
+    t = config["trial"]
+    return t["name"] if "pack" in t else materialize(config)["name"]
 
 
 def flat_params(cfg: dict) -> dict[str, str]:

@@ -16,7 +16,7 @@ TAGS = {"role": "kd.role", "pair": "kd.pair", "teacher": "kd.teacher", "student"
         "method": "kd.method", "cell": "kd.cell", "seed": "kd.seed", "config_hash": "kd.config_hash",
         "teacher_hash": "kd.teacher_hash", "weights_hash": "kd.weights_hash", "error": "kd.error",
         "eval_split": "kd.eval_split", "dataset": "kd.dataset", "device": "kd.device",
-        "reused_from": "kd.reused_from", "state": "kd.state"}
+        "reused_from": "kd.reused_from", "state": "kd.state", "pair_index": "kd.pair_index"}
 # MLflow params the report reads (what a trial reserved: the cost of a cell), as frame columns.
 PARAMS = {"gpu": "resources.gpu", "cpu": "resources.cpu"}
 
@@ -71,6 +71,7 @@ def _frame(runs: pd.DataFrame) -> pd.DataFrame:
         out[col] = runs.get(f"tags.{tag}", pd.Series([None] * len(runs), index=runs.index))
     out["cell"] = out["cell"].map(lambda s: json.loads(s) if isinstance(s, str) and s else {})
     out["seed"] = pd.to_numeric(out["seed"], errors="coerce")
+    out["pair_index"] = pd.to_numeric(out["pair_index"], errors="coerce")
     for col, param in PARAMS.items():
         out[col] = pd.to_numeric(runs.get(f"params.{param}", pd.Series([None] * len(runs), index=runs.index)),
                                  errors="coerce")

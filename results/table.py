@@ -154,7 +154,11 @@ def build(runs: pd.DataFrame, metric: str, seeds: list | None = None,
         if best_over is not None and best_over in r["cell"]:
             expected.setdefault(label, set()).add(norm(r["cell"][best_over]))
     columns = sorted(meta, key=lambda c: order[c])
+    # As the sweep file lists them (runs finish in any order); runs logged without the index keep theirs.
+    first = students.groupby("pair", sort=False)["pair_index"].min() if "pair_index" in students else None
     pairs = list(dict.fromkeys(students["pair"]))
+    if first is not None:
+        pairs.sort(key=lambda p: (first[p] if pd.notna(first[p]) else math.inf))
     table = pd.DataFrame(index=pd.Index(pairs, name="pair"), columns=[TEACHER, SCRATCH, *columns], dtype=object)
     for (pair, label), grp in students.groupby([students["pair"], labels], sort=False):
         axis = best_over if label in expected else None

@@ -8,6 +8,7 @@ import sys
 import time
 from collections import Counter
 
+import pytest
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
@@ -29,6 +30,7 @@ teacher_train: {epochs: 2, batch_size: 64, lr: 0.05, milestones: []}
 eval:
   knn: {k: 10, temperature: 0.07}
 resources: {cpu: 1, gpu: 0}
+pack: %s
 """
 
 
@@ -46,8 +48,10 @@ def epochs_logged(client: MlflowClient, run_id: str) -> list[int]:
     return [m.step for m in client.get_metric_history(run_id, "cost/wall_s")]  # reported every epoch
 
 
-def test_killed_driver_resumes_and_a_second_run_links_every_trial(tmp_path):
-    (tmp_path / "s.yaml").write_text(SWEEP % ("[0, 0.25, 0.5, 1.0]", 8))
+@pytest.mark.parametrize("pack", ["off", 2])
+def test_killed_driver_resumes_and_a_second_run_links_every_trial(tmp_path, pack):
+    """Packed (two packs of two students), every student resumes from its pack's checkpoint."""
+    (tmp_path / "s.yaml").write_text(SWEEP % ("[0, 0.25, 0.5, 1.0]", 8, pack))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "KD_SWEEP_FAULT": "slow:0.4"}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -69,7 +73,7 @@ def test_killed_driver_resumes_and_a_second_run_links_every_trial(tmp_path):
         students = [r for r in kids if r.data.tags.get("kd.role") == "student"]
         done = [r for r in students if r.info.status == "FINISHED"]
         going = [r for r in students if r.info.status == "RUNNING" and epochs_logged(client, r.info.run_id)]
-        if done and going:
+        if going and (done or pack != "off"):  # a pack's students finish together
             killed_with = ({r.info.run_id for r in done}, {r.info.run_id for r in going})
             os.kill(driver.pid, signal.SIGKILL)  # the driver only: as a lost head node would
             break
@@ -101,6 +105,9 @@ def test_killed_driver_resumes_and_a_second_run_links_every_trial(tmp_path):
             assert steps == list(range(1, 9))  # not run again
     assert running_before <= {r.info.run_id for r in students}  # continued, not duplicated
 
+    if pack != "off":
+        assert all(r.data.tags["kd.pack_size"] == "2" for r in students)
+        return  # what follows does not depend on packing
     nothing = kd_sweep("run", "s.yaml", "--resume", "--tracking-uri", uri, cwd=tmp_path)
     assert nothing.returncode == 1 and "nothing to resume" in nothing.stderr
 
@@ -128,13 +135,16 @@ def test_killed_driver_resumes_and_a_second_run_links_every_trial(tmp_path):
     assert len(rerun) == 4 and all(epochs_logged(client, r.info.run_id) == list(range(1, 9)) for r in rerun)
 
 
-def test_a_diverging_trial_fails_at_once_and_a_crashed_one_resumes_from_its_checkpoint(tmp_path):
-    (tmp_path / "s.yaml").write_text(SWEEP % ("[1.0, 1.0e+30]", 3))
+@pytest.mark.parametrize("pack", ["off", 2])
+def test_a_diverging_trial_fails_at_once_and_a_crashed_one_resumes_from_its_checkpoint(tmp_path, pack):
+    """Packed, the diverging student fails alone and the crash retries the pack from its checkpoint."""
+    (tmp_path / "s.yaml").write_text(SWEEP % ("[1.0, 1.0e+30]", 3, pack))
     faults = tmp_path / "faults"
     res = kd_sweep("run", "s.yaml", cwd=tmp_path, env={"KD_SWEEP_FAULT": f"crash:2:{faults}"})
     assert res.returncode == 1, res.stdout + res.stderr
     out = res.stdout
-    assert "retry  student_lambda=1.0_" in out and "1 trial(s) failed" in out
+    assert f"retry  {'student_lambda=1.0_' if pack == 'off' else 'pack2_coss_s0_'}" in out
+    assert "1 trial(s) failed" in out
     assert "student_lambda=1e+30_s0_" in out.split("1 trial(s) failed")[1]
     assert "loss is not finite at epoch 1" in out.split("1 trial(s) failed")[1]
 
@@ -150,7 +160,7 @@ def test_a_diverging_trial_fails_at_once_and_a_crashed_one_resumes_from_its_chec
     assert nan.info.status == "FAILED" and nan.data.tags["kd.failed_epoch"] == "1"
     assert "loss is not finite at epoch 1" in nan.data.tags["kd.error"]
     assert "retry  student_lambda=1e+30" not in out
-    assert len(list(faults.iterdir())) == 2  # the teacher and the good student crashed once each
+    assert len(list(faults.iterdir())) == 2  # the teacher and the good student (or its pack) crashed once each
 
     st = kd_sweep("status", cwd=tmp_path)
     assert st.returncode == 1 and "2 done, 1 failed" in st.stdout  # the teacher and one student

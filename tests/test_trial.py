@@ -172,15 +172,12 @@ def test_top5_counts_a_label_among_the_five_highest_logits():
 
 def test_progress_prints_a_status_line_with_counts_and_epochs():
     import io
-    from types import SimpleNamespace
-
     from orchestrator.progress import Progress
 
     out = io.StringIO()
     p = Progress(out, every=0)
     p.begin("sweep x: 3 trials to run", 3)
-    trials = [SimpleNamespace(trial_id=str(i), config={"trial": {"name": f"t{i}", "labels": {"pair": "a/b"}}})
-              for i in range(3)]
+    trials = [{"name": f"t{i}", "labels": {"pair": "a/b"}} for i in range(3)]
     for t in trials:
         p.started(t)
     p.result(trials[0], {"epoch": 3, "eval/knn_top1": 50.0})

@@ -1,23 +1,22 @@
 """One trial: train a student (or a teacher) from a resolved config, report once per epoch.
 
-`fit` knows nothing of Ray: it takes a `report(metrics, state, final_model)` callback and an
-optional state to resume from. `tune_trainable` adapts it to Ray Tune (checkpoint per epoch).
+`fit` and `fit_pack` know nothing of Ray: they take a report callback and optional states to resume
+from. `trainables.tune_trial` adapts them to Ray Tune (a checkpoint per epoch).
 The config is the plain dict `orchestrator.trials` builds; every number that matters is in it.
 """
 from __future__ import annotations
 
-import json
-import logging
+import contextlib
+import functools
 import os
 import random
-import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
-
-from dataclasses import dataclass
 
 from .datasets import ImageData, load_dataset, train_batches
 from .evaluate import classifier_top1, evaluate
@@ -129,120 +128,268 @@ def load_teacher(cfg: dict, data: ImageData, state: dict[str, torch.Tensor], dev
     return teacher
 
 
+@dataclass
+class MemberReport:
+    """One student's epoch as `fit_pack` reports it: its metrics, the state to checkpoint and, after the
+    last epoch, its final weights; or, once it failed for good, why (it trains no further)."""
+    metrics: dict[str, float]
+    state: dict[str, Any] | None
+    final_model: dict[str, torch.Tensor] | None = None
+    failed: str | None = None
+    failed_epoch: int | None = None
+
+
+PackReport = Callable[[int, dict[str, MemberReport]], None]
+
+
+class RngState:
+    """One student's view of the global RNGs (torch's, numpy's, Python's). A pack swaps each student's
+    in around its work, so its init, dropout, CRD's negatives and the probe draw exactly what they
+    would in a trial of their own: a packed trial gives the unpacked trials' numbers."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.capture()
+
+    def capture(self) -> None:
+        self.torch = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        self.np = np.random.get_state()
+        self.py = random.getstate()
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.torch)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state(self.cuda, self.device)
+        np.random.set_state(self.np)
+        random.setstate(self.py)
+
+    @contextlib.contextmanager
+    def active(self):
+        self.restore()
+        try:
+            yield
+        finally:
+            self.capture()
+
+
+@dataclass
+class Member:
+    """One student of a trial. A trial trains one; a pack trains several on one teacher forward a batch."""
+    cfg: dict
+    student: Backbone
+    method: Method
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    rng: RngState | None = None  # None when alone: the global RNGs are its own
+    start: int = 1
+    best: float = 0.0
+    spent: float = 0.0  # seconds charged to this student, over every resume: what its cell costs
+    pre: dict[str, float] = field(default_factory=dict)
+    resume: dict[str, Any] | None = None
+    failed: str | None = None
+    failed_epoch: int | None = None
+
+    @property
+    def key(self) -> str:
+        return member_key(self.cfg)
+
+    @property
+    def per_epoch(self) -> bool:
+        """The student's own classifier is scored every epoch: RepDistiller reports the last epoch,
+        mdistiller the best, so both are kept. Probes and k-NN score the final features only."""
+        return "classifier" in self.cfg["eval"] and self.student.fc is not None
+
+    def own_rng(self):
+        return self.rng.active() if self.rng is not None else contextlib.nullcontext()
+
+    def state(self, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
+        """`metrics`: what the epoch reported, so a driver that died before logging the last epoch
+        gets it from the checkpoint instead of a second evaluation."""
+        return {"student": self.student.state_dict(), "method": self.method.state_dict(),
+                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "epoch": epoch,
+                "best_classifier_top1": self.best, "wall_s": self.spent, "metrics": metrics}
+
+    def fail(self, why: str, epoch: int) -> None:
+        self.failed, self.failed_epoch = why, epoch
+
+    def report_failed(self) -> MemberReport:
+        return MemberReport({"epoch": self.failed_epoch or 0}, None, failed=self.failed,
+                            failed_epoch=self.failed_epoch)
+
+
+def member_key(cfg: dict) -> str:
+    return cfg.get("config_hash", "")
+
+
+def _charge(members: list[Member], seconds: float) -> None:
+    """Time the students shared (data, the teacher, the pack's epoch) goes to each in equal parts."""
+    for m in members:
+        m.spent += seconds / max(1, len(members))
+
+
 def fit(cfg: dict, report: Report, teacher_state: dict[str, torch.Tensor] | None = None,
         resume: dict[str, Any] | None = None, init_state: dict[str, torch.Tensor] | None = None) -> None:
-    """`teacher_state`: the frozen teacher's weights; `init_state`: weights to start the model from
-    (a teacher given as a checkpoint is evaluated from them)."""
-    t_start = time.perf_counter()
+    """One student (or teacher): `fit_pack` of one. `teacher_state`: the frozen teacher's weights;
+    `init_state`: weights to start the model from (a teacher given as a checkpoint is evaluated from
+    them). A non-finite loss raises NonFiniteLoss."""
+    key = member_key(cfg)
+
+    def one(epoch: int, out: dict[str, MemberReport]) -> None:
+        r = out[key]
+        if r.failed:
+            raise NonFiniteLoss(r.failed, r.failed_epoch)
+        report(r.metrics, r.state, r.final_model)
+
+    fit_pack([cfg], one, teacher_state, {key: resume} if resume is not None else None, init_state)
+
+
+def fit_pack(cfgs: list[dict], report: PackReport, teacher_state: dict[str, torch.Tensor] | None = None,
+             resumes: dict[str, dict[str, Any]] | None = None,
+             init_state: dict[str, torch.Tensor] | None = None) -> None:
+    """Train the students CFGS on one teacher forward per batch, reporting every student's epoch at
+    once. They share what `orchestrator.packing` groups them by: teacher, data, seed, batch size,
+    epochs, precision and batch composition; each keeps its own model, method, optimiser, RNG state,
+    checkpoint and failure. `resumes`: config hash -> the state to continue that student from."""
+    t0 = time.perf_counter()
+    lead = cfgs[0]
     # A trial uses the CPU share it asked for (Ray sets OMP_NUM_THREADS=1 in its workers otherwise).
-    torch.set_num_threads(max(1, int(cfg["resources"]["cpu"])))
-    device = pick_device(cfg)
-    seed = cfg["seed"]
+    torch.set_num_threads(max(1, int(lead["resources"]["cpu"])))
+    device = pick_device(lead)
+    seed = lead["seed"]
     seed_everything(seed)
-    deterministic = bool(cfg.get("deterministic"))
+    deterministic = bool(lead.get("deterministic"))
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
     torch.use_deterministic_algorithms(deterministic)  # set either way: a process may run several trials
     torch.backends.cudnn.benchmark = not deterministic
-    ds = cfg["dataset"]
+    ds = lead["dataset"]
     data = load_dataset(ds["name"], ds["root"], **{k: ds[k] for k in LOADER_ARGS if k in ds}).to(device)
+    teacher = None
+    if method_class(lead["method"]).needs_teacher:
+        if teacher_state is None:
+            raise RuntimeError(f"method {lead['method']!r} needs a teacher and the trial was given none")
+        teacher = load_teacher(lead, data, teacher_state, device)
+        # NHWC convolutions: tensor cores on CUDA, and measured faster on CPU too (oneDNN: +5% for
+        # resnet32x4->resnet8x4, +16% for resnet56->resnet20 on a 2-core machine).
+        teacher.to(memory_format=torch.channels_last)
+    # Data that streams from disk (ImageNet) decodes in worker processes: one core stays with the trial.
+    workers = max(0, int(lead["resources"]["cpu"]) - 1)
+    data.workers = workers
+    after_teacher = RngState(device) if len(cfgs) > 1 else None
+    resumes = resumes or {}
+    members = [_member(cfg, data, teacher, device, after_teacher, resumes.get(member_key(cfg)), init_state, workers)
+               for cfg in cfgs]
+    live = [m for m in members if not m.failed]
+    if len({m.start for m in live}) > 1:
+        raise ValueError("the students of a pack resume from different epochs: "
+                         + ", ".join(f"{m.cfg.get('name', m.key)} at {m.start}" for m in live))
+    start = live[0].start if live else 1
+    _charge(live, time.perf_counter() - t0)
+    sched_cfg = lead["train"]
+    epochs, batch = sched_cfg["epochs"], sched_cfg["batch_size"]
+    amp = amp_dtype(lead, device)
+    gen = torch.Generator(device=device)
+    for epoch in range(start, epochs + 1):
+        active = [m for m in members if not m.failed]
+        if not active:
+            break
+        maybe_fault(lead, epoch)
+        # The data order of epoch e is a function of (seed, e) alone, so a resumed trial replays it.
+        gen.manual_seed(seed * 1_000_003 + epoch)
+        lrs = [m.opt.param_groups[0]["lr"] for m in active]
+        t_epoch = time.perf_counter()
+        try:
+            trained = train_epoch(active, teacher, data, gen, batch, epoch, workers, amp)
+        except torch.cuda.OutOfMemoryError as e:
+            packed = f", {len(active)} students packed on one teacher" if len(active) > 1 else ""
+            raise RuntimeError(
+                f"GPU out of memory in trial {lead.get('name', '?')} at batch size {batch}"
+                f" ({device_name(lead)}, resources.gpu {lead['resources']['gpu']:g}{packed}): lower"
+                f" train.batch_size{', or pack fewer (pack: N)' if packed else ''}, or give each trial a"
+                " larger GPU share") from e
+        _charge([m for m in active if not m.failed], time.perf_counter() - t_epoch)
+        out: dict[str, MemberReport] = {}
+        for m, lr, metrics in zip(active, lrs, trained):
+            if m.failed:
+                continue
+            t_m = time.perf_counter()
+            with m.own_rng():
+                m.sched.step()
+                metrics["train/lr"] = lr
+                if epoch == epochs and m.cfg["train"].get("bn_recalibrate"):
+                    recalibrate_bn(m.student, data, batch, seed)
+                if epoch == start:
+                    metrics.update(m.pre)
+                if m.per_epoch:
+                    metrics["eval/classifier_top1"] = classifier_top1(m.student, data)
+                    m.best = max(m.best, metrics["eval/classifier_top1"])
+                if epoch == epochs:
+                    final = {k: v for k, v in m.cfg["eval"].items() if k != "classifier" or not m.per_epoch}
+                    metrics.update(evaluate(m.student, data, final, seed))
+                    if m.per_epoch:
+                        metrics["eval/classifier_top1_best"] = m.best
+            m.spent += time.perf_counter() - t_m
+            metrics["cost/wall_s"] = m.spent  # every epoch: a trial that dies still shows what it cost
+            out[m.key] = MemberReport({"epoch": epoch, **metrics}, m.state(epoch, metrics),
+                                      m.student.state_dict() if epoch == epochs else None)
+        out.update({m.key: m.report_failed() for m in members if m.failed})
+        report(epoch, out)
+    if start > epochs:
+        out = {m.key: m.report_failed() for m in members if m.failed}
+        for m in live:
+            r = m.resume
+            if r is not None and r.get("metrics") and r["epoch"] == epochs > 0:
+                # Resumed after its last epoch (the driver died before logging it): that epoch's report again.
+                out[m.key] = MemberReport({"epoch": epochs, **r["metrics"]}, r, m.student.state_dict())
+                continue
+            t_m = time.perf_counter()  # nothing to train (a given teacher): scored as it is
+            with m.own_rng():
+                final = evaluate(m.student, data, m.cfg["eval"], seed)
+            if "eval/classifier_top1" in final:
+                final["eval/classifier_top1_best"] = max(m.best, final["eval/classifier_top1"])
+            m.spent += time.perf_counter() - t_m
+            final["cost/wall_s"] = m.spent
+            out[m.key] = MemberReport({"epoch": epochs, **final}, m.state(epochs, final), m.student.state_dict())
+        report(epochs, out)
 
+
+def _member(cfg: dict, data: ImageData, teacher: Backbone | None, device: torch.device,
+            after_teacher: RngState | None, resume: dict[str, Any] | None,
+            init_state: dict[str, torch.Tensor] | None, workers: int) -> Member:
+    """A student, its method, optimiser and schedule, built as a trial of its own would build them: in
+    a pack, from the global RNG state the teacher's construction left."""
+    if after_teacher is not None:
+        after_teacher.restore()
     cls = method_class(cfg["method"])
     knobs = cls.Knobs.model_validate(cfg["knobs"])
-    teacher = None
-    if cls.needs_teacher:
-        if teacher_state is None:
-            raise RuntimeError(f"method {cfg['method']!r} needs a teacher and the trial was given none")
-        teacher = load_teacher(cfg, data, teacher_state, device)
     student = make_model(cfg["student"], data, with_head=cls.student_needs_head(knobs)).to(device)
-    amp = amp_dtype(cfg, device)
-    # NHWC convolutions: tensor cores on CUDA, and measured faster on CPU too (oneDNN: +5% for
-    # resnet32x4->resnet8x4, +16% for resnet56->resnet20 on this 2-core machine).
     student.to(memory_format=torch.channels_last)
-    if teacher is not None:
-        teacher.to(memory_format=torch.channels_last)
     if init_state is not None:
         student.load_state_dict(init_state)
     method = cls(knobs, model_info(student, data, cls.preact),
                  model_info(teacher, data, cls.preact) if teacher is not None else None,
-                 DataInfo(ds["name"], data.num_classes, data.num_train)).to(device)
-    # Data that streams from disk (ImageNet) decodes in worker processes: one core stays with the trial.
-    workers = max(0, int(cfg["resources"]["cpu"]) - 1)
-    data.workers = workers
-    ctx = Context(cfg, data, student, teacher, device, seed, cfg["train"]["batch_size"], workers)
+                 DataInfo(cfg["dataset"]["name"], data.num_classes, data.num_train)).to(device)
+    ctx = Context(cfg, data, student, teacher, device, cfg["seed"], cfg["train"]["batch_size"], workers)
     method.setup(ctx)
-
     sched_cfg = cfg["train"]
     params = [p for p in list(student.parameters()) + list(method.parameters()) if p.requires_grad]
     opt = torch.optim.SGD(params, lr=sched_cfg["lr"], momentum=sched_cfg["momentum"],
                           weight_decay=sched_cfg["weight_decay"])
-    sched = make_scheduler(opt, sched_cfg)
-
-    start, pre, best, spent = 1, {}, 0.0, 0.0
-    if resume is not None:
+    m = Member(cfg, student, method, opt, make_scheduler(opt, sched_cfg), resume=resume)
+    if resume is not None and resume.get("failed"):
+        m.fail(resume["failed"], resume.get("epoch", 0))  # deterministic: it would fail again
+    elif resume is not None:
         student.load_state_dict(resume["student"])
         method.load_state_dict(resume["method"])
         opt.load_state_dict(resume["optimizer"])
-        sched.load_state_dict(resume["scheduler"])
-        start, best = resume["epoch"] + 1, resume.get("best_classifier_top1", 0.0)
-        spent = resume.get("wall_s", 0.0)
+        m.sched.load_state_dict(resume["scheduler"])
+        m.start, m.best, m.spent = resume["epoch"] + 1, resume.get("best_classifier_top1", 0.0), resume.get("wall_s", 0.0)
     else:
-        pre = {f"pretrain/{k}": v for k, v in method.pretrain(ctx).items()}
-    # The student's own classifier is scored every epoch: RepDistiller reports the last epoch,
-    # mdistiller the best, so both are kept. Probes and k-NN score the final features only.
-    per_epoch = "classifier" in cfg["eval"] and student.fc is not None
-    final_protocols = {k: v for k, v in cfg["eval"].items() if k != "classifier" or not per_epoch}
-
-    def state(epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
-        """`metrics`: what the epoch reported, so a driver that died before logging the last epoch
-        gets it from the checkpoint instead of a second evaluation."""
-        return {"student": student.state_dict(), "method": method.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "epoch": epoch, "best_classifier_top1": best,
-                "wall_s": wall(), "metrics": metrics}
-
-    def wall() -> float:
-        """Seconds this trial has run, over every resume: what a cell costs."""
-        return spent + time.perf_counter() - t_start
-
-    epochs = sched_cfg["epochs"]
-    gen = torch.Generator(device=device)
-    for epoch in range(start, epochs + 1):
-        maybe_fault(cfg, epoch)
-        # The data order of epoch e is a function of (seed, e) alone, so a resumed trial replays it.
-        gen.manual_seed(seed * 1_000_003 + epoch)
-        lr = opt.param_groups[0]["lr"]
-        try:
-            metrics = train_epoch(student, teacher, method, data, opt, gen, sched_cfg["batch_size"], epoch, workers,
-                                  amp)
-        except torch.cuda.OutOfMemoryError as e:
-            raise RuntimeError(
-                f"GPU out of memory in trial {cfg.get('name', '?')} at batch size {sched_cfg['batch_size']}"
-                f" ({device_name(cfg)}, resources.gpu {cfg['resources']['gpu']:g}): lower train.batch_size,"
-                " or give each trial a larger GPU share") from e
-        sched.step()
-        metrics["train/lr"] = lr
-        if epoch == epochs and sched_cfg.get("bn_recalibrate"):
-            recalibrate_bn(student, data, sched_cfg["batch_size"], seed)
-        if epoch == start:
-            metrics.update(pre)
-        if per_epoch:
-            metrics["eval/classifier_top1"] = classifier_top1(student, data)
-            best = max(best, metrics["eval/classifier_top1"])
-        if epoch == epochs:
-            metrics.update(evaluate(student, data, final_protocols, seed))
-            if per_epoch:
-                metrics["eval/classifier_top1_best"] = best
-        metrics["cost/wall_s"] = wall()  # every epoch: a trial that dies still shows what it cost
-        report({"epoch": epoch, **metrics}, state(epoch, metrics), student.state_dict() if epoch == epochs else None)
-    if start > epochs and resume is not None and resume.get("metrics") and resume["epoch"] == epochs > 0:
-        # Resumed after its last epoch (the driver died before logging it): that epoch's report again.
-        report({"epoch": epochs, **resume["metrics"]}, resume, student.state_dict())
-    elif start > epochs:  # nothing to train (a given teacher)
-        final = evaluate(student, data, cfg["eval"], seed)
-        if "eval/classifier_top1" in final:
-            final["eval/classifier_top1_best"] = max(best, final["eval/classifier_top1"])
-        final["cost/wall_s"] = wall()
-        report({"epoch": epochs, **final}, state(epochs, final), student.state_dict())
+        m.pre = {f"pretrain/{k}": v for k, v in method.pretrain(ctx).items()}
+    if after_teacher is not None:
+        m.rng = RngState(device)
+    return m
 
 
 def make_scheduler(opt: torch.optim.Optimizer, sched_cfg: dict) -> torch.optim.lr_scheduler.LRScheduler:
@@ -278,113 +425,91 @@ def recalibrate_bn(model: Backbone, data: ImageData, batch_size: int, seed: int 
     return len(bns)
 
 
-def train_epoch(student: Backbone, teacher: Backbone | None, method: Method, data: ImageData,
-                opt: torch.optim.Optimizer, gen: torch.Generator, batch_size: int, epoch: int,
-                workers: int = 0, amp: torch.dtype | None = None) -> dict[str, float]:
-    """One pass over the training set. `amp`: the autocast dtype of the forward passes and the loss
-    (bf16), or None for fp32; the backward pass and the optimiser step stay in the weights' fp32."""
-    student.train()
-    method.train()
-    sums: dict[str, torch.Tensor] = {}
-    seen, steps = 0, 0
-    t0 = time.perf_counter()
-    maps, preact = method.needs_maps, method.preact
-
-    def run_student(x: torch.Tensor) -> Output:
-        return student(x, with_maps=maps, preact=preact)
+def train_epoch(members: list[Member], teacher: Backbone | None, data: ImageData, gen: torch.Generator,
+                batch_size: int, epoch: int, workers: int = 0, amp: torch.dtype | None = None
+                ) -> list[dict[str, float]]:
+    """One pass over the training set for every student of MEMBERS (their metrics, in order), with one
+    teacher forward per batch. `amp`: the autocast dtype of the forward passes and the loss (bf16),
+    or None for fp32; the backward pass and the optimiser step stay in the weights' fp32. A student
+    whose loss is not finite is failed there and trains no further; the others go on."""
+    for m in members:
+        m.student.train()
+        m.method.train()
+    # The students share the teacher's output: maps when any of them reads maps (grouping keeps the
+    # pre-activation choice equal), and one batch composition (the first student's `batch_indices`).
+    maps = any(m.method.needs_maps for m in members)
+    preact = next((m.method.preact for m in members if m.method.needs_maps), False)
 
     def run_teacher(x: torch.Tensor) -> Output:
         with torch.no_grad():
             return teacher(x, with_maps=maps, preact=preact)
 
-    device = next(student.parameters()).device
-    order = [method.batch_indices(sampled, gen) for sampled in train_batches(data.num_train, batch_size, gen)]
+    sums: list[dict[str, torch.Tensor]] = [{} for _ in members]
+    steps = [0] * len(members)
+    seen = 0
+    t0 = time.perf_counter()
+    device = next(members[0].student.parameters()).device
+    lead = members[0].method
+    order = [lead.batch_indices(sampled, gen) for sampled in train_batches(data.num_train, batch_size, gen)]
+    autocast = functools.partial(torch.autocast, device.type, dtype=amp or torch.bfloat16, enabled=amp is not None)
     for idx, x, y in data.epoch(order, gen, workers):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
-            step = Step(x, y, idx, run_student(x), run_teacher(x) if teacher is not None else None,
-                        run_student, run_teacher if teacher is not None else None, epoch)
-            terms = {k: v.float() for k, v in method(step).items()}
-        loss = sum(terms.values())
-        if not torch.isfinite(loss):
-            bad = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-            raise NonFiniteLoss(f"loss is not finite at epoch {epoch}, step {steps + 1} ({bad})", epoch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        for k, v in terms.items():
-            sums[k] = sums.get(k, 0.0) + v.detach()
-        sums["loss"] = sums.get("loss", 0.0) + loss.detach()
+        with autocast():
+            t_out = run_teacher(x) if teacher is not None else None
+        live = 0
+        for i, m in enumerate(members):
+            if m.failed:
+                continue
+            with m.own_rng():
+                terms, finite = _step(m, x, y, idx, t_out, run_teacher if teacher is not None else None, epoch,
+                                      autocast)
+            if not finite:
+                bad = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items() if k != "loss")
+                m.fail(f"loss is not finite at epoch {epoch}, step {steps[i] + 1} ({bad})", epoch)
+                continue
+            for k, v in terms.items():
+                sums[i][k] = sums[i].get(k, 0.0) + v
+            steps[i] += 1
+            live += 1
+        if not live:
+            break
         seen += len(idx)
-        steps += 1
     elapsed = time.perf_counter() - t0
-    out = {f"train/{k}": float(v) / max(steps, 1) for k, v in sums.items()}
-    out["train/images_per_s"] = seen / elapsed if elapsed > 0 else 0.0
-    out["train/epoch_s"] = elapsed
+    out = []
+    for i in range(len(members)):
+        metrics = {f"train/{k}": float(v) / max(steps[i], 1) for k, v in sums[i].items()}
+        metrics["train/images_per_s"] = seen / elapsed if elapsed > 0 else 0.0
+        metrics["train/epoch_s"] = elapsed
+        out.append(metrics)
     return out
+
+
+def _step(m: Member, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, t_out: Output | None,
+          run_teacher: Callable[[torch.Tensor], Output] | None, epoch: int, autocast
+          ) -> tuple[dict[str, torch.Tensor], bool]:
+    """One optimiser step of one student: its detached terms and total, and whether the loss was finite
+    (when not, no step is taken)."""
+    needs_maps, preact = m.method.needs_maps, m.method.preact
+
+    def run_student(x: torch.Tensor) -> Output:
+        return m.student(x, with_maps=needs_maps, preact=preact)
+
+    with autocast():
+        step = Step(x, y, idx, run_student(x), t_out, run_student, run_teacher, epoch)
+        terms = {k: v.float() for k, v in m.method(step).items()}
+    loss = sum(terms.values())
+    out = {**{k: v.detach() for k, v in terms.items()}, "loss": loss.detach()}
+    if not torch.isfinite(loss):
+        return out, False
+    m.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    m.opt.step()
+    return out, True
 
 
 def device_name(cfg: dict) -> str:
     if pick_device(cfg).type == "cuda":
         return torch.cuda.get_device_name()
     return f"cpu ({torch.get_num_threads()} threads)"
-
-
-# --- Ray Tune adapter ---------------------------------------------------------------------------
-
-FAILED = "kd_failed"  # a result key: the trial failed for good (the value says why)
-REUSED = "kd_reused"  # a result key: an earlier run (the value) finished this very config
-
-
-def tune_trainable(config: dict, teachers: dict[str, dict[str, torch.Tensor]] | None = None,
-                   finished: dict[str, tuple[str, dict[str, float]]] | None = None) -> None:
-    """`finished`: config hash -> (run id, final metrics) of trials that earlier sweeps finished. A
-    search samples its configs here, so only here can it see that one of them was run before."""
-    import ray
-    from ray import tune
-
-    from orchestrator.trials import materialize
-
-    cfg = materialize(config)
-    logging.getLogger("ray").setLevel(logging.WARNING)  # one INFO line per checkpoint otherwise
-    resume = None
-    # Tune's own checkpoint (a retry in this sweep) is the newest; else the one an earlier, killed
-    # driver left (`kd-sweep run` found it on the storage and named it in the config).
-    ckpt = tune.get_checkpoint()
-    if ckpt is None and cfg.get("resume_from"):
-        ckpt = tune.Checkpoint(cfg["resume_from"])
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            resume = torch.load(os.path.join(d, "state.pt"), weights_only=True, map_location="cpu")
-
-    node = ray.get_runtime_context().get_node_id()
-
-    def report(metrics: dict[str, float], state: dict[str, Any], final_model: dict | None) -> None:
-        metrics = {**metrics, "device": device_name(cfg), "node": node}
-        with tempfile.TemporaryDirectory() as d:
-            torch.save(state, os.path.join(d, "state.pt"))
-            with open(os.path.join(d, "epoch.json"), "w") as f:  # read by a resuming driver
-                json.dump({"epoch": state["epoch"], "config_hash": cfg["config_hash"]}, f)
-            if final_model is not None:
-                torch.save(final_model, os.path.join(d, "model.pt"))
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
-
-    if finished and cfg["config_hash"] in finished:
-        run_id, metrics = finished[cfg["config_hash"]]
-        tune.report({**metrics, "epoch": cfg["train"]["epochs"], REUSED: run_id})
-        return
-    teachers = teachers or {}
-
-    def weights(key: str) -> dict[str, torch.Tensor]:
-        w = teachers[key]  # an object ref per teacher: a trial fetches only the one it uses
-        return ray.get(w) if isinstance(w, ray.ObjectRef) else w
-
-    teacher_state = weights(cfg["teacher"]["hash"]) if cfg.get("teacher") else None
-    init_state = weights(cfg["init"]) if cfg.get("init") else None
-    try:
-        fit(cfg, report, teacher_state, resume, init_state)
-    except NonFiniteLoss as e:
-        # Not raised: Tune would retry it max_failures times, and it would diverge again each time.
-        tune.report({FAILED: str(e), "epoch": e.epoch or 0, "device": device_name(cfg), "node": node})

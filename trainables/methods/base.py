@@ -99,6 +99,12 @@ class Method(nn.Module):
         """A stage before distillation; runs once (not again after a resume). Returns its metrics."""
         return {}
 
+    @classmethod
+    def batch_key(cls, knobs: Knobs) -> object:
+        """What, besides the sampled indices, decides `batch_indices` (None: nothing). Students whose
+        methods give equal keys see the same batches and may share a teacher forward (packing)."""
+        return None
+
     def batch_indices(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """The dataset indices that make up a step's batch, given the step's sampled indices."""
         return idx

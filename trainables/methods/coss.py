@@ -81,6 +81,10 @@ class CoSS(Method):
             key = f"{ctx.cfg['teacher']['hash']}_{fingerprint}"
             self.pools = neighbour_pools(ctx.teacher, ctx.data, self.knobs.k_pool, key).to(ctx.device)
 
+    @classmethod
+    def batch_key(cls, knobs: CoSSKnobs) -> object:
+        return {"k": knobs.k, "k_pool": knobs.k_pool} if knobs.k > 0 else None
+
     def batch_indices(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         if self.pools is None:
             return idx
