@@ -125,6 +125,32 @@ def orchestration(root: str, device: str, cpus: int, echo) -> tuple[float, float
     return wall, own
 
 
+def packing_cost(root: str, device: str, cpus: int, steps: int, lambdas=(0.25, 0.5, 1.0, 2.0)
+                 ) -> tuple[float, float, float, float]:
+    """(epoch seconds of the λ grid as separate trials, summed; of the same grid packed; whole-trial
+    seconds apart; packed): resnet32x4->resnet8x4, CoSS, the second of two epochs of `steps` batches."""
+    from trainables.models import build_model
+    from trainables.trial import fit, fit_pack
+
+    from .runner import preflight
+    from .spec import Sweep
+
+    raw = {**_sweep(root, "resnet32x4", "resnet8x4", steps * BATCH, 2, device, cpus), "grid": {"lambda": list(lambdas)}}
+    cfgs = preflight(Sweep.model_validate(raw), "bench", root).students
+    t_state = build_model("resnet32x4", 100, 3, 32).state_dict()
+    apart_epoch = apart_wall = 0.0
+    for cfg in cfgs:
+        epochs: list[float] = []
+        t0 = time.perf_counter()
+        fit(cfg, lambda m, s, f: epochs.append(m["train/epoch_s"]), t_state)
+        apart_wall += time.perf_counter() - t0
+        apart_epoch += epochs[-1]
+    epochs = []
+    t0 = time.perf_counter()
+    fit_pack(cfgs, lambda e, out: epochs.append(next(iter(out.values())).metrics["train/epoch_s"]), t_state)
+    return apart_epoch, epochs[-1], apart_wall, time.perf_counter() - t0
+
+
 def faiss_time(n: int, dim: int = 2048, k: int = 31) -> float:
     from trainables.neighbours import knn_indices
 
@@ -159,6 +185,17 @@ def run_bench(echo, plain_loop: Path | None = None, steps: int = 10, faiss_n: in
                 echo(f"  {teacher}->{student}: kd-sweep {ours:.1f} images/s, plain_loop {plain:.1f} images/s,"
                      f" ratio {ours / plain:.2f}x; {fl / 1e9:.2f} GFLOP/image, {ours * fl / peak:.0%} of the"
                      " matmul peak")
+                if teacher == "resnet32x4":
+                    rate32 = ours
+            apart, packed, apart_wall, packed_wall = packing_cost(root, device, cpus, steps)
+            echo(f"  packed 4-student λ grid (resnet32x4->resnet8x4, one teacher forward a batch): an epoch costs"
+                 f" {packed / apart:.2f}x the 4 separate trials' ({packed:.1f} s against {apart:.1f} s); whole"
+                 f" trials with set-up and evaluation {packed_wall / apart_wall:.2f}x ({packed_wall:.0f} s against"
+                 f" {apart_wall:.0f} s)")
+            images = 24 * 240 * 50_000  # CoSS supp. Table 3 at CRD's schedule: 24 trials x 240 epochs x 50k
+            echo(f"  CoSS Table 3 (24 trials x 240 epochs x 50k images) projected on this {device}:"
+                 f" {images / rate32 / 3600:.1f} h as separate trials, {images / rate32 * packed / apart / 3600:.1f} h"
+                 " packed by 4")
         if not script.is_file():
             echo(f"  (plain_loop.py not found at {script}: give --plain-loop PATH)")
         echo("\n[orchestration] a one-trial sweep through `kd-sweep run` (Ray start, Tune, MLflow) against"
@@ -172,4 +209,3 @@ def run_bench(echo, plain_loop: Path | None = None, steps: int = 10, faiss_n: in
     scale = "" if n == 50_000 else f"; 50k x 2048 by the n^2 law: ~{t * (50_000 / n) ** 2:.0f} s"
     echo(f"\n[faiss] exact k-NN, k 31, {n} x 2048 on {'GPU' if torch.cuda.is_available() else 'CPU'}:"
          f" {t:.1f} s{scale}")
-    echo("\n[packing] one teacher forward for several students: not built yet (#7), so no ratio")
