@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -273,23 +274,37 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
     base = os.path.dirname(os.path.abspath(file))
     plan = preflight(sweep, file, base)
     storage_path = resolve_path(storage or sweep.storage or "ray_results", None)
-    store = Store(tracking_uri)
     progress = Progress(out)
-    exp_id = store.experiment(sweep.name)
     raw = sweep.model_dump(mode="json", by_alias=True)
     # Packing changes no number and a resumed student finds its state in any checkpoint layout.
     key = sweep_key({k: v for k, v in raw.items() if k != "pack"}, smoke)
-    earlier = None if rerun else store.find_resumable(exp_id, key)
-    if resume and earlier is None:
-        raise RunError(f"nothing to resume: no run of sweep {sweep.name!r} (as this file resolves now) stopped"
-                       f" before its end in {tracking_uri}; `kd-sweep status {sweep.name}` shows its latest run")
-    if earlier is not None and (pid := driver_alive(earlier.data.tags.get(DRIVER_TAG))):
-        raise RunError(f"this sweep is being run by process {pid} (parent run {earlier.info.run_id}); wait for"
-                       " it, or stop it and run again to continue")
-    _init_ray(address, sweep, file)
-    check_storage(storage_path, file)
+
+    def look():
+        """MLflow's first touch (the client and its schema check: over a second on a new store) runs
+        beside Ray's start-up (~3 s). It only reads: nothing is logged until both are up."""
+        store = Store(tracking_uri)
+        exp = store.client.get_experiment_by_name(sweep.name)
+        found = None if rerun or exp is None else store.find_resumable(exp.experiment_id, key)
+        return store, (exp.experiment_id if exp else None), found
+
+    with ThreadPoolExecutor(1) as pool:
+        looked = pool.submit(look)
+        _init_ray(address, sweep, file)
+        store, exp_id, earlier = looked.result()
     import ray
 
+    try:
+        if resume and earlier is None:
+            raise RunError(f"nothing to resume: no run of sweep {sweep.name!r} (as this file resolves now) stopped"
+                           f" before its end in {tracking_uri}; `kd-sweep status {sweep.name}` shows its latest run")
+        if earlier is not None and (pid := driver_alive(earlier.data.tags.get(DRIVER_TAG))):
+            raise RunError(f"this sweep is being run by process {pid} (parent run {earlier.info.run_id}); wait"
+                           " for it, or stop it and run again to continue")
+    except RunError:
+        ray.shutdown()
+        raise
+    exp_id = exp_id or store.experiment(sweep.name)
+    check_storage(storage_path, file)
     smoke_tag = {"kd.smoke": str(smoke).lower()}
     if earlier is not None:
         parent = earlier.info.run_id

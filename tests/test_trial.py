@@ -233,3 +233,16 @@ def test_bf16_autocasts_the_step_and_scores_like_fp32(plan):
         assert all(v.dtype == torch.float32 for v in got["model"].values() if v.is_floating_point())
         scores[precision] = got["metrics"][-1]["eval/knn_top1"]
     assert abs(scores["bf16"] - scores["fp32"]) < 3.0, scores  # 359 test digits: 3 points is ~11 images
+
+
+def test_a_fractional_gpu_trial_is_held_to_its_share_of_the_memory(monkeypatch):
+    from trainables.trial import limit_gpu_memory
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d: calls.append((f, d)))
+    cuda = torch.device("cuda")
+    assert limit_gpu_memory({"resources": {"gpu": 0.25}}, cuda) == 0.25
+    assert limit_gpu_memory({"resources": {"gpu": 1}}, cuda) is None  # whole: the cap is lifted again
+    assert limit_gpu_memory({"resources": {"gpu": 2}}, cuda) is None
+    assert limit_gpu_memory({"resources": {"gpu": 0}}, torch.device("cpu")) is None
+    assert calls == [(0.25, cuda), (1.0, cuda), (1.0, cuda)]

@@ -82,6 +82,17 @@ def pick_device(cfg: dict) -> torch.device:
     return torch.device("cpu")
 
 
+def limit_gpu_memory(cfg: dict, device: torch.device) -> float | None:
+    """A trial with a fraction of a GPU (`gpu: 0.25`) may allocate that fraction of its memory and no
+    more, so the trials sharing the GPU cannot starve one another: an overrun is an OOM in the trial
+    that overran. Returns the fraction set (None on CPU or a whole GPU; a reused actor resets it)."""
+    if device.type != "cuda":
+        return None
+    share = min(1.0, float(cfg["resources"]["gpu"]))
+    torch.cuda.set_per_process_memory_fraction(share, device)
+    return share if share < 1 else None
+
+
 def make_model(spec: dict, data: ImageData, with_head: bool) -> Backbone:
     with_head = with_head and spec.get("head", True)  # `head: False`: a teacher given without classifier
     return build_model(spec["model"], num_classes=data.num_classes if with_head else 0,
@@ -256,6 +267,7 @@ def fit_pack(cfgs: list[dict], report: PackReport, teacher_state: dict[str, torc
     # A trial uses the CPU share it asked for (Ray sets OMP_NUM_THREADS=1 in its workers otherwise).
     torch.set_num_threads(max(1, int(lead["resources"]["cpu"])))
     device = pick_device(lead)
+    limit_gpu_memory(lead, device)
     seed = lead["seed"]
     seed_everything(seed)
     deterministic = bool(lead.get("deterministic"))
