@@ -27,15 +27,17 @@ def default_plain_loop() -> Path:
     return Path(__file__).resolve().parents[1].parent / "shared" / "bench" / "plain_loop.py"
 
 
-def _sweep(root: str, teacher: str, student: str, images: int, epochs: int, device: str, cpus: int) -> dict:
+def _sweep(root: str, teacher: str, student: str, images: int, epochs: int, device: str, cpus: int,
+           gpu: float = 1.0) -> dict:
     return {"name": "bench", "dataset": {"name": "cifar100", "root": root, "verify_checksum": False,
                                          "max_train": images, "max_test": 128},
             "pairs": [{"teacher": teacher, "student": student}], "setting": "unsupervised", "method": "coss",
             "seeds": [0], "train": {"epochs": epochs, "batch_size": BATCH, "lr": 0.05, "milestones": []},
-            "eval": {"knn": {"k": 10}}, "resources": {"cpu": cpus, "gpu": 1 if device == "cuda" else 0}}
+            "eval": {"knn": {"k": 10}}, "resources": {"cpu": cpus, "gpu": gpu if device == "cuda" else 0}}
 
 
-def trainable_rate(root: str, teacher: str, student: str, steps: int, device: str, cpus: int) -> float:
+def trainable_rate(root: str, teacher: str, student: str, steps: int, device: str, cpus: int,
+                   gpu: float = 1.0) -> float:
     """Images/s of kd-sweep's training loop (CoSS, the same loss as plain_loop.py), over the second of
     two epochs of `steps` batches: the first is the warm-up."""
     from trainables.models import build_model
@@ -44,7 +46,7 @@ def trainable_rate(root: str, teacher: str, student: str, steps: int, device: st
     from .runner import preflight
     from .spec import Sweep
 
-    sweep = Sweep.model_validate(_sweep(root, teacher, student, steps * BATCH, 2, device, cpus))
+    sweep = Sweep.model_validate(_sweep(root, teacher, student, steps * BATCH, 2, device, cpus, gpu))
     plan = preflight(sweep, "bench", root)
     cfg = plan.students[0]
     t_state = build_model(teacher, 100, 3, 32).state_dict()
@@ -125,6 +127,26 @@ def orchestration(root: str, device: str, cpus: int, echo) -> tuple[float, float
     return wall, own
 
 
+def shared_device_rates(root: str, device: str, cpus: int, steps: int, trials: int) -> float:
+    """Summed images/s of TRIALS resnet56->resnet20 trials run at once on one device, each a process
+    with resources gpu 1/TRIALS (so each is held to its share of GPU memory) and cpus/TRIALS threads,
+    as Ray runs `gpu: 0.25` trials."""
+    threads = max(1, cpus // trials)
+    code = ("import sys; from orchestrator.bench import trainable_rate;"
+            f" print('rate', trainable_rate({root!r}, 'resnet56', 'resnet20', {steps}, {device!r}, {threads},"
+            f" {1 / trials}))")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(trials)]
+    total = 0.0
+    for p in procs:
+        out, err = p.communicate(timeout=3600)
+        m = re.search(r"^rate ([\d.]+)", out, re.M)
+        if p.returncode != 0 or not m:
+            raise RuntimeError(f"a shared-device trial failed: {out[-300:]} {err[-800:]}")
+        total += float(m.group(1))
+    return total
+
+
 def packing_cost(root: str, device: str, cpus: int, steps: int, lambdas=(0.25, 0.5, 1.0, 2.0)
                  ) -> tuple[float, float, float, float]:
     """(epoch seconds of the λ grid as separate trials, summed; of the same grid packed; whole-trial
@@ -192,6 +214,11 @@ def run_bench(echo, plain_loop: Path | None = None, steps: int = 10, faiss_n: in
                  f" {packed / apart:.2f}x the 4 separate trials' ({packed:.1f} s against {apart:.1f} s); whole"
                  f" trials with set-up and evaluation {packed_wall / apart_wall:.2f}x ({packed_wall:.0f} s against"
                  f" {apart_wall:.0f} s)")
+            shares = (1, 2, 4, 8) if device == "cuda" else (1, 2)
+            rates = {k: shared_device_rates(root, device, cpus, steps, k) for k in shares}
+            per_trial = 240 * 50_000  # a CRD-schedule CIFAR trial
+            echo(f"  trials sharing one {device} (resnet56->resnet20, gpu 1/n each): " + ", ".join(
+                 f"{k}: {r:.0f} images/s = {r * 3600 / per_trial:.2f} trials/{device}-hour" for k, r in rates.items()))
             images = 24 * 240 * 50_000  # CoSS supp. Table 3 at CRD's schedule: 24 trials x 240 epochs x 50k
             echo(f"  CoSS Table 3 (24 trials x 240 epochs x 50k images) projected on this {device}:"
                  f" {images / rate32 / 3600:.1f} h as separate trials, {images / rate32 * packed / apart / 3600:.1f} h"

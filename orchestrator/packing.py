@@ -36,7 +36,7 @@ def pack_key(cfg: dict) -> str | None:
     return digest({
         "teacher": cfg["teacher"], "dataset": cfg["dataset"], "seed": cfg["seed"],
         "batch_size": cfg["train"]["batch_size"], "epochs": cfg["train"]["epochs"],
-        "precision": cfg.get("precision"), "deterministic": cfg.get("deterministic"),
+        "precision": cfg.get("precision"), "deterministic": cfg.get("deterministic"), "compile": cfg.get("compile"),
         "resources": cfg["resources"], "preact": cls.preact if cls.needs_maps else None,
         "batches": cls.batch_key(knobs),
         # Students an earlier driver left mid-way resume together, from one checkpoint.

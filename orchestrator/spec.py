@@ -299,6 +299,8 @@ class Sweep(Strict):
     deterministic: bool = False
     # auto: bf16 autocast on CUDA, fp32 on CPU; bf16 or fp32 to force one.
     precision: Literal["auto", "bf16", "fp32"] = "auto"
+    # torch.compile the teacher and students (minutes of compiling per trial: pays on long GPU trials).
+    compile: bool = False
     max_failures: int = Field(2, ge=0)
     # Students that share a teacher forward train in one trial, each still its own run (orchestrator/
     # packing.py): auto (fill the trial slots, then as many as fit in memory), off, or at most N a trial.

@@ -51,9 +51,14 @@ def _precision(sweep: Sweep) -> dict:
     return {} if sweep.precision == "auto" else {"precision": sweep.precision}
 
 
+def _compile(sweep: Sweep) -> dict:
+    return {"compile": True} if sweep.compile else {}
+
+
 def _hash(cfg: dict) -> str:
-    """Everything that decides the result; not where files lie, the sweep's name or the resources."""
-    skip = ("sweep", "resources", "name", "config_hash", "labels", "init")
+    """Everything that decides the result; not where files lie, the sweep's name, the resources or
+    whether the models are compiled (the same arithmetic, fused: equal within float rounding)."""
+    skip = ("sweep", "resources", "name", "config_hash", "labels", "init", "compile")
     keep = {k: v for k, v in cfg.items() if k not in skip}
     keep["dataset"] = {k: v for k, v in cfg["dataset"].items() if k not in ("root", "download")}
     keep["result_version"] = RESULT_VERSION
@@ -80,7 +85,7 @@ def teacher_trial(sweep: Sweep, spec: TeacherSpec, dataset: dict, checkpoint_dig
         "role": "teacher", "sweep": sweep.name, "dataset": dataset, "student": model,
         "teacher": None, "method": sweep.teacher_method, "knobs": trainer.Knobs().model_dump(by_alias=True),
         "train": sweep.teacher_schedule.model_dump(), "eval": _eval(sweep, with_classifier=True),
-        "seed": TEACHER_SEED, "weights_hash": weights_hash, "deterministic": sweep.deterministic,
+        "seed": TEACHER_SEED, "weights_hash": weights_hash, "deterministic": sweep.deterministic, **_compile(sweep),
         "resources": sweep.resources.model_dump(), **_precision(sweep),
     }
     cfg["config_hash"] = _hash(cfg)
@@ -136,6 +141,7 @@ def _student(sweep: Sweep, pair: Pair, dataset: dict, method: str, knobs: dict, 
         "method": method, "knobs": knobs, "train": sweep.train.model_dump(),
         "eval": _eval(sweep, with_classifier=role == "scratch"), "seed": seed,
         "deterministic": sweep.deterministic, "resources": sweep.resources.model_dump(), **_precision(sweep),
+        **_compile(sweep),
     }
     cfg["config_hash"] = _hash(cfg)
     cfg["labels"] = {"teacher": pair.teacher.label if teacher_hash else "", "student": pair.student.label,

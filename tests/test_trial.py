@@ -246,3 +246,22 @@ def test_a_fractional_gpu_trial_is_held_to_its_share_of_the_memory(monkeypatch):
     assert limit_gpu_memory({"resources": {"gpu": 2}}, cuda) is None
     assert limit_gpu_memory({"resources": {"gpu": 0}}, torch.device("cpu")) is None
     assert calls == [(0.25, cuda), (1.0, cuda), (1.0, cuda)]
+
+
+def test_compile_runs_the_models_through_torch_compile_with_the_same_numbers(plan):
+    import torch._dynamo
+
+    base = copy.deepcopy(plan.teachers[0])
+    base["train"] = {**base["train"], "epochs": 1}
+    base["eval"] = {"classifier": {}}
+    plain, rep = collect()
+    fit(base, rep)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled, rep = collect()
+    fit({**base, "compile": True}, rep)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the forward really was compiled
+    (a,), (b,) = plain["metrics"], compiled["metrics"]
+    for k in ("train/loss", "eval/classifier_top1"):
+        assert b[k] == pytest.approx(a[k], rel=1e-3, abs=0.5), k
+    assert set(compiled["model"]) == set(plain["model"])  # no _orig_mod. prefixes in the weights

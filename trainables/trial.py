@@ -285,6 +285,8 @@ def fit_pack(cfgs: list[dict], report: PackReport, teacher_state: dict[str, torc
         # NHWC convolutions: tensor cores on CUDA, and measured faster on CPU too (oneDNN: +5% for
         # resnet32x4->resnet8x4, +16% for resnet56->resnet20 on a 2-core machine).
         teacher.to(memory_format=torch.channels_last)
+        if lead.get("compile"):
+            teacher.compile()  # in place: its state_dict keeps its keys
     # Data that streams from disk (ImageNet) decodes in worker processes: one core stays with the trial.
     workers = max(0, int(lead["resources"]["cpu"]) - 1)
     data.workers = workers
@@ -379,6 +381,8 @@ def _member(cfg: dict, data: ImageData, teacher: Backbone | None, device: torch.
     student.to(memory_format=torch.channels_last)
     if init_state is not None:
         student.load_state_dict(init_state)
+    if cfg.get("compile"):
+        student.compile()
     method = cls(knobs, model_info(student, data, cls.preact),
                  model_info(teacher, data, cls.preact) if teacher is not None else None,
                  DataInfo(cfg["dataset"]["name"], data.num_classes, data.num_train)).to(device)
