@@ -7,6 +7,7 @@ of a one-trial sweep (Ray, Tune, MLflow) against the trial's own time, and the f
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -100,31 +101,42 @@ def matmul_peak(device: str, n: int = 2048, reps: int = 10, tries: int = 5) -> f
     return best
 
 
-def orchestration(root: str, device: str, cpus: int, echo) -> tuple[float, float]:
-    """(sweep wall, trials' own time) of a one-student sweep with a teacher given as a file, through
-    the CLI as a user runs it: everything but the trials' own time is orchestration."""
-    from mlflow import MlflowClient
+BARE = """\
+import json, sys, torch
+from trainables.trial import fit
+teacher, student = json.load(open("configs.json"))
+state = torch.load("t.pth", weights_only=True)
+fit(teacher, lambda *a: None, init_state=state)
+fit(student, lambda *a: None, teacher_state=state)
+"""
 
+
+def orchestration(root: str, device: str, cpus: int) -> tuple[float, float]:
+    """(wall seconds of a one-student sweep through `kd-sweep run`, as a user runs it; of the bare
+    trainable: a process that imports kd-sweep's training loop and fits the same two trials, the
+    teacher's scoring and the student, with no Ray, Tune or MLflow). The difference is orchestration."""
     from trainables.models import build_model
+
+    from .runner import preflight
+    from .spec import Sweep
 
     with tempfile.TemporaryDirectory() as d:
         torch.save(build_model("resnet56", 100, 3, 32).state_dict(), os.path.join(d, "t.pth"))
         raw = _sweep(root, "resnet56", "resnet20", 64 * 40, 3, device, cpus)
         raw["pairs"][0]["teacher"] = {"model": "resnet56", "checkpoint": os.path.join(d, "t.pth")}
         Path(d, "s.yaml").write_text(yaml.safe_dump(raw))
+        plan = preflight(Sweep.model_validate(raw), "bench", d)
+        Path(d, "configs.json").write_text(json.dumps([plan.teachers[0], plan.students[0]]))
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{d}/mlflow.db"}
         env.pop("RAY_ADDRESS", None)
-        t0 = time.perf_counter()
-        res = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", "s.yaml"], cwd=d, env=env,
-                             capture_output=True, text=True, timeout=3600)
-        wall = time.perf_counter() - t0
-        if res.returncode != 0:
-            raise RuntimeError(f"the one-trial sweep failed: {res.stdout[-800:]} {res.stderr[-800:]}")
-        client = MlflowClient(env["MLFLOW_TRACKING_URI"])
-        exp = client.get_experiment_by_name("bench")
-        runs = client.search_runs([exp.experiment_id], "tags.`kd.role` != 'sweep'")
-        own = sum(r.data.metrics.get("cost/wall_s", 0.0) for r in runs)
-    return wall, own
+        walls = []
+        for cmd in (["-m", "orchestrator.cli", "run", "s.yaml"], ["-c", BARE]):
+            t0 = time.perf_counter()
+            res = subprocess.run([sys.executable, *cmd], cwd=d, env=env, capture_output=True, text=True, timeout=3600)
+            walls.append(time.perf_counter() - t0)
+            if res.returncode != 0:
+                raise RuntimeError(f"the one-trial sweep failed: {res.stdout[-800:]} {res.stderr[-800:]}")
+    return walls[0], walls[1]
 
 
 def shared_device_rates(root: str, device: str, cpus: int, steps: int, trials: int) -> float:
@@ -217,7 +229,7 @@ def run_bench(echo, plain_loop: Path | None = None, steps: int = 10, faiss_n: in
             shares = (1, 2, 4, 8) if device == "cuda" else (1, 2)
             rates = {k: shared_device_rates(root, device, cpus, steps, k) for k in shares}
             per_trial = 240 * 50_000  # a CRD-schedule CIFAR trial
-            echo(f"  trials sharing one {device} (resnet56->resnet20, gpu 1/n each): " + ", ".join(
+            echo(f"  n trials sharing one {device} (resnet56->resnet20; each gpu 1/n, cpus/n threads): " + ", ".join(
                  f"{k}: {r:.0f} images/s = {r * 3600 / per_trial:.2f} trials/{device}-hour" for k, r in rates.items()))
             images = 24 * 240 * 50_000  # CoSS supp. Table 3 at CRD's schedule: 24 trials x 240 epochs x 50k
             echo(f"  CoSS Table 3 (24 trials x 240 epochs x 50k images) projected on this {device}:"
@@ -225,12 +237,12 @@ def run_bench(echo, plain_loop: Path | None = None, steps: int = 10, faiss_n: in
                  " packed by 4")
         if not script.is_file():
             echo(f"  (plain_loop.py not found at {script}: give --plain-loop PATH)")
-        echo("\n[orchestration] a one-trial sweep through `kd-sweep run` (Ray start, Tune, MLflow) against"
-             " the trials' own time:")
-        wall, own = orchestration(root, devices[-1], cpus, echo)
-        over = wall - own
-        echo(f"  sweep {wall:.1f} s, trials {own:.1f} s, overhead {over:.1f} s = {over / 60:.0%} of a 60-second"
-             " trial (Ray's start-up is most of it, paid once per sweep)")
+        echo("\n[orchestration] a one-student sweep through `kd-sweep run` (Ray, Tune, MLflow) against the bare"
+             " trainable (a process fitting the same two trials):")
+        wall, bare = orchestration(root, devices[-1], cpus)
+        over = wall - bare
+        echo(f"  sweep {wall:.1f} s, bare {bare:.1f} s, overhead {over:.1f} s = {over / 60:.0%} of a 60-second"
+             " trial (paid once per sweep: Ray's start and stop, a trial actor's start, MLflow)")
     n = faiss_n or (50_000 if torch.cuda.is_available() else 10_000)
     t = faiss_time(n)
     scale = "" if n == 50_000 else f"; 50k x 2048 by the n^2 law: ~{t * (50_000 / n) ** 2:.0f} s"
