@@ -229,7 +229,7 @@ def run_bench(echo, plain_loop: Path | None = None, steps: int = 10, faiss_n: in
             shares = (1, 2, 4, 8) if device == "cuda" else (1, 2)
             rates = {k: shared_device_rates(root, device, cpus, steps, k) for k in shares}
             per_trial = 240 * 50_000  # a CRD-schedule CIFAR trial
-            echo(f"  n trials sharing one {device} (resnet56->resnet20; each gpu 1/n, cpus/n threads): " + ", ".join(
+            echo(f"  trials sharing one {device} (resnet56->resnet20, gpu 1/n each): " + ", ".join(
                  f"{k}: {r:.0f} images/s = {r * 3600 / per_trial:.2f} trials/{device}-hour" for k, r in rates.items()))
             images = 24 * 240 * 50_000  # CoSS supp. Table 3 at CRD's schedule: 24 trials x 240 epochs x 50k
             echo(f"  CoSS Table 3 (24 trials x 240 epochs x 50k images) projected on this {device}:"
