@@ -79,3 +79,24 @@ def dry_run(sweep: Sweep, file: str, tracking_uri: str) -> None:
     missing = len(plan.students) - reused - known
     print(f"{reused} finished earlier, {known} estimated at {total * share / 3600:.2f} {unit}-hours in all"
           + (f", {missing} without an estimate (no earlier run of their cells)" if missing else ""))
+    todo = [c for c in plan.students if c["config_hash"] not in done]
+    if todo and not sweep.scheduler and sweep.pack != "off":
+        print(packing_preview(sweep, todo))
+
+
+def packing_preview(sweep: Sweep, todo: list[dict]) -> str:
+    """How `pack` would group the trials to run on this machine (its CPUs, or its GPUs for a GPU sweep)."""
+    import torch
+
+    from . import packing
+
+    have = {"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()}
+    slots = packing.slots(have, sweep.resources.cpu, sweep.resources.gpu)
+    units = packing.plan(todo, sweep.pack, slots)
+    sizes = [len(u["pack"]) for u in units if "pack" in u]
+    if not sizes:
+        return f"pack: {sweep.pack}: no two of these students share a trial here ({slots} trial slot(s))"
+    return (f"pack: {sweep.pack}: here ({slots} trial slot(s)) the {len(todo)} students would run as {len(units)}"
+            f" trial(s), {len(sizes)} of them packs of {'/'.join(map(str, sizes))} sharing a teacher forward"
+            f"{' (before the memory check)' if sweep.pack == 'auto' else ''}")
+

@@ -255,3 +255,14 @@ def test_a_packed_sweep_logs_every_student_and_matches_the_same_sweep_unpacked(t
     for h, r in apart.items():
         for k in ("eval/knn_top1", "train/loss", "train/ss", "train/co"):
             assert packed[h].data.metrics[k] == pytest.approx(r.data.metrics[k], rel=1e-6), (h, k)
+
+
+def test_a_trial_finds_its_state_in_either_checkpoint_layout():
+    from trainables.tune_trial import member_state
+
+    single = {"epoch": 2, "student": {}}
+    pack = {"members": {"a": {"epoch": 2, "student": {}}, "b": {"failed": "loss is not finite", "epoch": 1}}}
+    assert member_state(single, {"config_hash": "a"}) is single
+    assert member_state(pack, {"config_hash": "a"}) is pack["members"]["a"]
+    assert member_state(pack, {"config_hash": "b"})["failed"] == "loss is not finite"
+    assert member_state(pack, {"config_hash": "c"}) is None  # not in that pack: it starts afresh
