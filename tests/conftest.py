@@ -23,3 +23,25 @@ def kd_sweep(*args: str, cwd: Path, timeout: int = 600, env: dict | None = None)
     env.pop("RAY_ADDRESS", None)
     return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def digits_coss_sweep(name: str, lambdas: str, epochs: int, pack="auto", seeds: str = "[0]") -> str:
+    """A CoSS lambda grid on digits with MLPs: seconds a trial, for the tests that run whole sweeps."""
+    return f"""\
+name: {name}
+dataset: {{name: digits}}
+pairs:
+  - teacher: {{model: mlp, hidden: [64]}}
+    student: {{model: mlp, hidden: [32]}}
+method: coss
+knobs: {{beta: 1.0}}
+grid:
+  lambda: {lambdas}
+seeds: {seeds}
+train: {{epochs: {epochs}, batch_size: 64, lr: 0.05, milestones: []}}
+teacher_train: {{epochs: 2, batch_size: 64, lr: 0.05, milestones: []}}
+eval:
+  knn: {{k: 10, temperature: 0.07}}
+resources: {{cpu: 1, gpu: 0}}
+pack: {pack}
+"""

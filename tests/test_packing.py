@@ -199,32 +199,12 @@ def test_checkpoints_of_packs_are_found_per_student(tmp_path):
     assert found["a"][1] == found["b"][1] and found["a"][1].endswith("checkpoint_000002")
 
 
-PACKED_SWEEP = """\
-name: packed
-dataset: {name: digits}
-pairs:
-  - teacher: {model: mlp, hidden: [64]}
-    student: {model: mlp, hidden: [32]}
-method: coss
-knobs: {beta: 1.0}
-grid:
-  lambda: [0.5, 1.0, 2.0]
-seeds: [0, 1]
-train: {epochs: 3, batch_size: 64, lr: 0.05, milestones: []}
-teacher_train: {epochs: 2, batch_size: 64, lr: 0.05, milestones: []}
-eval:
-  knn: {k: 10, temperature: 0.07}
-resources: {cpu: 1, gpu: 0}
-pack: 3
-"""
-
-
 def test_a_packed_sweep_logs_every_student_and_matches_the_same_sweep_unpacked(tmp_path):
     from mlflow import MlflowClient
 
-    from .conftest import kd_sweep
+    from .conftest import digits_coss_sweep, kd_sweep
 
-    (tmp_path / "s.yaml").write_text(PACKED_SWEEP)
+    (tmp_path / "s.yaml").write_text(digits_coss_sweep("packed", "[0.5, 1.0, 2.0]", 3, pack=3, seeds="[0, 1]"))
     res = kd_sweep("run", "s.yaml", cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "packed 6 students into 2 trial(s) of 3/3" in res.stdout

@@ -12,26 +12,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from .conftest import kd_sweep
-
-SWEEP = """\
-name: resilience
-dataset: {name: digits}
-pairs:
-  - teacher: {model: mlp, hidden: [64]}
-    student: {model: mlp, hidden: [32]}
-method: coss
-knobs: {beta: 1.0}
-grid:
-  lambda: %s
-seeds: [0]
-train: {epochs: %d, batch_size: 64, lr: 0.05, milestones: []}
-teacher_train: {epochs: 2, batch_size: 64, lr: 0.05, milestones: []}
-eval:
-  knn: {k: 10, temperature: 0.07}
-resources: {cpu: 1, gpu: 0}
-pack: %s
-"""
+from .conftest import digits_coss_sweep, kd_sweep
 
 
 def children(client: MlflowClient, parent: str) -> list:
@@ -51,7 +32,7 @@ def epochs_logged(client: MlflowClient, run_id: str) -> list[int]:
 @pytest.mark.parametrize("pack", ["off", 2])
 def test_killed_driver_resumes_and_a_second_run_links_every_trial(tmp_path, pack):
     """Packed (two packs of two students), every student resumes from its pack's checkpoint."""
-    (tmp_path / "s.yaml").write_text(SWEEP % ("[0, 0.25, 0.5, 1.0]", 8, pack))
+    (tmp_path / "s.yaml").write_text(digits_coss_sweep("resilience", "[0, 0.25, 0.5, 1.0]", 8, pack))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "KD_SWEEP_FAULT": "slow:0.4"}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -138,7 +119,7 @@ def test_killed_driver_resumes_and_a_second_run_links_every_trial(tmp_path, pack
 @pytest.mark.parametrize("pack", ["off", 2])
 def test_a_diverging_trial_fails_at_once_and_a_crashed_one_resumes_from_its_checkpoint(tmp_path, pack):
     """Packed, the diverging student fails alone and the crash retries the pack from its checkpoint."""
-    (tmp_path / "s.yaml").write_text(SWEEP % ("[1.0, 1.0e+30]", 3, pack))
+    (tmp_path / "s.yaml").write_text(digits_coss_sweep("resilience", "[1.0, 1.0e+30]", 3, pack))
     faults = tmp_path / "faults"
     res = kd_sweep("run", "s.yaml", cwd=tmp_path, env={"KD_SWEEP_FAULT": f"crash:2:{faults}"})
     assert res.returncode == 1, res.stdout + res.stderr
