@@ -8,3 +8,19 @@ from orchestrator.bench import flops_per_image
 @pytest.mark.parametrize("teacher,student,gflops", [("resnet32x4", "resnet8x4", 3.23), ("resnet56", "resnet20", 0.50)])
 def test_flops_per_image_match_the_reference_loop(teacher, student, gflops):
     assert flops_per_image(teacher, student, "cpu") / 1e9 == pytest.approx(gflops, rel=0.02)
+
+
+def test_the_driver_and_the_trial_actor_start_without_torchvision():
+    """Every `kd-sweep` command and every Ray trial actor imports these; torchvision (~2 s on 2 cores)
+    is imported only where a torchvision dataset or model is built."""
+    import subprocess
+    import sys
+
+    code = ("import sys, orchestrator.cli, orchestrator.runner, trainables.tune_trial, results.report;"
+            " from trainables.datasets import DATASETS; from trainables.models import MODELS;"
+            " assert 'resnet50' in MODELS.names() and 'cifar100' in DATASETS.names();"
+            " print(sorted(m for m in sys.modules if m.split('.')[0] == 'torchvision'))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
+

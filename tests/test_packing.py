@@ -226,12 +226,14 @@ def test_a_packed_sweep_logs_every_student_and_matches_the_same_sweep_unpacked(t
         weights = torch.load(client.download_artifacts(r.info.run_id, "student/model.pt", str(tmp_path)),
                              weights_only=True)
         assert "fc.weight" not in weights and any(k.endswith("weight") for k in weights)  # the headless student's
-    # Unpacked, the same six trials give the same numbers.
+    # Unpacked, the same six trials give the same numbers (--rerun: run again, not linked to the packed ones).
     res = kd_sweep("run", "s.yaml", "--set", "pack=off", "--rerun", cwd=tmp_path)
     assert res.returncode == 0 and "students into" not in res.stdout, res.stdout + res.stderr
+    assert "sweep packed: 6 trials to run" in res.stdout
     parents = client.search_runs([exp], "tags.`kd.role` = 'sweep'", order_by=["attributes.start_time ASC"])
     apart = students(parents[-1].info.run_id)
     assert set(apart) == set(packed) and all("kd.pack" not in r.data.tags for r in apart.values())
+    assert all(r.data.tags["kd.state"] == "done" for r in apart.values())
     for h, r in apart.items():
         for k in ("eval/knn_top1", "train/loss", "train/ss", "train/co"):
             assert packed[h].data.metrics[k] == pytest.approx(r.data.metrics[k], rel=1e-6), (h, k)

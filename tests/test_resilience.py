@@ -107,14 +107,6 @@ def test_killed_driver_resumes_and_a_second_run_links_every_trial(tmp_path, pack
     assert {r.data.tags["kd.reused_from"] for r in linked} == {r.info.run_id for r in students}
     assert all(epochs_logged(client, r.info.run_id) == [8] for r in linked)  # final values only, no history
 
-    # --rerun runs them all again.
-    fourth = kd_sweep("run", "s.yaml", "--rerun", "--tracking-uri", uri, cwd=tmp_path,
-                      env={"KD_SWEEP_FAULT": ""})
-    assert fourth.returncode == 0, fourth.stdout + fourth.stderr
-    assert "sweep resilience: 4 trials to run" in fourth.stdout
-    rerun = children(client, parents(client)[-1].info.run_id)
-    assert len(rerun) == 4 and all(epochs_logged(client, r.info.run_id) == list(range(1, 9)) for r in rerun)
-
 
 @pytest.mark.parametrize("pack", ["off", 2])
 def test_a_diverging_trial_fails_at_once_and_a_crashed_one_resumes_from_its_checkpoint(tmp_path, pack):

@@ -1,11 +1,11 @@
 """CIFAR-10 and CIFAR-100 through torchvision's own loaders (the pickles of the official releases)."""
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
 import torch
-import torchvision
 
 from ..registry import DATASETS
 from .base import DatasetMissing, ImageData, configure, missing_part, open_or_download  # noqa: F401
@@ -17,34 +17,34 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
-class _UncheckedCIFAR100(torchvision.datasets.CIFAR100):
-    """Same reader, no MD5 check: for copies that are not the official files (`verify_checksum: false`)."""
+@functools.cache
+def _classes(name: str) -> tuple[type, type]:
+    """torchvision's reader of CIFAR-10 or -100, and the same reader without the MD5 check (for copies
+    that are not the official files, `verify_checksum: false`). Imported here, on first use: torchvision
+    costs every Ray worker and every `kd-sweep` command ~2 s of start-up."""
+    import torchvision
 
-    meta = {**torchvision.datasets.CIFAR100.meta, "md5": None}
+    official = getattr(torchvision.datasets, name)
 
-    def _check_integrity(self) -> bool:
-        return all(os.path.isfile(os.path.join(self.root, self.base_folder, name))
-                   for name, _ in self.train_list + self.test_list)
+    class Unchecked(official):
+        meta = {**official.meta, "md5": None}
 
+        def _check_integrity(self) -> bool:
+            return all(os.path.isfile(os.path.join(self.root, self.base_folder, name))
+                       for name, _ in self.train_list + self.test_list)
 
-class _UncheckedCIFAR10(torchvision.datasets.CIFAR10):
-    """CIFAR-10's reader without the MD5 check (`verify_checksum: false`)."""
-
-    meta = {**torchvision.datasets.CIFAR10.meta, "md5": None}
-
-    def _check_integrity(self) -> bool:
-        return all(os.path.isfile(os.path.join(self.root, self.base_folder, name))
-                   for name, _ in self.train_list + self.test_list)
+    return official, Unchecked
 
 
-def _split(ds: torchvision.datasets.CIFAR10) -> tuple[torch.Tensor, torch.Tensor]:
+def _split(ds) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
     return x, torch.tensor(ds.targets, dtype=torch.int64)
 
 
-def _read_cifar(official: type, unchecked: type, what: str, size: str, root: str, download: bool,
+def _read_cifar(name: str, what: str, size: str, root: str, download: bool,
                 verify_checksum: bool) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """Train and test split of a CIFAR release under root/<base_folder>/, downloaded (atomically) if asked."""
+    official, unchecked = _classes(name)
     cls = official if verify_checksum else unchecked
     folder = os.path.join(root, official.base_folder)
     names = [name for name, _ in official.train_list + official.test_list] + [official.meta["filename"]]
@@ -73,7 +73,7 @@ def _read_cifar(official: type, unchecked: type, what: str, size: str, root: str
 def load_cifar100(root: str, download: bool = False, verify_checksum: bool = True, augment: str | None = None,
                   val_split: float = 0.0, val_seed: int = 0) -> ImageData:
     (train_x, train_y), (test_x, test_y) = _read_cifar(
-        torchvision.datasets.CIFAR100, _UncheckedCIFAR100, "CIFAR-100", "169 MB", root, download, verify_checksum)
+        "CIFAR100", "CIFAR-100", "169 MB", root, download, verify_checksum)
     return configure(ImageData(train_x, train_y, test_x, test_y, num_classes=100,
                                mean=CIFAR100_MEAN, std=CIFAR100_STD, crop_padding=4, flip=True),
                      augment, val_split, val_seed)
@@ -84,7 +84,7 @@ def load_cifar10(root: str, download: bool = False, verify_checksum: bool = True
                  val_split: float = 0.0, val_seed: int = 0) -> ImageData:
     """CIFAR-10; by default RandomCrop(32, padding=4) + flip, as CIFAR-100 (the CRD/RepDistiller recipe)."""
     (train_x, train_y), (test_x, test_y) = _read_cifar(
-        torchvision.datasets.CIFAR10, _UncheckedCIFAR10, "CIFAR-10", "170 MB", root, download, verify_checksum)
+        "CIFAR10", "CIFAR-10", "170 MB", root, download, verify_checksum)
     return configure(ImageData(train_x, train_y, test_x, test_y, num_classes=10,
                                mean=CIFAR10_MEAN, std=CIFAR10_STD, crop_padding=4, flip=True),
                      augment, val_split, val_seed)

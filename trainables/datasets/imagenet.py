@@ -14,8 +14,6 @@ from typing import Iterator
 
 import numpy as np
 import torch
-import torchvision
-import torchvision.transforms as T
 
 from ..registry import DATASETS
 from .base import DatasetMissing, check_options, stratified_mask
@@ -25,10 +23,12 @@ STD = (0.229, 0.224, 0.225)
 SIZE = 224
 
 
-def train_transform(augment: str | None, size: int = SIZE) -> T.Compose:
+def train_transform(augment: str | None, size: int = SIZE):
     """`crop_flip` (default): RandomResizedCrop + flip (torchvision/Miles recipe). `mocov2`: MoCo v2's
     augmentation, which CoSS trains with (crop scale (0.2, 1), colour jitter 0.4/0.4/0.4/0.1 p 0.8,
     greyscale p 0.2, Gaussian blur sigma in [0.1, 2] p 0.5, flip)."""
+    import torchvision.transforms as T  # here, not at the top: ~2 s that only folder datasets need
+
     norm = [T.ToTensor(), T.Normalize(MEAN, STD)]
     if augment == "mocov2":
         return T.Compose([
@@ -50,7 +50,9 @@ def _resize(size: int) -> int:
     return round(size * 256 / 224)  # the 256 -> 224 centre crop, at any size
 
 
-def eval_transform(size: int = SIZE) -> T.Compose:
+def eval_transform(size: int = SIZE):
+    import torchvision.transforms as T
+
     return T.Compose([T.Resize(_resize(size)), T.CenterCrop(size), T.ToTensor(), T.Normalize(MEAN, STD)])
 
 
@@ -62,6 +64,8 @@ class _Split(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int):
+        import torchvision
+
         path, y = self.samples[i]
         return self.transform(torchvision.datasets.folder.default_loader(path)), y
 
@@ -197,6 +201,8 @@ def load_imagenet(root: str, download: bool = False, verify_checksum: bool = Tru
             f" under {root}")
     if download:
         raise DatasetMissing("ImageNet cannot be downloaded by kd-sweep: set `dataset.download: false`")
+    import torchvision
+
     train = torchvision.datasets.ImageFolder(os.path.join(root, "train"))
     val = torchvision.datasets.ImageFolder(os.path.join(root, "val"))
     if train.classes != val.classes:

@@ -1,13 +1,12 @@
 """MNIST through torchvision's own reader (the idx files of the official release, under MNIST/raw/)."""
 from __future__ import annotations
 
+import functools
 import os
 import struct
 import zlib
 
 import torch
-import torchvision
-from torchvision.datasets.utils import check_integrity
 
 from ..registry import DATASETS
 from .base import ImageData, configure, missing_part, open_or_download
@@ -16,31 +15,39 @@ from .base import ImageData, configure, missing_part, open_or_download
 MNIST_MEAN = (0.1307,)
 MNIST_STD = (0.3081,)
 SIZE = "12 MB"
-RAW_NAMES = [os.path.splitext(name)[0] for name, _ in torchvision.datasets.MNIST.resources]
+RAW_NAMES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+             "t10k-labels-idx1-ubyte"]  # torchvision's MNIST.resources, less .gz
 
 
-class _CheckedMNIST(torchvision.datasets.MNIST):
-    """torchvision's reader plus the check it lacks for MNIST: it verifies only the downloaded .gz archives,
-    never the idx files it reads. Here each idx file must sit next to its official archive (torchvision's
-    MD5) and match the CRC-32 and size stored in that archive's gzip trailer (`verify_checksum: true`)."""
+@functools.cache
+def _classes() -> tuple[type, type]:
+    """torchvision's MNIST reader, and that reader plus the check it lacks (`verify_checksum: true`): it
+    verifies only the downloaded .gz archives, never the idx files it reads. The checked one wants each
+    idx file next to its official archive (torchvision's MD5), matching the CRC-32 and size stored in
+    that archive's gzip trailer. Imported on first use: torchvision costs ~2 s of start-up."""
+    import torchvision
+    from torchvision.datasets.utils import check_integrity
 
-    @property
-    def raw_folder(self) -> str:  # torchvision names the folder after the class
-        return os.path.join(self.root, "MNIST", "raw")
+    class Checked(torchvision.datasets.MNIST):
+        @property
+        def raw_folder(self) -> str:  # torchvision names the folder after the class
+            return os.path.join(self.root, "MNIST", "raw")
 
-    @property
-    def processed_folder(self) -> str:
-        return os.path.join(self.root, "MNIST", "processed")
+        @property
+        def processed_folder(self) -> str:
+            return os.path.join(self.root, "MNIST", "processed")
 
-    def _check_legacy_exist(self) -> bool:  # the pre-0.9 processed/*.pt cache cannot be verified
-        return False
+        def _check_legacy_exist(self) -> bool:  # the pre-0.9 processed/*.pt cache cannot be verified
+            return False
 
-    def _check_exists(self) -> bool:
-        return super()._check_exists() and all(
-            check_integrity(os.path.join(self.raw_folder, gz), md5)
-            and _same_content(os.path.join(self.raw_folder, os.path.splitext(gz)[0]),
-                              os.path.join(self.raw_folder, gz))
-            for gz, md5 in self.resources)
+        def _check_exists(self) -> bool:
+            return super()._check_exists() and all(
+                check_integrity(os.path.join(self.raw_folder, gz), md5)
+                and _same_content(os.path.join(self.raw_folder, os.path.splitext(gz)[0]),
+                                  os.path.join(self.raw_folder, gz))
+                for gz, md5 in self.resources)
+
+    return torchvision.datasets.MNIST, Checked
 
 
 def _same_content(raw: str, gz: str) -> bool:
@@ -62,16 +69,17 @@ def load_mnist(root: str, download: bool = False, verify_checksum: bool = True, 
                val_split: float = 0.0, val_seed: int = 0) -> ImageData:
     """MNIST 1x28x28; no augmentation by default (PyTorch's MNIST example trains on the plain images)."""
     # verify_checksum: false is torchvision's own class, which checks only that the idx files exist.
-    cls = _CheckedMNIST if verify_checksum else torchvision.datasets.MNIST
+    official, checked = _classes()
+    cls = checked if verify_checksum else official
     raw = os.path.join(root, "MNIST", "raw")
     absent = [name for name in RAW_NAMES if not os.path.isfile(os.path.join(raw, name))]
-    url = torchvision.datasets.MNIST.mirrors[0]
+    url = official.mirrors[0]
 
     def read():
         return tuple(_split(cls(root, train=train)) for train in (True, False))
 
     def fetch(tmp: str) -> None:  # downloads each .gz (MD5-checked), extracts it, then checks as above
-        _CheckedMNIST(tmp, train=True, download=True), _CheckedMNIST(tmp, train=False, download=True)
+        checked(tmp, train=True, download=True), checked(tmp, train=False, download=True)
 
     (train_x, train_y), (test_x, test_y) = open_or_download(
         read, root, download=download, present=not absent,
@@ -90,5 +98,5 @@ def load_mnist(root: str, download: bool = False, verify_checksum: bool = True, 
                                mean=MNIST_MEAN, std=MNIST_STD), augment, val_split, val_seed)
 
 
-def _split(ds: torchvision.datasets.MNIST) -> tuple[torch.Tensor, torch.Tensor]:
+def _split(ds) -> tuple[torch.Tensor, torch.Tensor]:
     return ds.data[:, None].contiguous(), ds.targets.to(torch.int64)

@@ -1,11 +1,11 @@
 """SVHN (the cropped 32x32 digits) through torchvision's own loader (train_32x32.mat / test_32x32.mat)."""
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
 import torch
-import torchvision
 
 from ..registry import DATASETS
 from .base import ImageData, configure, missing_part, open_or_download
@@ -18,14 +18,20 @@ SPLITS = ("train", "test")
 SIZE = "246 MB: train_32x32.mat 182 MB + test_32x32.mat 64 MB"
 
 
-class _UncheckedSVHN(torchvision.datasets.SVHN):
-    """Same reader, no MD5 check: for copies that are not the official files (`verify_checksum: false`)."""
+@functools.cache
+def _classes() -> tuple[type, type]:
+    """torchvision's SVHN reader, and the same reader without the MD5 check (for copies that are not the
+    official files, `verify_checksum: false`). Imported on first use: torchvision costs ~2 s of start-up."""
+    import torchvision
 
-    def _check_integrity(self) -> bool:
-        return os.path.isfile(os.path.join(self.root, self.filename))
+    class Unchecked(torchvision.datasets.SVHN):
+        def _check_integrity(self) -> bool:
+            return os.path.isfile(os.path.join(self.root, self.filename))
+
+    return torchvision.datasets.SVHN, Unchecked
 
 
-def _split(ds: torchvision.datasets.SVHN) -> tuple[torch.Tensor, torch.Tensor]:
+def _split(ds) -> tuple[torch.Tensor, torch.Tensor]:
     # torchvision has already turned the .mat's (H, W, C, N) into (N, C, H, W) and label 10 into digit 0.
     x = torch.from_numpy(np.ascontiguousarray(ds.data))
     return x, torch.from_numpy(np.asarray(ds.labels, dtype=np.int64))
@@ -38,8 +44,8 @@ def load_svhn(root: str, download: bool = False, verify_checksum: bool = True, a
     not digits, so the MixMatch/FixMatch code (google-research/mixmatch libml/data.py, `augment_svhn`)
     shifts SVHN by up to 4 pixels and mirrors only CIFAR/STL. RRKD trains SVHN with flip only:
     `augment: flip`."""
-    official = torchvision.datasets.SVHN
-    cls = official if verify_checksum else _UncheckedSVHN
+    official, unchecked = _classes()
+    cls = official if verify_checksum else unchecked
     files = [os.path.join(root, official.split_list[s][1]) for s in SPLITS]
     absent = [f for f in files if not os.path.isfile(f)]
     url = os.path.dirname(official.split_list["train"][0]) + "/"

@@ -45,13 +45,19 @@ import warnings
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
-from torchvision.models.resnet import Bottleneck
 
 from ..registry import MODELS
 from .base import Backbone, Output
 from .state_keys import ForeignKeys
+
+
+def _torchvision_model(arch: str):
+    """torchvision's builder of ARCH. torchvision is imported on first use, not with the model registry:
+    it costs every Ray worker and every `kd-sweep` command ~2 s of start-up."""
+    import torchvision
+
+    return getattr(torchvision.models, arch)
 
 
 def _replace_input_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
@@ -112,6 +118,8 @@ class TorchvisionBackbone(ForeignKeys, Backbone):
 
 def cached_torchvision_weights(arch: str, name: str) -> Path:
     """The local file of torchvision's weights `name` for `arch`; never downloads."""
+    import torchvision
+
     enum = torchvision.models.get_model_weights(arch)
     try:
         w = enum[name]
@@ -133,7 +141,7 @@ class TorchvisionResNet(TorchvisionBackbone):
     def __init__(self, arch: str, num_classes: int, in_channels: int):
         super().__init__(num_classes)
         self.arch = arch
-        tv = getattr(torchvision.models, arch)(weights=None, num_classes=max(num_classes, 1))
+        tv = _torchvision_model(arch)(weights=None, num_classes=max(num_classes, 1))
         self.conv1 = _replace_input_conv(tv.conv1, in_channels)
         self.bn1, self.relu, self.maxpool = tv.bn1, tv.relu, tv.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = tv.layer1, tv.layer2, tv.layer3, tv.layer4
@@ -161,6 +169,8 @@ class TorchvisionResNet(TorchvisionBackbone):
 
 def _block_with_preact(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A torchvision BasicBlock/Bottleneck forward that also returns the sum before the final ReLU."""
+    from torchvision.models.resnet import Bottleneck
+
     identity = x if block.downsample is None else block.downsample(x)
     out = torch.relu(block.bn1(block.conv1(x)))
     if isinstance(block, Bottleneck):
@@ -189,7 +199,7 @@ class TorchvisionFeatures(TorchvisionBackbone):
     def __init__(self, arch: str, num_classes: int, in_channels: int):
         super().__init__(num_classes)
         self.arch = arch
-        tv = getattr(torchvision.models, arch)(weights=None, num_classes=max(num_classes, 1))
+        tv = _torchvision_model(arch)(weights=None, num_classes=max(num_classes, 1))
         self.features = tv.features
         self.features[0][0] = _replace_input_conv(self.features[0][0], in_channels)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
@@ -223,7 +233,7 @@ class TorchvisionRegNet(TorchvisionBackbone):
     def __init__(self, arch: str, num_classes: int, in_channels: int):
         super().__init__(num_classes)
         self.arch = arch
-        tv = getattr(torchvision.models, arch)(weights=None, num_classes=max(num_classes, 1))
+        tv = _torchvision_model(arch)(weights=None, num_classes=max(num_classes, 1))
         self.stem = tv.stem
         self.stem[0] = _replace_input_conv(self.stem[0], in_channels)
         self.trunk_output, self.avgpool = tv.trunk_output, tv.avgpool
@@ -250,7 +260,7 @@ class TorchvisionConvNeXt(TorchvisionBackbone):
     def __init__(self, arch: str, num_classes: int, in_channels: int):
         super().__init__(num_classes)
         self.arch = arch
-        tv = getattr(torchvision.models, arch)(weights=None, num_classes=max(num_classes, 1))
+        tv = _torchvision_model(arch)(weights=None, num_classes=max(num_classes, 1))
         self.features = tv.features
         self.features[0][0] = _replace_input_conv(self.features[0][0], in_channels)
         self.avgpool = tv.avgpool
@@ -282,7 +292,7 @@ class TorchvisionViT(TorchvisionBackbone):
         patch = int(arch.rsplit("_", 1)[1])  # vit_b_16: 16-pixel patches
         if image_size % patch:
             raise ValueError(f"{arch} needs an image size that is a multiple of {patch}, got {image_size}")
-        tv = getattr(torchvision.models, arch)(weights=None, num_classes=max(num_classes, 1), image_size=image_size)
+        tv = _torchvision_model(arch)(weights=None, num_classes=max(num_classes, 1), image_size=image_size)
         self.image_size, self.patch_size, self.hidden_dim = tv.image_size, tv.patch_size, tv.hidden_dim
         self.conv_proj = _replace_input_conv(tv.conv_proj, in_channels)
         self.class_token = tv.class_token
