@@ -30,8 +30,8 @@ def _classes(name: str) -> tuple[type, type]:
         meta = {**official.meta, "md5": None}
 
         def _check_integrity(self) -> bool:
-            return all(os.path.isfile(os.path.join(self.root, self.base_folder, name))
-                       for name, _ in self.train_list + self.test_list)
+            return all(os.path.isfile(os.path.join(self.root, self.base_folder, f))
+                       for f, _ in self.train_list + self.test_list)
 
     return official, Unchecked
 
@@ -41,10 +41,10 @@ def _split(ds) -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.tensor(ds.targets, dtype=torch.int64)
 
 
-def _read_cifar(name: str, what: str, size: str, root: str, download: bool,
+def _read_cifar(release: str, what: str, size: str, root: str, download: bool,
                 verify_checksum: bool) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """Train and test split of a CIFAR release under root/<base_folder>/, downloaded (atomically) if asked."""
-    official, unchecked = _classes(name)
+    official, unchecked = _classes(release)
     cls = official if verify_checksum else unchecked
     folder = os.path.join(root, official.base_folder)
     names = [name for name, _ in official.train_list + official.test_list] + [official.meta["filename"]]

@@ -58,16 +58,16 @@ def eval_transform(size: int = SIZE):
 
 class _Split(torch.utils.data.Dataset):
     def __init__(self, samples: list[tuple[str, int]], transform):
-        self.samples, self.transform = samples, transform
+        from torchvision.datasets.folder import default_loader
+
+        self.samples, self.transform, self.load = samples, transform, default_loader
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int):
-        import torchvision
-
         path, y = self.samples[i]
-        return self.transform(torchvision.datasets.folder.default_loader(path)), y
+        return self.transform(self.load(path)), y
 
 
 @dataclass

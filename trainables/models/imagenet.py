@@ -169,11 +169,9 @@ class TorchvisionResNet(TorchvisionBackbone):
 
 def _block_with_preact(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A torchvision BasicBlock/Bottleneck forward that also returns the sum before the final ReLU."""
-    from torchvision.models.resnet import Bottleneck
-
     identity = x if block.downsample is None else block.downsample(x)
     out = torch.relu(block.bn1(block.conv1(x)))
-    if isinstance(block, Bottleneck):
+    if hasattr(block, "conv3"):  # a Bottleneck; a BasicBlock has two convolutions
         out = torch.relu(block.bn2(block.conv2(out)))
         out = block.bn3(block.conv3(out))
     else:
