@@ -276,8 +276,9 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
     storage_path = resolve_path(storage or sweep.storage or "ray_results", None)
     progress = Progress(out)
     raw = sweep.model_dump(mode="json", by_alias=True)
-    # Packing changes no number and a resumed student finds its state in any checkpoint layout.
-    key = sweep_key({k: v for k, v in raw.items() if k != "pack"}, smoke)
+    # Packing changes no number and a resumed student finds its state in any checkpoint layout; the
+    # paper reference only annotates the report.
+    key = sweep_key({k: v for k, v in raw.items() if k not in ("pack", "paper")}, smoke)
 
     def look():
         """MLflow's first touch (the client and its schema check: over a second on a new store) runs
@@ -310,18 +311,16 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
         parent = earlier.info.run_id
         attempt = int(earlier.data.tags.get("kd.attempt", "1")) + 1
         store.client.update_run(parent, status="RUNNING")
-        for k, v in {"kd.attempt": str(attempt), DRIVER_TAG: driver_tag()}.items():
+        paper = {k: v for k, v in parent_tags(sweep, smoke).items() if k == "kd.paper"}  # the file's latest notes
+        for k, v in {"kd.attempt": str(attempt), DRIVER_TAG: driver_tag(), **paper}.items():
             store.client.set_tag(parent, k, v)
         progress.note(f"continuing parent run {parent[:8]} of sweep {sweep.name!r} (its driver stopped;"
                       f" attempt {attempt}): finished trials stay finished, unfinished ones resume")
     else:
         attempt = 1
         parent = store.start_parent(exp_id, sweep.name, yaml.safe_dump(raw, sort_keys=False), len(plan.students),
-                                    {"kd.seeds": json.dumps(sweep.seeds), **smoke_tag,
-                                     "kd.dataset": sweep.dataset.name, "kd.setting": sweep.setting,
-                                     "kd.sweep_key": key, "kd.attempt": "1", DRIVER_TAG: driver_tag(),
-                                     **({"kd.search": json.dumps({**raw["search"], "metric": search_metric(sweep)})}
-                                        if sweep.search else {})})
+                                    {**parent_tags(sweep, smoke), "kd.sweep_key": key, "kd.attempt": "1",
+                                     DRIVER_TAG: driver_tag()})
     status = "FAILED"
     try:
         weights = dict(plan.given)
@@ -338,11 +337,8 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
                 todo.append(evaluate_only(cfg))
             else:
                 todo.append(cfg)
-        # Teachers that only need scoring (a given checkpoint, weights an earlier sweep trained) run
-        # beside the students: their weights are here already, and one Tuner fewer saves an actor
-        # start-up per sweep. Only training must come first.
         deferred: list[dict] = []
-        if todo and plan.students and not sweep.search and all(c["train"]["epochs"] == 0 for c in todo):
+        if plan.students and not sweep.search and scoring_only(todo, weights):
             deferred, todo = todo, []
         later = {c["config_hash"] for c in deferred}
         if todo:
@@ -413,6 +409,30 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
     finally:
         store.finish(parent, status)
         ray.shutdown()
+
+
+def scoring_only(teachers: list[dict], weights: dict) -> bool:
+    """Teachers that only need scoring (a given checkpoint, weights an earlier sweep trained) can run
+    beside the students: one Tuner fewer saves an actor start-up per sweep. Only when their weights are
+    here already: a teacher of torchvision `weights:` and 0 epochs makes its weights in its own trial,
+    and its students need them, so it still comes first."""
+    return bool(teachers) and all(c["train"]["epochs"] == 0 and c["weights_hash"] in weights for c in teachers)
+
+
+def parent_tags(sweep: Sweep, smoke: bool) -> dict[str, str]:
+    """What the report needs of the sweep as a whole: the seeds asked (a cell with fewer is marked),
+    smoke or not, the dataset, and with `paper:` the tables it reproduces, the pairs it runs (a table
+    split over two files counts only its own pairs) and its known deviations."""
+    tags = {"kd.seeds": json.dumps(sweep.seeds), "kd.smoke": str(smoke).lower(), "kd.dataset": sweep.dataset.name,
+            "kd.setting": sweep.setting}
+    if sweep.search:
+        tags["kd.search"] = json.dumps({**sweep.search.model_dump(mode="json"), "metric": search_metric(sweep)})
+    if sweep.paper is not None:
+        pairs = [{"pair": p.label, "teacher": p.teacher.label, "student": p.student.label}
+                 for p in sweep.pairs if p.student is not None]
+        tags["kd.paper"] = json.dumps({"tables": sweep.paper.tables, "pairs": pairs,
+                                       "deviations": sweep.paper.deviations})
+    return tags
 
 
 def _packed(configs: list[dict], sweep: Sweep, plan: Plan, progress: Progress) -> list[dict]:

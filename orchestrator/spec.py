@@ -92,14 +92,27 @@ class Pair(Strict):
         return f"{self.teacher.label}/{self.student.label}" if self.student else self.teacher.label
 
 
+class Normalization(Strict):
+    mean: list[float] = Field(min_length=1)
+    std: list[float] = Field(min_length=1)
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, v: list[float]) -> list[float]:
+        if any(x <= 0 for x in v):
+            raise ValueError("std values must be positive")
+        return v
+
+
 class DatasetSpec(Strict):
     name: str
     root: str = "~/.kd-sweep/data"
     download: bool = False
     # Off only for data that is not the official release (a copy the tests write, a re-pack).
     verify_checksum: bool = True
-    # None: the dataset's own default; mocov2 (CoSS's ImageNet augmentation) is for imagenet only.
-    augment: Literal["crop_flip", "crop", "flip", "none", "mocov2"] | None = None
+    # None: the dataset's own default; mocov2 (CoSS's ImageNet augmentation) is for imagenet only;
+    # randaugment: crop + flip, then RandAugment (2 ops, magnitude 9) per image (Miles Table 4's second block).
+    augment: Literal["crop_flip", "crop", "flip", "none", "mocov2", "randaugment"] | None = None
     # > 0: score on a held-out part of the training set (tuning sweeps); the test split is for final numbers.
     val_split: float = Field(0.0, ge=0, le=0.5)
     val_seed: int = 0
@@ -110,13 +123,24 @@ class DatasetSpec(Strict):
     max_test: int | None = Field(None, ge=1)
     # The crop side of a dataset read from image files (imagenet: 224); `--smoke` uses 64.
     image_size: int | None = Field(None, ge=16)
+    # < 1: train on the first part of torch's random_split(train, [train_split, 1 - train_split]) seeded by
+    # train_split_seed (RRKD's notebook: 0.9, 42); train_fraction draws a stratified part instead.
+    train_split: float = Field(1.0, gt=0, le=1)
+    train_split_seed: int = 42
+    # In place of the dataset's own statistics: {mean: [0.5], std: [0.5]} (RRKD's notebook, every dataset).
+    normalize: Normalization | None = None
 
     def loader_args(self) -> dict:
         args = {"download": self.download, "verify_checksum": self.verify_checksum, "augment": self.augment,
                 "val_split": self.val_split, "val_seed": self.val_seed, "train_fraction": self.train_fraction,
                 "max_train": self.max_train, "max_test": self.max_test}
-        if self.image_size is not None:  # only when set: the content hashes of earlier runs stay valid
+        # Only when set: the content hashes of earlier runs stay valid.
+        if self.image_size is not None:
             args["image_size"] = self.image_size
+        if self.train_split < 1:
+            args.update(train_split=self.train_split, train_split_seed=self.train_split_seed)
+        if self.normalize is not None:
+            args["normalize"] = self.normalize.model_dump()
         return args
 
     @model_validator(mode="after")
@@ -124,6 +148,11 @@ class DatasetSpec(Strict):
         if self.image_size is not None and self.name != "imagenet":
             raise ValueError(f"image_size is for datasets read from image files (imagenet); {self.name} images"
                              " have their own size")
+        if self.name == "imagenet" and (self.train_split < 1 or self.normalize is not None):
+            raise ValueError("train_split and normalize are for in-memory datasets; imagenet takes train_fraction"
+                             " and its own statistics")
+        if self.train_split < 1 and self.val_split > 0:
+            raise ValueError("train_split and val_split both cut the training set: give one")
         return self
 
     @field_validator("name")
@@ -157,7 +186,12 @@ class Schedule(Strict):
 
 
 class LinearProbe(Strict):
-    """CoSS's CIFAR probe: 100 epochs, SGD lr 0.1, wd 5e-4, x0.1 at 50/70/90."""
+    """CoSS's CIFAR probe: 100 epochs, SGD lr 0.1, wd 5e-4, x0.1 at 50/70/90.
+
+    `augment`: false trains the head on the features of the un-augmented training images, computed once;
+    true (MoCo's main_lincls.py, which CoSS's ImageNet table follows) on the features of freshly augmented
+    images every epoch: RandomResizedCrop (scale 0.08-1) + horizontal flip at the dataset's image size,
+    the frozen model in eval mode. Scored on the un-augmented test view either way."""
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(256, ge=1)
     lr: float = Field(0.1, gt=0)
@@ -165,6 +199,20 @@ class LinearProbe(Strict):
     weight_decay: float = Field(5e-4, ge=0)
     milestones: list[int] = Field(default_factory=lambda: [50, 70, 90])
     gamma: float = Field(0.1, gt=0, le=1)
+    augment: bool = False
+
+    from pydantic import model_serializer
+
+    @model_serializer(mode="wrap")
+    def _augment_only_when_on(self, handler: Any) -> dict[str, Any]:
+        """`augment` is dumped only when true (alone or inside a sweep): the trial configs, content hashes
+        and sweep keys of earlier runs stay as they were."""
+        out = handler(self)
+        if not self.augment:
+            out.pop("augment", None)
+        return out
+
+    del model_serializer
 
 
 class KNN(Strict):
@@ -272,9 +320,38 @@ class Scheduler(Strict):
     reduction_factor: float = Field(2.0, gt=1)
 
 
+class PaperRef(Strict):
+    """What published table(s) a sweep reproduces, and how our runs differ from the authors'. `kd-sweep
+    report --paper` matches only these tables' numbers (results/published/<paper>.csv: `paper table`,
+    e.g. "coss supp. Table 3"), counts how many of them it shows, and prints `deviations` under the
+    table: every known difference from the authors' run, each with its source."""
+    tables: list[str] = Field(min_length=1)
+    deviations: list[str] = Field(default_factory=list)
+
+    @field_validator("tables")
+    @classmethod
+    def _published(cls, v: list[str]) -> list[str]:
+        from results.published import table_refs
+
+        known = table_refs()
+        for t in v:
+            if t not in known:
+                raise ValueError(f"no published table {t!r} in results/published/ (tables: {', '.join(sorted(known))})")
+        return v
+
+    @field_validator("deviations")
+    @classmethod
+    def _fits_a_tag(cls, v: list[str]) -> list[str]:
+        # They travel to the report as one MLflow tag (8000 characters at most, pairs included).
+        if sum(len(d) + 4 for d in v) > 6000:
+            raise ValueError("deviations take at most 6000 characters in all: say each in a sentence or two")
+        return v
+
+
 class Sweep(Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
     description: str = ""
+    paper: PaperRef | None = None  # the published table(s) this sweep reproduces
     dataset: DatasetSpec
     pairs: list[Pair] = Field(min_length=1)
     # unsupervised (CoSS): no labels in the loss and the teacher's classifier is removed, so methods
@@ -573,7 +650,7 @@ def check_unsupervised(method: str, knobs: Any, sweep: "Sweep", file: str) -> No
 
 
 def _all_fields() -> list[str]:
-    models = [Sweep, DatasetSpec, Pair, TeacherSpec, Schedule, LinearProbe, KNN, EvalSpec, Resources, Search,
+    models = [Sweep, PaperRef, DatasetSpec, Normalization, Pair, TeacherSpec, Schedule, LinearProbe, KNN, EvalSpec, Resources, Search,
               SearchParam, Scheduler]
     return sorted({n for m in models for n in m.model_fields})
 

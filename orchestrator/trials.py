@@ -15,7 +15,10 @@ from .spec import Pair, Sweep, TeacherSpec
 
 # Bump when a change to the trainables changes what the same config produces: old runs then stop
 # matching and are neither reused as teachers nor counted as the same trial.
-RESULT_VERSION = 1
+# 2: the `autoencoder` objective's decoder gained the RRKD notebook's ReLU/Dropout on the code and Tanh
+#    output (its teachers' weights hash names the method, not its knobs), `lpkd`'s defaults became the
+#    notebook's, and `cc`/`vid`/`nst` follow RepDistiller (issue 13).
+RESULT_VERSION = 2
 TEACHER_SEED = 0
 
 

@@ -1,15 +1,20 @@
-"""Published numbers beside ours: each table cell looked up in `results.published` by
-(dataset, pair, column's method + cell, metric).
+"""Published numbers beside ours: each table cell looked up in `results.published`, and every published
+number of the sweep's own tables accounted for (shown, or why not).
+
+Scope: a sweep file's `paper:` block (the parent's `kd.paper` tag) names the tables it reproduces and
+the pairs it runs; only those tables' rows of those pairs are matched and counted. A sweep without it
+(or a run logged before `paper:` existed) is matched against every table of its dataset, uncounted.
 
 Matching rules:
-- a student column matches rows with the same pair label, method and cell (knob values compared as
-  numbers: λ 1 = λ 1.0); the Teacher column matches method `teacher` with pair = the teacher's label
-  (or the row's pair); the Scratch column method `scratch` with pair = the row's pair or the
-  student's label.
+- a student column matches rows with the same pair label, method and cell: the column's knobs without
+  `method` (which has its own CSV column), values compared as numbers (λ 1 = λ 1.0); the Teacher
+  column matches method `teacher` with pair = the teacher's label (or the row's pair); the Scratch
+  column method `scratch` with pair = the row's pair or the student's label.
 - A published row is a best-over row when its note says so: "best over AXIS ..." or "best of ...
-  AXIS ..." (case-insensitive, within one clause). With `--best-over AXIS` only best-over-AXIS rows
-  match (their cell without AXIS against the column's cell); without it, best-over rows never match
-  (a best over a sweep is not the number of one setting).
+  AXIS ..." (case-insensitive, within one clause). With `--best-over AXIS`, a column swept over AXIS
+  matches only best-over-AXIS rows (their cell against the column's cell without AXIS); a column that
+  was not swept over AXIS (CoSS at its own setting beside baselines swept over scale) and every
+  column without `--best-over` match single-setting rows only.
 - Only rows of the sweep's dataset (the parent's kd.dataset) and metric; no dataset known, no match.
 - Several matching rows (two papers, say): the first in file order (papers sorted by name).
 """
@@ -19,11 +24,11 @@ import re
 
 import pandas as pd
 
-from .table import SCRATCH, TEACHER, Cell, norm
+from .table import SCRATCH, TEACHER, Cell, fmt_value, norm, signed
 
 
-def _norm_cell(cell: dict, drop: str | None = None) -> dict:
-    return {k: norm(v) for k, v in cell.items() if k != drop}
+def _norm_cell(cell: dict, *drop: str | None) -> dict:
+    return {k: norm(v) for k, v in cell.items() if k not in drop and k != "method"}
 
 
 def is_best_over(note: str, axis: str | None = None) -> bool:
@@ -38,17 +43,37 @@ def ref(row) -> str:
     return f"{row['paper']} {row['table']}".strip()
 
 
-def attach_published(table: pd.DataFrame, published: pd.DataFrame, dataset: str | None, metric: str) -> list[str]:
+def in_scope(published: pd.DataFrame, scope: dict | None, dataset: str | None) -> pd.DataFrame:
+    """The published rows a sweep answers for: its tables, its dataset, its pairs (a table split over two
+    sweep files counts in each only the pairs that file runs)."""
+    pub = published[published["dataset"] == dataset]
+    if scope is None:
+        return pub
+    pub = pub[(pub["paper"] + " " + pub["table"]).isin(scope.get("tables", []))]
+    labels = set()
+    for p in scope.get("pairs", []):
+        labels |= {p["pair"], p["teacher"], p["student"]}
+    own = pub.apply(lambda r: r["pair"] in labels if r["method"] in ("teacher", "scratch")
+                    else r["pair"] in {p["pair"] for p in scope.get("pairs", [])}, axis=1)
+    return pub[own] if len(pub) else pub
+
+
+def attach_published(table: pd.DataFrame, published: pd.DataFrame, dataset: str | None, metric: str,
+                     scope: dict | None = None) -> list[str]:
     """Set `paper` and `paper_ref` on every cell that has a published number; returns the sources used
-    (also kept in `table.attrs["paper_sources"]`, which turns on the paper rows and columns)."""
+    (also kept in `table.attrs["paper_sources"]`, which turns on the paper rows and columns). With a
+    `scope` (the sweep's `kd.paper`), `table.attrs["paper_notes"]` gets the lines under the table: how
+    many of its published numbers are shown, why the others are not, the teacher gaps, the deviations."""
     metric = metric.removeprefix("eval/")
     # The same pair label names different numbers on different datasets (RRKD: CIFAR-10, CIFAR-100,
     # SVHN): without the sweep's dataset nothing matches.
-    pub = published[(published["metric"] == metric) & (published["dataset"] == dataset)]
+    mine = in_scope(published, scope, dataset)
+    pub = mine[mine["metric"] == metric]
     bo = table.attrs.get("best_over")
     axis = bo["axis"] if bo else None
+    swept = set(bo.get("columns", [])) if bo else set()
     columns, pairs = table.attrs.get("columns", {}), table.attrs.get("pairs", {})
-    used = []
+    used, shown = [], {}
     for pair, row in table.iterrows():
         labels = pairs.get(pair, {"teacher": str(pair).split("/")[0], "student": str(pair).split("/")[-1]})
         for name, c in row.items():
@@ -62,16 +87,122 @@ def attach_published(table: pd.DataFrame, published: pd.DataFrame, dataset: str 
                 meta = columns.get(name)
                 if meta is None:
                     continue
-                want = _norm_cell(meta["cell"])
-                cand = pub[(pub["pair"] == pair) & (pub["method"] == meta["method"])]
-                ok = [is_best_over(r["note"], axis) and _norm_cell(r["cell"], axis) == want if axis
-                      else not is_best_over(r["note"]) and _norm_cell(r["cell"]) == want
-                      for _, r in cand.iterrows()]
-                hit = cand[ok] if len(cand) else cand
+                hit = pub[(pub["pair"] == pair) & (pub["method"] == meta["method"])]
+                hit = hit[[_matches(r, meta["cell"], axis if name in swept else None) for _, r in hit.iterrows()]]
             if len(hit):
                 first = hit.iloc[0]
                 c.paper, c.paper_ref = float(first["value"]), ref(first)
+                shown[first.name] = (pair, name)
                 if c.paper_ref not in used:
                     used.append(c.paper_ref)
     table.attrs["paper_sources"] = used
+    if scope is not None:
+        table.attrs["paper_notes"] = coverage(table, mine, shown, metric, scope) + teacher_gaps(table) \
+            + deviations(scope)
+    elif used:
+        table.attrs["paper_notes"] = ["This sweep's file names no published table (`paper:`): its cells were"
+                                      " matched against every table of its dataset."]
     return used
+
+
+def _matches(row, cell: dict, axis: str | None) -> bool:
+    """A published row against a column's cell; `axis`: the column was swept over it (--best-over)."""
+    if axis is not None:
+        return is_best_over(row["note"], axis) and _norm_cell(row["cell"], axis) == _norm_cell(cell, axis)
+    return not is_best_over(row["note"]) and _norm_cell(row["cell"]) == _norm_cell(cell)
+
+
+def describe(row) -> str:
+    cell = " ".join(f"{k}={fmt_value(norm(v))}" for k, v in row["cell"].items())
+    what = " ".join(x for x in (row["method"], cell) if x)
+    return f"{row['pair']} {what} ({row['metric']} {row['value']:.2f})"
+
+
+def why_not(row, table: pd.DataFrame, metric: str, shown: dict) -> str:
+    """Why a published number of the sweep's own tables is not in the table."""
+    if row["metric"] != metric:
+        return f"published as {row['metric']}: `--metric {row['metric']}` shows it"
+    bo = table.attrs.get("best_over")
+    axis = bo["axis"] if bo else None
+    columns = table.attrs.get("columns", {})
+    if row["method"] == "teacher":
+        return "no finished teacher run of it in this sweep"
+    if row["method"] == "scratch":
+        return "no from-scratch column (`scratch: true` in the sweep file)"
+    if row["pair"] not in table.index:
+        return "no finished run of this pair"
+    cols = [n for n, m in columns.items() if m["method"] == row["method"]]
+    if not cols:
+        from trainables.methods import METHODS
+
+        if row["method"] not in METHODS:
+            return f"{row['method']} is not implemented in kd-sweep"
+        return f"method {row['method']} was not run"
+    if is_best_over(row["note"]) and not (axis and is_best_over(row["note"], axis)):
+        axes = [a for a in _axes(table) if is_best_over(row["note"], a)]
+        return f"a best over {axes[0]}: `--best-over {axes[0]}` shows it" if axes else \
+            "a best over a sweep this table does not hold"
+    if not is_best_over(row["note"]) and axis and any(
+            _norm_cell(row["cell"], axis) == _norm_cell(columns[n]["cell"]) for n in cols if n in bo["columns"]):
+        return f"a single {axis} setting: shown without --best-over"
+    swept = set(bo["columns"]) if bo else set()
+    for n in cols:
+        c = table.loc[row["pair"], n] if n in table.columns else None
+        if isinstance(c, Cell) and _matches(row, columns[n]["cell"], axis if n in swept else None):
+            return f"another published number was shown for that cell ({c.paper_ref} {c.paper:.2f})"
+    return "that cell was not run (no column with these knobs)"
+
+
+def _axes(table: pd.DataFrame) -> list[str]:
+    cols = table.attrs.get("columns", {}).values()
+    out = list(dict.fromkeys(k for m in cols for k in m["cell"] if k != "method"))
+    bo = table.attrs.get("best_over")
+    return out + ([bo["axis"]] if bo and bo["axis"] not in out else [])
+
+
+def coverage(table: pd.DataFrame, mine: pd.DataFrame, shown: dict, metric: str, scope: dict) -> list[str]:
+    """How many of the sweep's published numbers the table shows; each other one with its reason (those
+    of another metric summed up: one `--metric` shows them)."""
+    tables = "; ".join(scope.get("tables", []))
+    out = [f"Published numbers shown: {len(shown)} of {len(mine)} ({tables}, this sweep's pairs)."]
+    rest = mine[~mine.index.isin(list(shown))]
+    other = rest[rest["metric"] != metric]
+    if len(other):
+        counts = other["metric"].value_counts(sort=False)
+        out.append(f"Not shown: {len(other)} published as another metric ("
+                   + ", ".join(f"{m} ×{n}" for m, n in counts.items()) + "): "
+                   + " or ".join(f"`--metric {m}`" for m in counts.index) + " shows them.")
+    for _, row in rest[rest["metric"] == metric].iterrows():
+        out.append(f"Not shown: {describe(row)}: {why_not(row, table, metric, shown)}.")
+    return out
+
+
+def teacher_gaps(table: pd.DataFrame) -> list[str]:
+    """Our teachers are our own: every student Δ also holds the teacher's."""
+    gaps, unknown = [], []
+    if TEACHER not in table.columns:
+        return []
+    for pair, c in table[TEACHER].items():
+        if not isinstance(c, Cell) or pd.isna(c.mean):
+            continue
+        label = table.attrs.get("pairs", {}).get(pair, {}).get("teacher", pair)
+        if c.paper is not None:
+            gaps.append(f"{label} {c.mean:.2f} vs {c.paper:.2f} (Δ {signed(c.delta)})")
+        else:
+            unknown.append(str(label))
+    out = []
+    if gaps:
+        out.append("Teachers, ours vs the paper's: " + "; ".join(dict.fromkeys(gaps))
+                   + ". A student's Δ includes its teacher's.")
+    if unknown:
+        out.append(f"No published accuracy for our teacher(s) {', '.join(dict.fromkeys(unknown))}: each student Δ"
+                   " also holds an unknown teacher gap.")
+    return out
+
+
+def deviations(scope: dict) -> list[str]:
+    devs = scope.get("deviations", [])
+    if not devs:
+        return []
+    return ["Known differences from the authors' runs (the sweep file's `paper.deviations`):",
+            *(f"- {d}" for d in devs)]

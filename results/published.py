@@ -31,3 +31,9 @@ def load_published(paper: str | None = None) -> pd.DataFrame:
     out["cell"] = out["cell"].map(lambda s: json.loads(s) if s else {})
     out["value"] = out["value"].astype(float)
     return out[COLUMNS]
+
+
+def table_refs() -> set[str]:
+    """Every published table as a sweep's `paper.tables` names it: "<paper> <table>"."""
+    df = load_published()
+    return set(df["paper"] + " " + df["table"])

@@ -19,6 +19,15 @@ def seeds_asked(tags: dict) -> list | None:
     return seeds if isinstance(seeds, list) and seeds else None
 
 
+def paper_scope(tags: dict) -> dict | None:
+    """The sweep file's `paper:` block as the parent run recorded it (kd.paper), or None."""
+    try:
+        scope = json.loads(tags.get("kd.paper") or "null")
+    except json.JSONDecodeError:
+        return None
+    return scope if isinstance(scope, dict) else None
+
+
 def dataset_of(tags: dict, runs: pd.DataFrame) -> str | None:
     if tags.get("kd.dataset"):
         return tags["kd.dataset"]
@@ -46,7 +55,7 @@ def compose(tags: dict, run_id: str, runs: pd.DataFrame, metric: str = "linear_t
             from .published import load_published
 
             published = load_published()
-        attach_published(table, published, dataset_of(tags, runs), col)
+        attach_published(table, published, dataset_of(tags, runs), col, paper_scope(tags))
     if fmt == "csv":
         frame = csv_frame(table)
         if cost:

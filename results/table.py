@@ -9,6 +9,10 @@ Rules the table keeps (and states under itself):
   AXIS's values, then mean ± std over seeds; a seed counts only when every AXIS value of the sweep
   finished for it (a best over part of the sweep is another quantity), so a missing value shows as
   a missing seed (`†`). AXIS leaves the columns.
+- Whether a difference is real: with two or more seeds in both, each student cell is compared with
+  its row's best by Welch's t-test; a cell not significantly below the best (p ≥ 0.05) is marked `≈`.
+  With `--paper`, each published number is set against our 95% interval for the mean (Student's t
+  over seeds): inside ✓ (reproduced), outside ✗ (not reproduced), one seed ? (too few to say).
 """
 from __future__ import annotations
 
@@ -22,6 +26,14 @@ TEACHER, SCRATCH = "Teacher", "Scratch"
 FEWER, FAILED = "†", "‡"  # fewer finished seeds than asked; failed trials in the cell
 FEWER_NOTE = f"{FEWER} fewer finished seeds than the sweep asked for, shown as (finished/asked)."
 FAILED_NOTE = f"{FAILED} the cell has failed trials; they are never averaged in."
+NOT_WORSE = "≈"  # not significantly below the row's best
+ALPHA = 0.05
+NOT_WORSE_NOTE = (f"{NOT_WORSE} not significantly below the row's best (Welch's t-test over seeds, p ≥ {ALPHA:g});"
+                  " an unmarked cell with two or more seeds is below it at p < 0.05.")
+REPRODUCED, NOT_REPRODUCED, UNDECIDED = "✓", "✗", "?"
+VERDICT_NOTE = (f"{REPRODUCED} the published number lies in our 95% interval for the mean (Student's t over"
+                f" seeds): reproduced; {NOT_REPRODUCED} outside it: not reproduced, by Δ; {UNDECIDED} one seed:"
+                " too few to say.")
 
 
 class ReportError(Exception):
@@ -39,6 +51,33 @@ class Cell:
     chosen: tuple = ()  # with best_over: the winning axis value, per averaged seed
     paper: float | None = None  # the published number for this cell, when attached
     paper_ref: str = ""  # where it comes from: "coss supp. Table 3"
+    values: tuple[float, ...] = ()  # the averaged values, one per seed
+    p_best: float | None = None  # Welch's t-test against the row's best cell (None: not tested)
+
+    @property
+    def ci(self) -> tuple[float, float] | None:
+        """The 95% interval for the mean over seeds (Student's t); None below two seeds."""
+        if self.n < 2 or math.isnan(self.std):
+            return None
+        from scipy.stats import t
+
+        half = float(t.ppf(0.975, self.n - 1)) * self.std / math.sqrt(self.n)
+        return self.mean - half, self.mean + half
+
+    @property
+    def verdict(self) -> str | None:
+        """Against the published number: reproduced, not reproduced, or too few seeds to say."""
+        if self.paper is None or math.isnan(self.mean):
+            return None
+        ci = self.ci
+        if ci is None:
+            return UNDECIDED
+        # As printed: a published 73.90 against an interval that ends at 73.899 is inside it.
+        return REPRODUCED if round(ci[0], 2) <= self.paper <= round(ci[1], 2) else NOT_REPRODUCED
+
+    @property
+    def not_worse(self) -> bool:
+        return self.p_best is not None and self.p_best >= ALPHA
 
     @property
     def short(self) -> bool:
@@ -103,7 +142,7 @@ def _cell(grp: pd.DataFrame, col: str, asked: int | None, axis: str | None = Non
             values.append(by[best])
             chosen.append(best)
     mean, std = _stats(values)
-    return Cell(mean, std, len(values), asked, failed, tuple(grp["run_id"]), tuple(chosen))
+    return Cell(mean, std, len(values), asked, failed, tuple(grp["run_id"]), tuple(chosen), values=tuple(values))
 
 
 def _sort_value(v) -> tuple:
@@ -182,8 +221,34 @@ def build(runs: pd.DataFrame, metric: str, seeds: list | None = None,
     values = sorted(set().union(*expected.values()), key=_sort_value) if expected else []
     meta.update({TEACHER: {"method": "teacher", "cell": {}}, SCRATCH: {"method": "scratch", "cell": {}}})
     table.attrs.update(columns={c: meta[c] for c in table.columns}, pairs=pair_labels,
-                       best_over={"axis": best_over, "values": values} if best_over else None)
+                       best_over={"axis": best_over, "values": values, "columns": sorted(expected)}
+                       if best_over else None)
+    compare_to_best(table)
     return table, col
+
+
+def welch_p(a: tuple[float, ...], b: tuple[float, ...]) -> float | None:
+    """Two-sided p of Welch's t-test; None below two values on a side."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    from scipy.stats import ttest_ind
+
+    if len(set(a)) == 1 and len(set(b)) == 1:  # no spread on either side: equal means are the same, others not
+        return 1.0 if a[0] == b[0] else 0.0
+    return float(ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def compare_to_best(table: pd.DataFrame) -> None:
+    """Each student cell's `p_best`: Welch's t-test against its row's best cell (the best: 1)."""
+    best = best_columns(table)
+    for pair, row in table.iterrows():
+        tops = [row[name] for name in sorted(best[pair])]
+        if not tops:
+            continue
+        top = max(tops, key=lambda c: c.n)
+        for name, c in row.items():
+            if isinstance(c, Cell) and name != TEACHER and not math.isnan(c.mean):
+                c.p_best = 1.0 if name in best[pair] else welch_p(top.values, c.values)
 
 
 def best_columns(table: pd.DataFrame) -> dict[str, set[str]]:
@@ -198,11 +263,12 @@ def best_columns(table: pd.DataFrame) -> dict[str, set[str]]:
     return out
 
 
-def _marks(c: Cell) -> str:
-    return (FEWER if c.short else "") + (FAILED if c.failed else "")
+def _marks(c: Cell, best: bool = False) -> str:
+    """A best cell carries no ≈: its bold says more."""
+    return (FEWER if c.short else "") + (FAILED if c.failed else "") + (NOT_WORSE if c.not_worse and not best else "")
 
 
-def _text(c: Cell | None, latex: bool) -> str:
+def _text(c: Cell | None, latex: bool, best: bool = False) -> str:
     if not isinstance(c, Cell):
         return "–"
     n = f"({c.n}/{c.asked})" if c.short else f"({c.n})"
@@ -212,10 +278,20 @@ def _text(c: Cell | None, latex: bool) -> str:
         pm = r"$\pm$" if latex else "±"
         std = "–" if math.isnan(c.std) else f"{c.std:.2f}"
         s = f"{c.mean:.2f} {pm} {std} {n}"
-    marks = _marks(c)
+    marks = _marks(c, best)
     if marks and latex:
-        marks = "$^{" + marks.replace(FEWER, r"\dagger").replace(FAILED, r"\ddagger") + "}$"
+        marks = "$^{" + marks.replace(FEWER, r"\dagger").replace(FAILED, r"\ddagger").replace(NOT_WORSE, r"\approx") + "}$"
     return s + marks
+
+
+def _delta(c: Cell, name: str, latex: bool) -> str:
+    """Δ and, for a student cell, the verdict (the teacher is one run: its Δ is the teacher gap)."""
+    if c.delta is None:
+        return ""
+    mark = c.verdict if name != TEACHER else None
+    if mark and latex:
+        mark = {REPRODUCED: r"\checkmark", NOT_REPRODUCED: r"$\times$", UNDECIDED: "?"}[mark]
+    return signed(c.delta, latex) + (f" {mark}" if mark else "")
 
 
 def signed(x: float, latex: bool = False) -> str:
@@ -227,7 +303,7 @@ def signed(x: float, latex: bool = False) -> str:
 
 
 LATEX = {"±": r"$\pm$", "∈": r"$\in$", "Δ": r"$\Delta$", "−": "$-$", "†": r"$^\dagger$", "‡": r"$^\ddagger$",
-         "λ": r"$\lambda$", "α": r"$\alpha$", "≥": r"$\geq$", "×": r"$\times$", "…": r"\dots{}"}
+         "λ": r"$\lambda$", "α": r"$\alpha$", "≥": r"$\geq$", "≈": r"$\approx$", "✓": r"\checkmark{}", "✗": r"$\times$", "×": r"$\times$", "…": r"\dots{}"}
 
 
 def latex_escape(s: str) -> str:
@@ -250,9 +326,23 @@ def notes(table: pd.DataFrame) -> list[str]:
         out.append(FEWER_NOTE)
     if any(c.failed for c in cells):
         out.append(FAILED_NOTE)
+    best = best_columns(table)
+    if any(isinstance(c, Cell) and c.not_worse and name not in best[pair]
+           for pair, row in table.iterrows() for name, c in row.items()):
+        out.append(NOT_WORSE_NOTE)
     if refs := table.attrs.get("paper_sources"):
         out.append(f"paper: the published number ({'; '.join(refs)}); Δ = ours − paper, on the means.")
+        if any(c.verdict for name, c in _student_cells(table)):
+            out.append(VERDICT_NOTE)
+    out += table.attrs.get("paper_notes", [])  # results.compare: coverage, teacher gaps, deviations
     return out
+
+
+def _student_cells(table: pd.DataFrame):
+    for _, row in table.iterrows():
+        for name, c in row.items():
+            if isinstance(c, Cell) and name != TEACHER:
+                yield name, c
 
 
 def csv_frame(table: pd.DataFrame) -> pd.DataFrame:
@@ -271,9 +361,14 @@ def csv_frame(table: pd.DataFrame) -> pd.DataFrame:
                  "best": name in best[pair]}
             if bo:
                 r[f"best_{bo['axis']}"] = ";".join(fmt_value(v) for v in c.chosen)
+            ci = c.ci
+            r.update(ci_low=None if ci is None else round(ci[0], 4), ci_high=None if ci is None else round(ci[1], 4),
+                     p_vs_best=None if c.p_best is None else round(c.p_best, 4), not_worse=c.not_worse)
             if with_paper:
                 r.update(paper=c.paper, delta=None if c.delta is None else round(c.delta, 4) + 0.0,
-                         paper_source=c.paper_ref)
+                         paper_source=c.paper_ref,
+                         verdict={REPRODUCED: "reproduced", NOT_REPRODUCED: "not reproduced",
+                                  UNDECIDED: "too few seeds", None: None}[c.verdict if name != TEACHER else None])
             rows.append(r)
     return pd.DataFrame(rows)
 
@@ -290,14 +385,14 @@ def render(table: pd.DataFrame, fmt: str, caption: str = "") -> str:
     body, groups = [], []  # groups: where each pair's rows start
     for pair, row in table.iterrows():
         groups.append(len(body))
-        body.append([str(pair)] + [bold(_text(c, latex)) if name in best[pair] else _text(c, latex)
+        body.append([str(pair)] + [bold(_text(c, latex, True)) if name in best[pair] else _text(c, latex)
                                    for name, c in row.items()])
         if with_paper and any(isinstance(c, Cell) and c.paper is not None for c in row):
             has = lambda c: isinstance(c, Cell) and c.paper is not None  # noqa: E731
             body.append([r"\quad paper" if latex else "↳ paper"]
                         + [f"{c.paper:.2f}" if has(c) else "" for c in row])
             body.append([r"\quad $\Delta$" if latex else "↳ Δ"]
-                        + [signed(c.delta, latex) if has(c) and c.delta is not None else "" for c in row])
+                        + [_delta(c, name, latex) if has(c) else "" for name, c in row.items()])
     header = ["teacher/student", *table.columns]
     below = notes(table)
     if latex:

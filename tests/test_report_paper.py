@@ -88,7 +88,7 @@ def test_best_over_scale_per_seed_then_mean_over_seeds(runs):
     c = table.loc["t2/s2", "lambda=0.5"]
     assert (c.mean, c.std, c.n, c.chosen) == (62.0, 1.0, 3, (2.0, 1.0, 1.0))
     assert len(table.loc["t/s", "lambda=0.5"].run_ids) == 6  # the failed run belongs to the cell (its cost)
-    assert table.attrs["best_over"] == {"axis": "scale", "values": [1.0, 2.0]}
+    assert table.attrs["best_over"] == {"axis": "scale", "values": [1.0, 2.0], "columns": ["lambda=0", "lambda=0.5"]}
 
 
 def test_unknown_axis_lists_the_sweeps_axes(runs):
@@ -104,12 +104,14 @@ def test_markdown_marks_missing_seeds_and_failed_trials(runs):
     assert md_cells(lines[0]) == ["teacher/student", "Teacher", "Scratch", "lambda=0 scale=1", "lambda=0 scale=2",
                                   "lambda=0.5 scale=1", "lambda=0.5 scale=2"]
     assert md_cells(lines[2]) == ["t/s", "79.00 ± – (1)", "71.00 ± 1.00 (3)", "71.00 ± 1.00 (3)",
-                                  "71.33 ± 1.53 (3)", "**75.00 ± 1.00 (3)**", "74.50 ± 2.12 (2/3)†‡"]
+                                  "71.33 ± 1.53 (3)", "**75.00 ± 1.00 (3)**", "74.50 ± 2.12 (2/3)†‡≈"]
     assert md_cells(lines[3]) == ["t2/s2", "72.00 ± – (1)", "–", "**65.50 ± 0.71 (2/3)†**",
                                   "**65.50 ± 2.12 (2/3)†**", "61.00 ± 1.00 (3)", "61.33 ± 1.53 (3)"]  # a tie
     assert lines[4:] == [
         "", "† fewer finished seeds than the sweep asked for, shown as (finished/asked).",
         "‡ the cell has failed trials; they are never averaged in.",
+        "≈ not significantly below the row's best (Welch's t-test over seeds, p ≥ 0.05); an unmarked cell with two or"
+        " more seeds is below it at p < 0.05.",
         "scale_sweep: linear_top1 (%) on the test split, mean ± std (seeds) over finished runs; best student"
         " per row in bold. Run 01234567."]
 
@@ -129,18 +131,24 @@ def test_markdown_best_over_with_paper(runs, paper_csv):
     lines = text.splitlines()
     assert md_cells(lines[0]) == ["teacher/student", "Teacher", "Scratch", "lambda=0", "lambda=0.5"]
     assert [md_cells(x) for x in lines[2:8]] == [
-        ["t/s", "79.00 ± – (1)", "71.00 ± 1.00 (3)", "71.67 ± 1.15 (3)", "**75.00 ± 1.41 (2/3)†‡**"],
+        ["t/s", "79.00 ± – (1)", "71.00 ± 1.00 (3)≈", "71.67 ± 1.15 (3)≈", "**75.00 ± 1.41 (2/3)†‡**"],
         ["↳ paper", "78.50", "", "", "74.20"],
-        ["↳ Δ", "+0.50", "", "", "+0.80"],
-        ["t2/s2", "72.00 ± – (1)", "–", "**66.00 ± 1.41 (2/3)†**", "62.00 ± 1.00 (3)"],
+        ["↳ Δ", "+0.50", "", "", "+0.80 ✓"],  # the teacher is one run: its Δ has no verdict
+        ["t2/s2", "72.00 ± – (1)", "–", "**66.00 ± 1.41 (2/3)†**", "62.00 ± 1.00 (3)≈"],
         ["↳ paper", "", "", "66.25", ""],
-        ["↳ Δ", "", "", "−0.25", ""]]
-    assert lines[8:13] == [
+        ["↳ Δ", "", "", "−0.25 ✓", ""]]
+    assert lines[8:16] == [
         "", "Best over scale ∈ {1, 2} per seed (the highest value among that seed's runs; a seed counts only"
             " when every scale finished), then mean ± std over seeds.",
         "† fewer finished seeds than the sweep asked for, shown as (finished/asked).",
         "‡ the cell has failed trials; they are never averaged in.",
-        "paper: the published number (mypaper Table 9); Δ = ours − paper, on the means."]
+        "≈ not significantly below the row's best (Welch's t-test over seeds, p ≥ 0.05); an unmarked cell with two or"
+        " more seeds is below it at p < 0.05.",
+        "paper: the published number (mypaper Table 9); Δ = ours − paper, on the means.",
+        "✓ the published number lies in our 95% interval for the mean (Student's t over seeds): reproduced;"
+        " ✗ outside it: not reproduced, by Δ; ? one seed: too few to say.",
+        "This sweep's file names no published table (`paper:`): its cells were matched against every table of"
+        " its dataset."]
     assert lines[-1].startswith("scale_sweep: linear_top1 (%)")
     assert table.loc["t/s", "lambda=0"].paper is None  # its row (50.00) is not a best over scale
 
@@ -170,18 +178,20 @@ def test_latex_best_over_with_paper(runs, paper_csv):
     assert lines[:start] == [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{lcccc}", r"\toprule",
                              r"teacher/student & Teacher & Scratch & lambda=0 & lambda=0.5 \\"]
     assert lines[start + 1:start + 9] == [
-        r"t/s & 79.00 $\pm$ – (1) & 71.00 $\pm$ 1.00 (3) & 71.67 $\pm$ 1.15 (3)"
+        r"t/s & 79.00 $\pm$ – (1) & 71.00 $\pm$ 1.00 (3)$^{\approx}$ & 71.67 $\pm$ 1.15 (3)$^{\approx}$"
         r" & \textbf{75.00 $\pm$ 1.41 (2/3)$^{\dagger\ddagger}$} \\",
         r"\quad paper & 78.50 &  &  & 74.20 \\",
-        r"\quad $\Delta$ & $+0.50$ &  &  & $+0.80$ \\",
+        r"\quad $\Delta$ & $+0.50$ &  &  & $+0.80$ \checkmark \\",
         r"\addlinespace",
-        r"t2/s2 & 72.00 $\pm$ – (1) & – & \textbf{66.00 $\pm$ 1.41 (2/3)$^{\dagger}$} & 62.00 $\pm$ 1.00 (3) \\",
+        r"t2/s2 & 72.00 $\pm$ – (1) & – & \textbf{66.00 $\pm$ 1.41 (2/3)$^{\dagger}$}"
+        r" & 62.00 $\pm$ 1.00 (3)$^{\approx}$ \\",
         r"\quad paper &  &  & 66.25 &  \\",
-        r"\quad $\Delta$ &  &  & $-0.25$ &  \\",
+        r"\quad $\Delta$ &  &  & $-0.25$ \checkmark &  \\",
         r"\bottomrule"]
     assert tex.count(r"\textbf") == 2 and "±" not in tex and "Δ" not in tex and "†" not in tex
     assert r"Best over scale $\in$ \{1, 2\} per seed" in tex
-    assert r"paper: the published number (mypaper Table 9); $\Delta$ = ours $-$ paper, on the means.\par}" in tex
+    assert r"paper: the published number (mypaper Table 9); $\Delta$ = ours $-$ paper, on the means. \\" in tex
+    assert r"\checkmark{} the published number lies in our 95\% interval" in tex
     assert lines[-2].startswith(r"\caption{scale\_sweep: linear\_top1 (\%)") and lines[-1] == r"\end{table}"
 
 
@@ -189,7 +199,8 @@ def test_csv_best_over_with_paper(runs, paper_csv):
     out, _, _ = compose(TAGS, "x" * 8, runs, fmt="csv", best_over="scale", paper=True, published=paper_csv)
     csv = pd.read_csv(io.StringIO(out), dtype={"best_scale": str}, keep_default_na=False, na_values=[""])
     assert list(csv.columns) == ["pair", "column", "mean", "std", "n", "n_asked", "n_failed", "best", "best_scale",
-                                 "paper", "delta", "paper_source"]
+                                 "ci_low", "ci_high", "p_vs_best", "not_worse", "paper", "delta", "paper_source",
+                                 "verdict"]
     by = csv.set_index(["pair", "column"])
     assert by.loc[("t/s", "lambda=0"), ["mean", "std", "n", "n_asked", "n_failed", "best", "best_scale"]].tolist() \
         == [71.6667, 1.1547, 3, 3, 0, False, "2;1;2"]
@@ -365,3 +376,99 @@ def test_cli_report_with_every_option(runs, paper_csv, tmp_path, monkeypatch):
     assert res.exit_code == 2 and "several numeric axes (lambda, scale)" in res.output
     res = report("--best-over", "alpha")
     assert res.exit_code == 2 and "no axis 'alpha'" in res.output and "lambda, scale" in res.output
+
+
+# --- is a difference real: Welch's t-test against the row's best, the paper's number in our interval ---
+
+def _cells(values_by_col: dict[str, list[float]]) -> pd.DataFrame:
+    rows = [run("student", "t/s", {"lambda": lam}, seed, v, "s", "t", th="T1")
+            for lam, vs in values_by_col.items() for seed, v in enumerate(vs)]
+    return pd.DataFrame(rows)
+
+
+def test_welch_test_against_the_rows_best_by_hand():
+    table, _ = build(_cells({0.5: [75.0, 76.0, 77.0], 0: [70.0, 71.0, 72.0], 1: [74.0, 76.0, 75.5]}), "linear_top1")
+    # lambda=0 (mean 71) against the best (mean 76), variance 1 each, 3 seeds: t = 5 / sqrt(1/3 + 1/3) = 6.124,
+    # and Welch's df = (2/3)^2 / (2 (1/3)^2 / 2) = 4; two-sided p = 2 P(T_4 > 6.124).
+    from scipy.stats import t
+
+    c = table.loc["t/s", "lambda=0"]
+    assert c.p_best == pytest.approx(2 * t.sf(5 / math.sqrt(2 / 3), 4), rel=1e-9) and c.p_best < 0.01
+    assert not c.not_worse
+    near = table.loc["t/s", "lambda=1"]  # 75.17 ± 1.04 against 76 ± 1: not significantly below
+    assert near.p_best > 0.3 and near.not_worse
+    assert table.loc["t/s", "lambda=0.5"].p_best == 1.0
+    cells = md_cells(render_md(table).splitlines()[2])
+    assert cells[1:] == ["71.00 ± 1.00 (3)", "**76.00 ± 1.00 (3)**", "75.17 ± 1.04 (3)≈"]
+
+
+def render_md(table):
+    from results.table import render
+
+    return render(table, "md")
+
+
+def test_one_seed_is_never_tested_and_equal_spreadless_cells_are_equal():
+    table, _ = build(_cells({0: [70.0], 0.5: [71.0]}), "linear_top1")
+    assert table.loc["t/s", "lambda=0"].p_best is None and "≈" not in render_md(table)
+    table, _ = build(_cells({0: [70.0, 70.0], 0.5: [70.0, 70.0], 1: [69.0, 69.0]}), "linear_top1")
+    assert table.loc["t/s", "lambda=0"].not_worse or table.loc["t/s", "lambda=0.5"].not_worse
+    assert table.loc["t/s", "lambda=1"].p_best == 0.0
+
+
+def test_paper_verdict_from_our_95_percent_interval(tmp_path, monkeypatch):
+    # 3 seeds, mean 76, std 1: the interval is 76 ± t_{0.975, 2} / sqrt(3) = 76 ± 2.484.
+    (tmp_path / "p.csv").write_text(
+        "table,dataset,pair,method,cell,metric,value,note\n"
+        'T,cifar100,t/s,at,"{""lambda"": 0.5}",linear_top1,74.00,\n'   # inside: reproduced
+        'T,cifar100,t/s,at,"{""lambda"": 0}",linear_top1,75.00,\n'     # outside 71 ± 2.48: not reproduced
+        'T,cifar100,t/s,at,"{""lambda"": 1}",linear_top1,75.00,\n')    # one seed: too few to say
+    monkeypatch.setattr(published, "HERE", tmp_path)
+    runs = _cells({0.5: [75.0, 76.0, 77.0], 0: [70.0, 71.0, 72.0], 1: [74.0]})
+    text, table, _ = compose(TAGS, "x" * 8, runs, paper=True, published=published.load_published("p"))
+    c = table.loc["t/s", "lambda=0.5"]
+    from scipy.stats import t
+
+    half = t.ppf(0.975, 2) / math.sqrt(3)
+    assert c.ci == pytest.approx((76 - half, 76 + half)) and c.verdict == "✓"
+    assert table.loc["t/s", "lambda=0"].verdict == "✗" and table.loc["t/s", "lambda=1"].verdict == "?"
+    delta = [md_cells(x) for x in text.splitlines() if x.startswith("| ↳ Δ")][0]
+    assert delta[1:] == ["−4.00 ✗", "+2.00 ✓", "−1.00 ?"]
+    csv = pd.read_csv(io.StringIO(compose(TAGS, "x" * 8, runs, fmt="csv", paper=True,
+                                          published=published.load_published("p"))[0])).set_index("column")
+    assert csv.loc["lambda=0.5", "ci_low"] == pytest.approx(76 - half, abs=1e-4)
+    assert csv["verdict"].tolist() == ["not reproduced", "reproduced", "too few seeds"]
+
+
+def test_coverage_says_why_each_published_number_is_missing(tmp_path, monkeypatch):
+    (tmp_path / "p.csv").write_text(
+        "table,dataset,pair,method,cell,metric,value,note\n"
+        'T,cifar100,t/s,at,"{""lambda"": 0.5}",linear_top1,74.00,"best over scale"\n'
+        'T,cifar100,t/s,at,"{""lambda"": 0.5, ""scale"": 1}",linear_top1,73.00,\n'
+        'T,cifar100,t/s,at,"{""lambda"": 9}",linear_top1,60.00,\n'
+        'T,cifar100,t/s,kd,{},linear_top1,61.00,\n'
+        'T,cifar100,t/s,at,"{""lambda"": 0.5, ""scale"": 1}",knn_top1,50.00,\n'
+        'T,cifar100,t3/s3,at,"{""lambda"": 0.5, ""scale"": 1}",linear_top1,1.00,\n'  # not this sweep's pair
+        'U,cifar100,t/s,at,"{""lambda"": 0, ""scale"": 1}",linear_top1,2.00,\n')  # not this sweep's table
+    monkeypatch.setattr(published, "HERE", tmp_path)
+    pub = published.load_published("p")
+    runs = T_runs()
+    scope = {"tables": ["p T"], "pairs": [{"pair": "t/s", "teacher": "t", "student": "s"}],
+             "deviations": ["Teachers are our own."]}
+    tags = {**TAGS, "kd.paper": json.dumps(scope)}
+    text = compose(tags, "x" * 8, runs, paper=True, published=pub)[0]
+    assert "Published numbers shown: 1 of 5 (p T, this sweep's pairs)." in text
+    assert "Not shown: 1 published as another metric (knn_top1 ×1): `--metric knn_top1` shows them." in text
+    assert "Not shown: t/s at lambda=0.5 (linear_top1 74.00): a best over scale: `--best-over scale` shows it." in text
+    assert "Not shown: t/s at lambda=9 (linear_top1 60.00): that cell was not run" in text
+    assert "Not shown: t/s kd (linear_top1 61.00): method kd was not run." in text
+    assert "- Teachers are our own." in text
+    papers = [md_cells(x)[1:] for x in text.splitlines() if x.startswith("| ↳ paper")]
+    assert papers == [["", "", "", "", "73.00", ""]]  # neither another pair's nor another table's number
+    text = compose(tags, "x" * 8, runs, paper=True, published=pub, best_over="scale")[0]
+    assert "Published numbers shown: 1 of 5" in text  # now the best-over row, and the single setting is out
+    assert "t/s at lambda=0.5 scale=1 (linear_top1 73.00): a single scale setting: shown without --best-over" in text
+
+
+def T_runs():
+    return runs.__wrapped__()

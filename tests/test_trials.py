@@ -35,3 +35,17 @@ def test_what_changes_the_keys():
     more_seeds = load_sweep(SWEEPS / "lambda_ablation.yaml", ["resources.gpu=0.5"])
     assert [t["config_hash"] for t in student_trials(more_seeds, DATA, {0: "T0", 1: "T1"})] == \
         [t["config_hash"] for t in trials]  # resources do not change results
+
+
+def test_torchvision_teachers_train_phase_comes_first():
+    """A teacher of torchvision `weights:` with 0 epochs makes its weights in its own trial: it must not be
+    deferred into the students' Tuner, whose trials need those weights (a KeyError in every student)."""
+    from orchestrator.runner import scoring_only
+    from orchestrator.trials import evaluate_only, teacher_trial
+
+    sweep = load_sweep(SWEEPS / "miles_table6_imagenet.yaml")
+    dataset = {"name": "imagenet", "root": "/data", **sweep.dataset.loader_args(), "fingerprint": "f"}
+    cfg = teacher_trial(sweep, sweep.pairs[0].teacher, dataset, None)
+    assert cfg["train"]["epochs"] == 0 and not scoring_only([cfg], {})
+    given = evaluate_only(cfg)  # weights an earlier sweep trained, fetched by the driver
+    assert scoring_only([given], {cfg["weights_hash"]: {}}) and not scoring_only([], {})

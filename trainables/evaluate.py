@@ -1,6 +1,8 @@
 """The protocols that score a student: its own classifier, a linear probe and k-NN on frozen features."""
 from __future__ import annotations
 
+from typing import Callable
+
 import faiss
 import numpy as np
 import torch
@@ -25,6 +27,23 @@ def extract(model: Backbone, data, split: str, batch_size: int = 512
             logits.append(out.logits.float())
     model.train(was_training)
     return torch.cat(feats), (torch.cat(logits) if logits else None)
+
+
+@torch.no_grad()
+def extract_augmented(model: Backbone, data, seed: int, batch_size: int = 512) -> torch.Tensor:
+    """Pooled features of the training images in order, each freshly RandomResizedCrop'd + flipped
+    (`data.probe_loader`), the model in eval mode (frozen BatchNorm statistics, as MoCo's main_lincls.py)."""
+    was_training = model.training
+    model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    feats = [model(x.to(device, non_blocking=True)).feature.float() for x in data.probe_loader(batch_size, seed)]
+    model.train(was_training)
+    return torch.cat(feats)
+
+
+def probe_seed(seed: int, epoch: int) -> int:
+    """The augmentation seed of a probe epoch: a function of the trial's seed and the epoch alone."""
+    return seed * 1_000_003 + 500_009 + epoch
 
 
 def top1(logits: torch.Tensor, y: torch.Tensor) -> float:
@@ -52,21 +71,24 @@ def knn_top1(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor,
 
 def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
                  num_classes: int, epochs: int, batch_size: int, lr: float, momentum: float,
-                 weight_decay: float, milestones: list[int], gamma: float, seed: int
-                 ) -> tuple[float, float, float]:
+                 weight_decay: float, milestones: list[int], gamma: float, seed: int,
+                 train_views: Callable[[int], torch.Tensor] | None = None) -> tuple[float, float, float]:
     """A new linear head on frozen features; returns the test top-1 of the last and of the best epoch,
-    and the last epoch's top-5 (CoSS's ImageNet table gives linear top-5)."""
+    and the last epoch's top-5 (CoSS's ImageNet table gives linear top-5). `train_views(epoch)`, when
+    given, returns the training features of that epoch (0-based; the rows in `train_y`'s order) in place
+    of `train_f`: an augmented probe's fresh views."""
     gen = torch.Generator(device=train_f.device).manual_seed(seed)
     torch.manual_seed(seed)
     head = torch.nn.Linear(train_f.shape[1], num_classes).to(train_f.device)
     opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma)
     best = last = 0.0
-    for _ in range(epochs):
-        order = torch.randperm(len(train_f), generator=gen, device=train_f.device)
+    for epoch in range(epochs):
+        feats = train_f if train_views is None else train_views(epoch).to(train_f.device)
+        order = torch.randperm(len(feats), generator=gen, device=train_f.device)
         for i in range(0, len(order), batch_size):
             b = order[i:i + batch_size]
-            loss = F.cross_entropy(head(train_f[b]), train_y[b])
+            loss = F.cross_entropy(head(feats[b]), train_y[b])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -85,19 +107,35 @@ def classifier_top1(model: Backbone, data: ImageData) -> float:
 
 def evaluate(model: Backbone, data: ImageData, protocols: dict, seed: int) -> dict[str, float]:
     """Run the asked protocols on the final model; keys are `eval/<protocol>_top1` (the last epoch),
-    `eval/linear_top1_best` (the probe's best epoch) and `eval/linear_top5`."""
+    `eval/linear_top1_best` (the probe's best epoch) and `eval/linear_top5`. A probe with `augment: true`
+    trains on the features of freshly augmented training images every epoch (`extract_augmented`)."""
     out: dict[str, float] = {}
     test_f, test_logits = extract(model, data, "test")
     if "classifier" in protocols and test_logits is not None:
         out["eval/classifier_top1"] = top1(test_logits, data.test_y.to(test_logits.device))
     if "linear" in protocols or "knn" in protocols:
-        train_f, _ = extract(model, data, "train")
+        probe = dict(protocols.get("linear") or {})
+        augmented = bool(probe.pop("augment", False))
+        train_f = None
+        if "knn" in protocols or not augmented:
+            train_f, _ = extract(model, data, "train")
         if "knn" in protocols:
             p = protocols["knn"]
             out["eval/knn_top1"] = knn_top1(train_f, data.train_y, test_f, data.test_y, data.num_classes,
                                             p["k"], p["temperature"])
         if "linear" in protocols:
-            last, best, last5 = linear_probe(train_f, data.train_y, test_f, data.test_y, data.num_classes,
-                                             seed=seed, **protocols["linear"])
+            views = None
+            if augmented:
+                first = {0: extract_augmented(model, data, probe_seed(seed, 0))}  # handed over, then dropped
+
+                def views(epoch: int) -> torch.Tensor:
+                    if epoch in first:
+                        return first.pop(epoch)
+                    return extract_augmented(model, data, probe_seed(seed, epoch))
+
+                train_f = first[0] if train_f is None else train_f  # the feature size and device
+            last, best, last5 = linear_probe(train_f, data.train_y.to(train_f.device), test_f,
+                                             data.test_y.to(test_f.device), data.num_classes, seed=seed,
+                                             train_views=views, **probe)
             out["eval/linear_top1"], out["eval/linear_top1_best"], out["eval/linear_top5"] = last, best, last5
     return out

@@ -28,7 +28,7 @@ Report = Callable[[dict[str, float], dict[str, Any], dict[str, torch.Tensor] | N
 
 
 LOADER_ARGS = ("download", "verify_checksum", "augment", "val_split", "val_seed", "train_fraction", "max_train",
-               "max_test", "image_size")
+               "max_test", "image_size", "train_split", "train_split_seed", "normalize")
 
 
 class NonFiniteLoss(RuntimeError):

@@ -31,8 +31,8 @@ def test_loss_equals_hand_computation(weight):
     assert loss(S, T, weight=weight).item() == pytest.approx(weight * NST, rel=1e-6)
 
 
-def test_default_weight_is_100():
-    assert loss(S, T).item() == pytest.approx(100 * NST, rel=1e-6)
+def test_default_weight_is_50():  # CRD's scripts/run_cifar_distill.sh: -b 50
+    assert loss(S, T).item() == pytest.approx(50 * NST, rel=1e-6)
 
 
 def test_zero_when_the_maps_agree():

@@ -44,6 +44,48 @@ def test_in_batch_loss_equals_hand_computation():
     assert terms["ce"].item() == pytest.approx(ce, rel=1e-6)
 
 
+def test_mse_and_sce_distances_equal_hand_computation():
+    # Same batch: V_t = I, V_s = [[1, r], [r, 1]], r = 1/sqrt2 (anchors in batch, diagonal kept).
+    z_t = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    z_s = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    r = 1 / math.sqrt(2)
+    # mse (the notebook's F.mse_loss): the mean over the 2 x 2 entries, (0 + r^2 + r^2 + 0) / 4.
+    assert rrkd(distance="mse")(step(z_s, z_t))["rrkd"].item() == pytest.approx(2 * r * r / 4, rel=1e-6)
+    # sce (F.cross_entropy(V_s / 2, softmax(V_t / 2))): both rows mirror each other, so the mean is row 0's
+    # -sum_j p_j log q_j, p = softmax(1/2, 0), q = softmax(1/2, r/2).
+    p = [math.exp(0.5) / (math.exp(0.5) + 1), 1 / (math.exp(0.5) + 1)]
+    zq = math.exp(0.5) + math.exp(r / 2)
+    q = [math.exp(0.5) / zq, math.exp(r / 2) / zq]
+    sce = -(p[0] * math.log(q[0]) + p[1] * math.log(q[1]))
+    assert rrkd(distance="sce")(step(z_s, z_t))["rrkd"].item() == pytest.approx(sce, rel=1e-6)
+    assert rrkd(distance="sce", weight=2.0)(step(z_s, z_t))["rrkd"].item() == pytest.approx(2 * sce, rel=1e-6)
+    # Equal relative representations: mse 0, sce the entropy of softmax(V_t,i / 2), cos -log(1 + 1e-8).
+    same = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert rrkd(distance="mse")(step(same, z_t))["rrkd"].item() == pytest.approx(0.0, abs=1e-12)
+    entropy = -(p[0] * math.log(p[0]) + p[1] * math.log(p[1]))
+    assert rrkd(distance="sce")(step(same, z_t))["rrkd"].item() == pytest.approx(entropy, rel=1e-6)
+    assert rrkd()(step(same, z_t))["rrkd"].item() == pytest.approx(0.0, abs=1e-7)
+
+
+# Golden values: the authors' notebook code (rrkd.ipynb, LitDistiller.step with d_type cos / mse / sce) on
+# z_s = arange(12).view(4, 3) / 5 - 1 and z_t = cos(arange(16).view(4, 4)), anchors in batch (float64).
+GOLDEN = {"cos": 0.5838858262738735, "mse": 1.1228857775288528, "sce": 1.4430528528213278}
+
+
+@pytest.mark.parametrize("distance", ["cos", "mse", "sce"])
+def test_golden_value_of_each_distance(distance):
+    z_s = torch.arange(12, dtype=torch.float64).view(4, 3) / 5 - 1
+    z_t = torch.cos(torch.arange(16, dtype=torch.float64).view(4, 4))
+    m = make("rrkd", 3, 4, classes=3, lambda_ce=0.0, distance=distance).double()
+    assert m(step(z_s, z_t))["rrkd"].item() == pytest.approx(GOLDEN[distance], rel=1e-9)
+
+
+def test_default_distance_is_the_papers_cosine_and_others_are_refused():
+    assert method_class("rrkd").Knobs().distance == "cos"
+    with pytest.raises(ValueError, match="distance"):
+        rrkd(distance="l1")
+
+
 def test_fixed_anchors_are_re_encoded_by_each_network():
     m = rrkd(anchors="random")
     m.anchor_x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # two anchor "images"
@@ -93,20 +135,22 @@ def test_fixed_anchors_invariant_to_rotating_either_network():
 
 # --- (3) gradients ----------------------------------------------------------------------------
 
-def test_in_batch_gradients_reach_student_not_teacher():
+@pytest.mark.parametrize("distance", ["cos", "mse", "sce"])
+def test_in_batch_gradients_reach_student_not_teacher(distance):
     torch.manual_seed(0)
     s = torch.randn(6, 3, requires_grad=True)
     t = torch.randn(6, 4, requires_grad=True)  # even a teacher tensor that could take a gradient gets none
-    sum(rrkd(3, 4)(step(s, t)).values()).backward()
-    assert s.grad is not None and s.grad.abs().sum() > 0
+    sum(rrkd(3, 4, distance=distance)(step(s, t)).values()).backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0 and torch.isfinite(s.grad).all()
     assert t.grad is None
 
 
-def test_fixed_anchor_gradients_reach_student_network_not_teacher():
+@pytest.mark.parametrize("distance", ["cos", "mse", "sce"])
+def test_fixed_anchor_gradients_reach_student_network_not_teacher(distance):
     torch.manual_seed(0)
     student, teacher = nn.Linear(4, 3), nn.Linear(4, 5)
     x = torch.randn(6, 4)
-    m = rrkd(3, 5, anchors="random")
+    m = rrkd(3, 5, anchors="random", distance=distance)
     m.anchor_x = torch.randn(7, 4)
     s = student(x)
     t = teacher(x)

@@ -30,15 +30,15 @@ def test_loss_equals_hand_computation(init_var):
     assert m.variances()[0].tolist() == pytest.approx([init_var], rel=1e-5)
     terms = m(step(torch.zeros(2, 2), torch.zeros(2, 2), s_maps=[S], t_maps=[T]))
     assert set(terms) == {"vid"}
-    expected = 2.0 * 0.5 * (1 / init_var + math.log(init_var))  # default weight 2
+    expected = 1.0 * 0.5 * (1 / init_var + math.log(init_var))  # default weight 1 (CRD's -b 1)
     assert terms["vid"].item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_default_is_weight_2_and_variance_5():
+def test_default_is_weight_1_and_variance_5():
     m = vid()
     identity_regressor(m)
     loss = m(step(torch.zeros(2, 2), torch.zeros(2, 2), s_maps=[S], t_maps=[T]))["vid"]
-    assert loss.item() == pytest.approx(0.2 + math.log(5), rel=1e-5)
+    assert loss.item() == pytest.approx(0.5 * (0.2 + math.log(5)), rel=1e-5)
 
 
 def test_modules_sized_from_the_maps_with_the_teachers_width_inside():

@@ -14,16 +14,21 @@ __all__ = ["AUGMENTATIONS", "DATASETS", "DatasetMissing", "ImageData", "MAX_VAL_
 def load_dataset(name: str, root: str, download: bool = False, verify_checksum: bool = True,
                  augment: str | None = None, val_split: float = 0.0, val_seed: int = 0,
                  train_fraction: float = 1.0, max_train: int | None = None, max_test: int | None = None,
-                 image_size: int | None = None) -> ImageData:
+                 image_size: int | None = None, train_split: float = 1.0, train_split_seed: int = 42,
+                 normalize: dict | None = None) -> ImageData:
     """`augment`: None (the dataset's default view) or one of AUGMENTATIONS. `val_split` > 0: a stratified part
     of the training set, seeded by `val_seed`, comes back in place of the test split (eval_split "val") and
     leaves the training set; keep the test split for final numbers. `image_size`: the crop side of a
-    dataset read from image files (imagenet; 224 by default); in-memory datasets keep their own."""
+    dataset read from image files (imagenet; 224 by default); in-memory datasets keep their own.
+    `train_split` < 1: train on the first part of torch's random split (`ImageData.split_part`, RRKD's
+    notebook). `normalize`: {mean: [...], std: [...]} in place of the dataset's own statistics."""
     check_options(augment, val_split)  # before any reading or downloading
     root = os.path.abspath(os.path.expanduser(root))
     sized = {} if image_size is None else {"image_size": image_size}
     data = DATASETS.get(name)(root, download=download, verify_checksum=verify_checksum, augment=augment,
                               val_split=val_split, val_seed=val_seed, **sized)
+    data = data.split_part(train_split, train_split_seed) if train_split < 1 else data
+    data = data.normalised_by(normalize["mean"], normalize["std"]) if normalize else data
     data = data.subset(train_fraction, val_seed) if train_fraction < 1 else data
     if max_train is not None and max_train < data.num_train:
         data = data.subset(max_train / data.num_train, val_seed)

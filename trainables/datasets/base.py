@@ -15,8 +15,11 @@ from typing import Callable, Iterator, Optional, Sequence, TypeVar
 import numpy as np
 import torch
 
+from .views import rand_augment, resized_crop_flip
+
 # `augment` overrides of a dataset's default training view (None keeps the default).
-AUGMENTATIONS = ("crop_flip", "crop", "flip", "none", "mocov2")  # mocov2: ImageNet only
+# randaugment: crop + flip, then torchvision's RandAugment (2 ops, magnitude 9) per image (views.py).
+AUGMENTATIONS = ("crop_flip", "crop", "flip", "none", "mocov2", "randaugment")  # mocov2: ImageNet only
 MAX_VAL_SPLIT = 0.5  # a larger hold-out would leave less to train on than it tunes for
 
 T = TypeVar("T")
@@ -38,6 +41,7 @@ class ImageData:
     crop_padding: int = 0  # random crop with this zero padding; 0 = no crop
     flip: bool = False
     eval_split: str = "test"  # what test_x/test_y hold: "test", or "val" (a part held out of train by `holdout`)
+    randaugment: bool = False  # RandAugment after the crop and flip (augment "randaugment")
 
     @property
     def in_channels(self) -> int:
@@ -69,10 +73,10 @@ class ImageData:
         check_options(augment, 0.0)
         if augment == "mocov2":
             raise ValueError("augment 'mocov2' (colour jitter, blur, resized crops) is for imagenet; this dataset"
-                             " takes crop_flip, crop, flip or none")
+                             " takes crop_flip, crop, flip, randaugment or none")
         pad = self.crop_padding or max(1, self.image_size // 8)
-        return replace(self, crop_padding=pad if augment in ("crop_flip", "crop") else 0,
-                       flip=augment in ("crop_flip", "flip"))
+        return replace(self, crop_padding=pad if augment in ("crop_flip", "crop", "randaugment") else 0,
+                       flip=augment in ("crop_flip", "flip", "randaugment"), randaugment=augment == "randaugment")
 
     def subset(self, fraction: float, seed: int = 0, split: str = "train") -> "ImageData":
         """Only a stratified, seeded `fraction` of one split (the other untouched)."""
@@ -81,6 +85,21 @@ class ImageData:
         if split == "train":
             return replace(self, train_x=self.train_x[keep], train_y=self.train_y[keep])
         return replace(self, test_x=self.test_x[keep], test_y=self.test_y[keep])
+
+    def split_part(self, fraction: float, seed: int = 42) -> "ImageData":
+        """Only the first part of torch's `random_split(train, [fraction, 1 - fraction], seed)` (RRKD's
+        notebook trains on that part: 0.9, seed 42); the test split untouched."""
+        keep = torch_split_part(self.num_train, fraction, seed).to(self.train_y.device)
+        return replace(self, train_x=self.train_x[keep], train_y=self.train_y[keep])
+
+    def normalised_by(self, mean: Sequence[float], std: Sequence[float]) -> "ImageData":
+        """Another normalisation (one value for every channel, or one per channel): RRKD's notebook
+        normalises every dataset with 0.5 and 0.5 where kd-sweep uses each dataset's statistics."""
+        c = self.in_channels
+        for name, v in (("mean", mean), ("std", std)):
+            if len(v) not in (1, c):
+                raise ValueError(f"normalize.{name} takes 1 or {c} values for this dataset, got {len(v)}")
+        return replace(self, mean=tuple(mean) * (c // len(mean)), std=tuple(std) * (c // len(std)))
 
     def holdout(self, fraction: float, seed: int = 0) -> "ImageData":
         """A stratified, seeded part of the training set in place of the test split (eval_split "val").
@@ -112,6 +131,13 @@ class ImageData:
         for sl in eval_batches(len(self.labels(split)), batch_size):
             yield self.eval_view(split, sl)
 
+    def probe_loader(self, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
+        """The training images in order, each freshly RandomResizedCrop'd + flipped at its own size and
+        normalised: the view a linear probe with `augment: true` trains on (MoCo's main_lincls.py)."""
+        gen = torch.Generator(device=self.train_x.device).manual_seed(seed)
+        for sl in eval_batches(self.num_train, batch_size):
+            yield self.normalise(resized_crop_flip(self.train_x[sl], gen))
+
     def epoch(self, batches: list[torch.Tensor], gen: torch.Generator, workers: int = 0
               ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(idx, augmented x, y) for each index batch, in order. In memory: no loader, no workers."""
@@ -124,7 +150,8 @@ class ImageData:
         return (x.float().div_(255) - mean) / std
 
     def augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """Training view of a uint8 batch: torchvision's RandomCrop(pad, fill 0) + flip, then normalise."""
+        """Training view of a uint8 batch: torchvision's RandomCrop(pad, fill 0) + flip, then RandAugment when
+        asked (`randaugment`), then normalise."""
         b, _, h, w = x.shape
         if self.crop_padding:
             p = self.crop_padding
@@ -138,6 +165,8 @@ class ImageData:
         if self.flip:
             flip = torch.rand(b, generator=gen, device=gen.device).to(x.device) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        if self.randaugment:
+            x = rand_augment(x, gen)
         return self.normalise(x)
 
 
@@ -162,6 +191,22 @@ def check_options(augment: Optional[str], val_split: float) -> None:
                          " dataset's default)")
     if not 0.0 <= val_split <= MAX_VAL_SPLIT:
         raise ValueError(f"val_split must be a fraction in [0, {MAX_VAL_SPLIT}], got {val_split}")
+
+
+def torch_split_part(n: int, fraction: float, seed: int) -> torch.Tensor:
+    """The sorted indices of the first part of `torch.utils.data.random_split(range(n), [fraction, 1 -
+    fraction], generator=torch.Generator().manual_seed(seed))`: RRKD's GenericDataModule (Ramos-Ramos/rrkd
+    rrkd.ipynb, commit aa4298b, cell 18: [0.9, 0.1], seed 42, the first part trained on). torch's own
+    function, so the same images as the notebook's for the same torch (random_split is a randperm)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"train_split must be a fraction in (0, 1], got {fraction}")
+    if fraction == 1:
+        return torch.arange(n)
+    from torch.utils.data import random_split
+
+    # The notebook passes [0.9, 0.1]; 1 - 0.9 is 0.0999..., whose floor would move one image over.
+    part, _ = random_split(range(n), [fraction, round(1 - fraction, 12)], generator=torch.Generator().manual_seed(seed))
+    return torch.tensor(sorted(part.indices), dtype=torch.long)
 
 
 def configure(data: ImageData, augment: Optional[str] = None, val_split: float = 0.0,

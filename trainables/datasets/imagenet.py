@@ -26,7 +26,8 @@ SIZE = 224
 def train_transform(augment: str | None, size: int = SIZE):
     """`crop_flip` (default): RandomResizedCrop + flip (torchvision/Miles recipe). `mocov2`: MoCo v2's
     augmentation, which CoSS trains with (crop scale (0.2, 1), colour jitter 0.4/0.4/0.4/0.1 p 0.8,
-    greyscale p 0.2, Gaussian blur sigma in [0.1, 2] p 0.5, flip)."""
+    greyscale p 0.2, Gaussian blur sigma in [0.1, 2] p 0.5, flip). `randaugment`: RandomResizedCrop + flip,
+    then torchvision's RandAugment (2 ops, magnitude 9)."""
     import torchvision.transforms as T  # here, not at the top: ~2 s that only folder datasets need
 
     norm = [T.ToTensor(), T.Normalize(MEAN, STD)]
@@ -41,6 +42,8 @@ def train_transform(augment: str | None, size: int = SIZE):
         return eval_transform(size)
     if augment in (None, "crop_flip"):
         return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *norm])
+    if augment == "randaugment":
+        return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.RandAugment(), *norm])
     if augment == "crop":
         return T.Compose([T.RandomResizedCrop(size), *norm])
     return T.Compose([T.Resize(_resize(size)), T.CenterCrop(size), T.RandomHorizontalFlip(), *norm])  # flip
@@ -124,6 +127,21 @@ class FolderData:
     def eval_loader(self, split: str, batch_size: int = 256) -> Iterator[torch.Tensor]:
         for x, _ in self._loader(_Split(self._samples(split), eval_transform(self.image_size)), self.workers,
                                  batch_size=batch_size):
+            yield x
+
+    def probe_loader(self, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
+        """The training images in order, each freshly RandomResizedCrop'd + flipped at `image_size` and
+        normalised, decoded by `workers` processes and seeded by `seed`: the view a linear probe with
+        `augment: true` trains on (MoCo's main_lincls.py: RandomResizedCrop(224) + RandomHorizontalFlip)."""
+        ds = _Split(self.train_samples, train_transform("crop_flip", self.image_size))
+        order = [list(range(i, min(i + batch_size, len(ds)))) for i in range(0, len(ds), batch_size)]
+        if self.workers == 0:
+            for _, x, _ in self._epoch_in_process(order, order, ds, seed):
+                yield x
+            return
+        loader = self._loader(ds, self.workers, batch_sampler=order, generator=torch.Generator().manual_seed(seed),
+                              worker_init_fn=_seed_worker)
+        for x, _ in loader:
             yield x
 
     def epoch(self, batches: list[torch.Tensor], gen: torch.Generator, workers: int = 0

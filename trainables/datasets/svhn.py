@@ -42,8 +42,8 @@ def load_svhn(root: str, download: bool = False, verify_checksum: bool = True, a
               val_split: float = 0.0, val_seed: int = 0) -> ImageData:
     """SVHN train/test (not `extra`). By default RandomCrop(32, padding=4) without flip: mirrored digits are
     not digits, so the MixMatch/FixMatch code (google-research/mixmatch libml/data.py, `augment_svhn`)
-    shifts SVHN by up to 4 pixels and mirrors only CIFAR/STL. RRKD trains SVHN with flip only:
-    `augment: flip`."""
+    shifts SVHN by up to 4 pixels and mirrors only CIFAR/STL. RRKD's paper says it flips SVHN, its notebook
+    does not (cell 18 flips CIFAR-10/100 only): `augment: none` is the notebook's view."""
     official, unchecked = _classes()
     cls = official if verify_checksum else unchecked
     files = [os.path.join(root, official.split_list[s][1]) for s in SPLITS]

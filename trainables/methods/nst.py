@@ -8,6 +8,9 @@ averaged over the batch and summed over the pairs. Taps feat[1:-1] (every stage 
 kernel and the full MMD (teacher-teacher term included, a constant) as in the CRD benchmark code
 (RepDistiller distiller_zoo/NST.py). Channel counts may differ; only the spatial sizes are matched.
 
+Base weight 50: CRD's scripts/run_cifar_distill.sh (`--distill nst -b 50`, RepDistiller b84f547c). The CoSS
+supplement (Table 1) adapted CRD's code and lists no weights of its own, so it ran this one too.
+
 On an MLP a hidden layer (b, h) is (b, h, 1, 1): each "channel" has one response, normalised to its sign,
 so the loss only compares which units are active and gives no gradient.
 """
@@ -23,8 +26,8 @@ from .base import DataInfo, Knobs, Method, ModelInfo, Step
 
 
 class NSTKnobs(Knobs):
-    weight: float = Field(100.0, ge=0, description="base weight: 100 as the CoSS supplement (SPEC);"
-                                                   " CRD's scripts used 50")
+    weight: float = Field(50.0, ge=0, description="base weight: 50 as CRD's scripts/run_cifar_distill.sh"
+                                                  " (-b 50), which the CoSS supplement's adapted CRD code ran")
 
 
 def poly_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

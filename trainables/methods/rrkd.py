@@ -5,6 +5,11 @@ L_D = -mean_i log( (cos(V_t,i, V_s,i) + 1) / 2 + 1e-8 ); the paper's Eq. 3 mispl
 authors' code rescales the cosine to [0, 1] as here. L = weight · L_D + lambda_ce · CE (Eq. 4).
 No projector: V has one column per anchor whatever d_s and d_t are.
 
+`distance` is the authors' `d_type` (github.com/Ramos-Ramos/rrkd, rrkd.ipynb at aa4298b, class
+LitDistiller): how V_s is compared with V_t. cos (their default, the paper's Eq. 3) is L_D above;
+mse = F.mse_loss(V_s, V_t), the mean over all b × m entries; sce = F.cross_entropy(V_s / 2,
+softmax(V_t / 2)), i.e. -mean_i Σ_j softmax(V_t,i / 2)_j log softmax(V_s,i / 2)_j.
+
 Anchors (paper §5.4): `in_batch` uses the batch itself (A = z, diagonal kept; the paper's main
 method); the fixed sets are chosen once per trial in `setup` from the training set and their images
 (normalised, no augmentation) are re-encoded by both networks at every step.
@@ -35,6 +40,10 @@ class RRKDKnobs(Knobs):
         "cross-entropy with labels: RRKD Eq. 4 sets lambda_CE 1 when distilling with labels (the supervised"
         " MNIST and CIFAR/SVHN experiments, Tables 2-3) and 0 without (self-supervised, Tables 1 and 5)"))
     weight: float = Field(1.0, gt=0, description="lambda_D of RRKD Eq. 4 (paper: 1)")
+    distance: Literal["cos", "mse", "sce"] = Field("cos", description=(
+        "how the relative representations are compared, the authors' d_type (rrkd.ipynb, LitDistiller): cos ="
+        " -log((cos + 1)/2 + 1e-8), the paper's Eq. 3 and their default; mse = mean squared error; sce ="
+        " cross-entropy of softmax(V_s / 2) against softmax(V_t / 2)"))
     anchors: Literal["in_batch", "random", "per_class", "best_per_class"] = Field("in_batch", description=(
         "anchor set (paper §5.4): in_batch is the main method; random, per_class and best_per_class are the"
         " fixed sets of the Table 5 ablation"))
@@ -54,8 +63,13 @@ def relative(z: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
     return F.normalize(z, dim=1, eps=EPS) @ F.normalize(anchors, dim=1, eps=EPS).T
 
 
-def rrkd_loss(v_s: torch.Tensor, v_t: torch.Tensor) -> torch.Tensor:
-    """-mean_i log((cos(V_t,i, V_s,i) + 1)/2 + 1e-8)."""
+def rrkd_loss(v_s: torch.Tensor, v_t: torch.Tensor, distance: str = "cos") -> torch.Tensor:
+    """cos: -mean_i log((cos(V_t,i, V_s,i) + 1)/2 + 1e-8); mse: mean (V_s - V_t)^2; sce: the cross-entropy
+    of softmax(V_s / 2) against softmax(V_t / 2), averaged over rows (the notebook's d_type, line for line)."""
+    if distance == "mse":
+        return F.mse_loss(v_s, v_t)
+    if distance == "sce":
+        return F.cross_entropy(v_s / 2, (v_t / 2).softmax(dim=-1))
     cos = (F.normalize(v_t, dim=1, eps=EPS) * F.normalize(v_s, dim=1, eps=EPS)).sum(1)
     return -torch.log((cos + 1) / 2 + LOG_EPS).mean()
 
@@ -162,4 +176,4 @@ class RRKD(Method):
         a_s, a_t = self.anchor_features(step)
         v_s = relative(step.s.feature, a_s)
         v_t = relative(step.t.feature.detach(), a_t)  # the teacher is a target only
-        return {"rrkd": self.knobs.weight * rrkd_loss(v_s, v_t)}
+        return {"rrkd": self.knobs.weight * rrkd_loss(v_s, v_t, self.knobs.distance)}

@@ -6,9 +6,11 @@ student's pooled feature into the teacher's space. Two terms:
   sr = MSE(W_t c(z_s) + b_t, l_t)               the teacher's own classifier applied to the connected
                                                 student feature, against the teacher's logits.
 loss = weight · (lambda_fm · fm + lambda_sr · sr) + lambda_ce · CE. The authors' released code
-(jingyang2017/KD_SRRL, train_imagenet_distillation.py) computes loss_ce + weight · (fm + sr) with
-weight 1. That code runs the connector on the last feature map and matches spatial means; here it
-runs on the pooled feature, as the CIFAR re-implementations in the CRD-style benchmarks do (the
+(jingyang2017/KD_SRRL, train_imagenet_distillation.py) computed loss_ce + weight · (fm + sr) in its first
+version (e3ca8ca) and loss_ce + fm + weight · sr since 1f4009f (its --weight on sr alone: here
+lambda_sr = that weight); both with weight 1 by default, where they agree with the defaults here (checked
+against its code in tests/methods/test_authors_others.py, on 1 × 1 maps). That code runs the connector
+on the last feature map and matches spatial means; here it runs on the pooled feature, as the CIFAR re-implementations in the CRD-style benchmarks do (the
 trainer hands methods pooled features). In the unsupervised setting the teacher's classifier is absent: lambda_sr = 0 leaves
 feature matching through the connector, and then the method reads no teacher logits.
 """

@@ -8,6 +8,9 @@ The loss is the negative log-likelihood without its constant,
 summed over the pairs; the larger map is average-pooled to the smaller one's size first. alpha starts at
 softplus^-1(init_var - eps), so sigma^2 starts at init_var. All as the authors' code, via the CRD benchmark
 (RepDistiller distiller_zoo/VID.py: init_pred_var 5.0, eps 1e-5; taps feat[1:-1]).
+
+Base weight 1: CRD's scripts/run_cifar_distill.sh (`--distill vid -b 1`, RepDistiller b84f547c). The CoSS
+supplement (Table 1) adapted CRD's code and lists no weights of its own, so it ran this one too.
 """
 from __future__ import annotations
 
@@ -26,8 +29,8 @@ EPS = 1e-5  # the variance floor of the authors' code
 
 
 class VIDKnobs(Knobs):
-    weight: float = Field(2.0, ge=0, description="base weight: 2 as the CoSS supplement (SPEC); CRD's"
-                                                 " scripts used 1")
+    weight: float = Field(1.0, ge=0, description="base weight: 1 as CRD's scripts/run_cifar_distill.sh (-b 1),"
+                                                 " which the CoSS supplement's adapted CRD code ran")
     init_var: float = Field(5.0, ge=1e-3, description="initial variance sigma^2 of every channel;"
                                                       " 5.0 as the authors' code and CRD (init_pred_var)")
 

@@ -13,6 +13,8 @@ notebook keeps `model[:5]`, i.e. flatten, Linear, Dropout, ReLU, Linear).
 
 The autoencoders' decoders (mirror MLPs ending in Tanh, trained with an MSE reconstruction loss) are not
 part of this model: kd-sweep uses the trained encoder (teacher) and distils into a fresh one (student).
+The `autoencoder` method builds the notebook's decoder, `model[5:]`: Dropout(0.5) -> ReLU on the code, then
+the mirrored Linear -> Dropout -> ReLU layers, a Linear and Tanh (trainables/methods/autoencoder.py).
 With `nonlinear_head`, the classifier is RRKD's: Dropout -> ReLU -> Linear on the embedding (the
 supervised MLPs are exactly this encoder plus that head); otherwise a plain Linear, as a linear probe.
 (The existing `mlp` with hidden=[1200, 1200] / [32, 32] and dropout 0.5 is the same classifier with the
