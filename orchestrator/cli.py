@@ -95,7 +95,9 @@ def report(
     best_over: Optional[str] = typer.Option(
         None, "--best-over", metavar="AXIS",
         help="per pair, other knobs and seed, take the best run over AXIS (e.g. scale), then average seeds"),
-    paper: bool = typer.Option(False, "--paper", help="the published number and Δ (ours − paper) beside each cell"),
+    paper: bool = typer.Option(False, "--paper", help="the published number, Δ (ours − paper) and a verdict beside each"
+                               " cell; under the table, how many of the sweep's published numbers are shown (and why"
+                               " not the others) and its known deviations from the authors' runs"),
     cost: bool = typer.Option(False, "--cost", help="GPU-hours (or CPU-hours) per cell and for the table"),
     plot: Optional[str] = typer.Option(None, "--plot", metavar="FILE.png",
                                        help="draw the metric against the swept numeric knob, one line per pair"),

@@ -428,8 +428,9 @@ def parent_tags(sweep: Sweep, smoke: bool) -> dict[str, str]:
     if sweep.search:
         tags["kd.search"] = json.dumps({**sweep.search.model_dump(mode="json"), "metric": search_metric(sweep)})
     if sweep.paper is not None:
-        pairs = [{"pair": p.label, "teacher": p.teacher.label, "student": p.student.label}
-                 for p in sweep.pairs if p.student is not None]
+        # A teacher-only pair is its teacher's row (a teachers sweep's table).
+        pairs = [{"pair": p.label, "teacher": p.teacher.label,
+                  "student": p.student.label if p.student else p.teacher.label} for p in sweep.pairs]
         tags["kd.paper"] = json.dumps({"tables": sweep.paper.tables, "pairs": pairs,
                                        "deviations": sweep.paper.deviations})
     return tags

@@ -50,11 +50,11 @@ def in_scope(published: pd.DataFrame, scope: dict | None, dataset: str | None) -
     if scope is None:
         return pub
     pub = pub[(pub["paper"] + " " + pub["table"]).isin(scope.get("tables", []))]
-    labels = set()
-    for p in scope.get("pairs", []):
-        labels |= {p["pair"], p["teacher"], p["student"]}
-    own = pub.apply(lambda r: r["pair"] in labels if r["method"] in ("teacher", "scratch")
-                    else r["pair"] in {p["pair"] for p in scope.get("pairs", [])}, axis=1)
+    pairs = scope.get("pairs", [])
+    teachers = {p["pair"] for p in pairs} | {p["teacher"] for p in pairs}
+    # A student alone (from scratch, or another paper's objective such as MoCo-v2) is keyed by its label.
+    students = {p["pair"] for p in pairs} | {p["student"] for p in pairs}
+    own = pub.apply(lambda r: r["pair"] in (teachers if r["method"] == "teacher" else students), axis=1)
     return pub[own] if len(pub) else pub
 
 
@@ -97,7 +97,7 @@ def attach_published(table: pd.DataFrame, published: pd.DataFrame, dataset: str 
                     used.append(c.paper_ref)
     table.attrs["paper_sources"] = used
     if scope is not None:
-        table.attrs["paper_notes"] = coverage(table, mine, shown, metric, scope) + teacher_gaps(table) \
+        table.attrs["paper_notes"] = coverage(table, mine, shown, metric, scope) + teacher_gaps(table, mine) \
             + deviations(scope)
     elif used:
         table.attrs["paper_notes"] = ["This sweep's file names no published table (`paper:`): its cells were"
@@ -129,14 +129,14 @@ def why_not(row, table: pd.DataFrame, metric: str, shown: dict) -> str:
         return "no finished teacher run of it in this sweep"
     if row["method"] == "scratch":
         return "no from-scratch column (`scratch: true` in the sweep file)"
+    from trainables.methods import METHODS
+
+    if row["method"] not in METHODS:
+        return f"{row['method']} is not implemented in kd-sweep"
     if row["pair"] not in table.index:
         return "no finished run of this pair"
     cols = [n for n, m in columns.items() if m["method"] == row["method"]]
     if not cols:
-        from trainables.methods import METHODS
-
-        if row["method"] not in METHODS:
-            return f"{row['method']} is not implemented in kd-sweep"
         return f"method {row['method']} was not run"
     if is_best_over(row["note"]) and not (axis and is_best_over(row["note"], axis)):
         axes = [a for a in _axes(table) if is_best_over(row["note"], a)]
@@ -171,29 +171,37 @@ def coverage(table: pd.DataFrame, mine: pd.DataFrame, shown: dict, metric: str, 
         counts = other["metric"].value_counts(sort=False)
         out.append(f"Not shown: {len(other)} published as another metric ("
                    + ", ".join(f"{m} ×{n}" for m, n in counts.items()) + "): "
-                   + " or ".join(f"`--metric {m}`" for m in counts.index) + " shows them.")
+                   + " or ".join(f"`--metric {m}`" for m in counts.index) + (" shows it." if len(other) == 1 else " shows them."))
     for _, row in rest[rest["metric"] == metric].iterrows():
         out.append(f"Not shown: {describe(row)}: {why_not(row, table, metric, shown)}.")
     return out
 
 
-def teacher_gaps(table: pd.DataFrame) -> list[str]:
-    """Our teachers are our own: every student Δ also holds the teacher's."""
-    gaps, unknown = [], []
+def teacher_gaps(table: pd.DataFrame, mine: pd.DataFrame | None = None) -> list[str]:
+    """Our teachers are our own: every student Δ also holds the teacher's. Where the paper publishes its
+    teacher under another metric (CRD's teachers by their classifier, under a linear-probe table), the
+    note names the `--metric` that compares them."""
+    gaps, unknown, elsewhere = [], [], {}
     if TEACHER not in table.columns:
         return []
     for pair, c in table[TEACHER].items():
         if not isinstance(c, Cell) or pd.isna(c.mean):
             continue
         label = table.attrs.get("pairs", {}).get(pair, {}).get("teacher", pair)
+        other = mine[(mine["method"] == "teacher") & mine["pair"].isin([label, pair])] if mine is not None else []
         if c.paper is not None:
             gaps.append(f"{label} {c.mean:.2f} vs {c.paper:.2f} (Δ {signed(c.delta)})")
+        elif len(other):
+            elsewhere.setdefault(other["metric"].iloc[0], []).append(str(label))
         else:
             unknown.append(str(label))
     out = []
     if gaps:
         out.append("Teachers, ours vs the paper's: " + "; ".join(dict.fromkeys(gaps))
                    + ". A student's Δ includes its teacher's.")
+    for m, labels in elsewhere.items():
+        out.append(f"The paper's teacher(s) {', '.join(dict.fromkeys(labels))} are published as {m}: `--metric {m}`"
+                   " sets ours beside them (a student's Δ includes its teacher's).")
     if unknown:
         out.append(f"No published accuracy for our teacher(s) {', '.join(dict.fromkeys(unknown))}: each student Δ"
                    " also holds an unknown teacher gap.")

@@ -200,6 +200,8 @@ def build(runs: pd.DataFrame, metric: str, seeds: list | None = None,
         pairs.sort(key=lambda p: (first[p] if pd.notna(first[p]) else math.inf))
     table = pd.DataFrame(index=pd.Index(pairs, name="pair"), columns=[TEACHER, SCRATCH, *columns], dtype=object)
     for (pair, label), grp in students.groupby([students["pair"], labels], sort=False):
+        if (grp["status"] == "FINISHED").any() and grp[col].isna().all():
+            continue  # finished runs that do not score this metric (no classifier): no column for it
         axis = best_over if label in expected else None
         table.loc[pair, label] = _cell(grp, col, asked, axis, frozenset(expected.get(label, ())))
     teachers = done[done["role"] == "teacher"].drop_duplicates("weights_hash").set_index("weights_hash")

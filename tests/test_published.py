@@ -35,6 +35,9 @@ TABLES = {
     ("miles", "Table 4 (RandAugment)"): ["miles_table4_cifar100_randaugment",
                                          "miles_table4_cifar100_randaugment_lightweight"],
     ("miles", "Table 6"): ["miles_table6_imagenet"],
+    ("crd", "Table 1"): ["teachers_cifar100", "lambda_ablation", "coss_table1_baselines", "coss_table2_components",
+                         "coss_table4_bn"],
+    ("crd", "Table 2"): ["teachers_cifar100"],
 }
 # Published tables no sweep file runs yet, and why.
 PENDING: dict = {}
@@ -86,7 +89,8 @@ def test_row_counts(published):
     # CoSS: supp. T1 33 + T2 6 + T3 8 + T4 6 + supp. §3 2 + ImageNet 22; RRKD: T1 3 + T2 3 + T3 12 + T5 4;
     # Miles: T1 12 + T2 14 + T3 6 + T4 23 (10 pairs, 5 teachers, 8 students) + T4 RandAugment block 45
     # (KD, CRD, DKD, Our Method x 10 pairs, 5 teachers) + T6 8 (teacher, student, 5 methods, ReviewKD)
-    assert counts == {"coss": 77, "rrkd": 22, "miles": 108}
+    # CRD: the five teachers of its Tables 1-2 that kd-sweep's CIFAR-100 sweeps use.
+    assert counts == {"coss": 77, "rrkd": 22, "miles": 108, "crd": 5}
     by_table = published.groupby(["paper", "table"]).size().to_dict()
     assert by_table[("miles", "Table 4 (RandAugment)")] == 45 and by_table[("miles", "Table 6")] == 8
     assert by_table[("coss", "supp. §3")] == 2

@@ -458,7 +458,7 @@ def test_coverage_says_why_each_published_number_is_missing(tmp_path, monkeypatc
     tags = {**TAGS, "kd.paper": json.dumps(scope)}
     text = compose(tags, "x" * 8, runs, paper=True, published=pub)[0]
     assert "Published numbers shown: 1 of 5 (p T, this sweep's pairs)." in text
-    assert "Not shown: 1 published as another metric (knn_top1 ×1): `--metric knn_top1` shows them." in text
+    assert "Not shown: 1 published as another metric (knn_top1 ×1): `--metric knn_top1` shows it." in text
     assert "Not shown: t/s at lambda=0.5 (linear_top1 74.00): a best over scale: `--best-over scale` shows it." in text
     assert "Not shown: t/s at lambda=9 (linear_top1 60.00): that cell was not run" in text
     assert "Not shown: t/s kd (linear_top1 61.00): method kd was not run." in text

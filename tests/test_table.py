@@ -71,3 +71,12 @@ def test_latex_and_csv(runs):
 def test_unknown_metric_lists_the_known_ones(runs):
     with pytest.raises(KeyError, match="no metric 'knn_top1'.*linear_top1"):
         build(runs, "knn_top1")
+
+
+def test_a_metric_the_students_do_not_score_leaves_only_the_runs_that_do(runs):
+    """Headless students (CoSS) score no classifier: under --metric classifier_top1 their columns go, rather
+    than showing every seed as missing, and the teachers (who do) stay."""
+    runs["eval/classifier_top1"] = runs["role"].map({"teacher": 80.0, "scratch": 70.0}).astype(float)
+    table, _ = build(runs, "classifier_top1", seeds=[0, 1])
+    assert list(table.columns) == ["Teacher", "Scratch"]
+    assert table.loc["t/s", "Teacher"].mean == 80.0 and table.loc["t/s", "Scratch"].n == 2
