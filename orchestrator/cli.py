@@ -19,6 +19,24 @@ def _fail(msg: str, code: int) -> None:
     raise typer.Exit(code)
 
 
+def existing_store(uri: str) -> str:
+    """Commands that only read (report, status) never create a store: MLflow would make an empty
+    sqlite file (and its folders) at the path and then find no runs in it."""
+    from results.collect import NoRuns
+
+    if uri.startswith("sqlite:///"):
+        path = uri.removeprefix("sqlite:///")
+        if not os.path.isfile(path):
+            raise NoRuns(f"no MLflow store at {path}: run `kd-sweep run SWEEP.yaml` here first, or point at the"
+                         " store with --tracking-uri (or MLFLOW_TRACKING_URI)")
+    elif uri.startswith("file:") or "://" not in uri:
+        path = uri.removeprefix("file://").removeprefix("file:")
+        if not os.path.isdir(path):
+            raise NoRuns(f"no MLflow store at {path}: run `kd-sweep run SWEEP.yaml` here first, or point at the"
+                         " store with --tracking-uri (or MLFLOW_TRACKING_URI)")
+    return uri
+
+
 @app.command()
 def run(
     file: str = typer.Argument(..., help="the sweep YAML"),
@@ -113,7 +131,7 @@ def report(
     from .tracking import resolve_tracking_uri
 
     try:
-        parent, runs = sweep_runs(resolve_tracking_uri(tracking_uri), sweep, smoke)
+        parent, runs = sweep_runs(existing_store(resolve_tracking_uri(tracking_uri)), sweep, smoke)
     except NoRuns as e:
         _fail(str(e), 1)
     if not table and not plot:
@@ -157,7 +175,7 @@ def status(
     from .tracking import resolve_tracking_uri
 
     try:
-        failed = show(resolve_tracking_uri(tracking_uri), sweep, typer.echo)
+        failed = show(existing_store(resolve_tracking_uri(tracking_uri)), sweep, typer.echo)
     except NoRuns as e:
         _fail(str(e), 1)
     raise typer.Exit(1 if failed else 0)

@@ -51,9 +51,11 @@ def _filesystem(storage: str):
     return pafs.LocalFileSystem(), os.path.abspath(storage)
 
 
-def latest_checkpoints(storage: str, prefix: str) -> dict[str, tuple[int, str]]:
-    """config hash -> (epoch, checkpoint path or URI) of its newest complete epoch checkpoint, over
-    every experiment folder under STORAGE whose name starts with PREFIX (one per attempt)."""
+def latest_checkpoints(storage: str, prefix: str, notes: list[str] | None = None) -> dict[str, tuple[int, str]]:
+    """config hash -> (epoch, checkpoint path or URI) of its newest intact epoch checkpoint, over every
+    experiment folder under STORAGE whose name starts with PREFIX (one per attempt). A checkpoint whose
+    `epoch.json` does not parse, or (on a local disk) whose `state.pt` is not a whole torch archive (a
+    kill or a full disk mid-write), is passed over for the next newest, with a line in NOTES."""
     from pyarrow import fs as pafs
 
     fs, base = _filesystem(storage)
@@ -66,7 +68,7 @@ def latest_checkpoints(storage: str, prefix: str) -> dict[str, tuple[int, str]]:
         except OSError:
             return []
 
-    found: dict[str, tuple[int, str]] = {}
+    candidates: dict[str, list[tuple[int, str]]] = {}
     for exp in dirs(base):
         if not exp.base_name.startswith(prefix):
             continue
@@ -77,10 +79,84 @@ def latest_checkpoints(storage: str, prefix: str) -> dict[str, tuple[int, str]]:
                 names = {i.base_name for i in fs.get_file_info(pafs.FileSelector(ck.path))}
                 if not {"epoch.json", "state.pt"} <= names:
                     continue  # an upload the kill cut short
-                with fs.open_input_stream(f"{ck.path}/epoch.json") as f:
-                    info = json.loads(f.read())
-                epoch = int(info["epoch"])
-                for key in info.get("members") or [info["config_hash"]]:  # a pack's checkpoint holds several
-                    if epoch > found.get(key, (-1, ""))[0]:
-                        found[key] = (epoch, scheme + ck.path)
+                try:
+                    with fs.open_input_stream(f"{ck.path}/epoch.json") as f:
+                        info = json.loads(f.read())
+                    epoch = int(info["epoch"])
+                    keys = info.get("members") or [info["config_hash"]]  # a pack's checkpoint holds several
+                except (OSError, ValueError, KeyError, TypeError) as e:
+                    if notes is not None:
+                        notes.append(f"skipped checkpoint {ck.path}: its epoch.json does not read ({type(e).__name__})")
+                    continue
+                for key in keys:
+                    candidates.setdefault(key, []).append((epoch, scheme + ck.path))
+    found: dict[str, tuple[int, str]] = {}
+    for key, cks in candidates.items():
+        for epoch, path in sorted(cks, reverse=True):
+            if scheme or _whole_archive(os.path.join(path, "state.pt")):
+                found[key] = (epoch, path)
+                break
+            if notes is not None:
+                notes.append(f"skipped checkpoint {path}: its state.pt is damaged (cut short?); an older one is used")
     return found
+
+
+def _whole_archive(path: str) -> bool:
+    """A torch checkpoint is a zip archive: every member's CRC checks out, or it was cut short."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.testzip() is None
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+        return False
+
+
+class SweepLocked(Exception):
+    pass
+
+
+class SweepLock:
+    """One driver per sweep on this store: an exclusive flock on a file beside a sqlite store (or under
+    the checkpoint storage for a server store), taken before anything is written and held until the
+    driver ends; the OS releases it when the process dies, so a killed driver never blocks the next.
+    The file holds the holder's pid and, once made, its parent run, for the loser's message."""
+
+    def __init__(self, tracking_uri: str, storage: str, name: str, key: str):
+        if tracking_uri.startswith("sqlite:///"):
+            folder = os.path.dirname(os.path.abspath(tracking_uri.removeprefix("sqlite:///")))
+        else:
+            folder = storage if "://" not in storage else os.path.expanduser("~/.kd-sweep")
+        self.path = os.path.join(folder, ".kd-sweep-locks", f"{name}-{key[:12]}.lock")
+        self.fd: int | None = None
+
+    def acquire(self) -> "SweepLock":
+        import fcntl
+
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                held = json.loads(os.pread(fd, 4096, 0) or b"{}")
+            except ValueError:
+                held = {}
+            os.close(fd)
+            parent = f", parent run {held['parent']}" if held.get("parent") else ""
+            raise SweepLocked(f"this sweep is being run by process {held.get('pid', '?')} on"
+                              f" {held.get('host', 'this machine')}{parent}; wait for it, or stop it and run again"
+                              " to continue") from None
+        self.fd = fd
+        self.write()
+        return self
+
+    def write(self, parent: str | None = None) -> None:
+        data = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), **({"parent": parent} if parent else {})})
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, data.encode(), 0)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the flock
+            self.fd = None

@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -21,15 +23,32 @@ from trainables.datasets import DatasetMissing, load_dataset
 from trainables.models import build_model
 
 from .progress import Progress
-from .resume import DRIVER_TAG, driver_alive, driver_tag, latest_checkpoints, sweep_key
+from .resume import DRIVER_TAG, SweepLock, SweepLocked, driver_alive, driver_tag, latest_checkpoints, sweep_key
 from .spec import SpecError, Sweep, resolve_path, search_metric
 from .tracking import Store, make_callback
 from . import packing
-from .trials import _dataset, evaluate_only, file_digest, student_trials, teacher_trial, trial_name
+from .trials import _dataset, evaluate_only, file_digest, student_trials, teacher_trial, trial_members, trial_name
 
 
 class RunError(Exception):
     """The sweep is valid but cannot run here (no cluster to join...): one line, exit 1."""
+
+
+class Interrupted(Exception):
+    """Tune stopped before every trial of a phase finished: Ctrl-C (Tune's own handler stops the
+    trials and returns as if done) or SIGTERM (turned into SIGINT)."""
+
+    def __init__(self, unfinished: int):
+        super().__init__(f"{unfinished} trial(s) did not finish")
+        self.unfinished = unfinished
+
+
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+
+
+def _term_as_int(signum, frame) -> None:
+    """SIGTERM (a scheduler's stop, `kill`) stops the sweep as Ctrl-C does: trials stop, runs are closed."""
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 @dataclass
@@ -59,14 +78,18 @@ def preflight(sweep: Sweep, file: str, base: str) -> Plan:
             spec = getattr(pair, role)
             if spec is None or (role == "teacher" and spec.checkpoint):
                 continue
-            try:  # the models build here, so a missing weights file fails now, not in a trial
+            try:  # the models build here: a missing weights file or a bad option fails now, not in a trial
                 build_model(spec.model, data.num_classes, data.in_channels, data.image_size, **spec.options)
-            except (FileNotFoundError, ValueError) as e:
-                raise SpecError(file, f"pairs.{i}.{role}", str(e)) from None
+            except (FileNotFoundError, ValueError, TypeError, RuntimeError) as e:
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise SpecError(file, f"pairs.{i}.{role}", f"model {spec.model!r} does not build with"
+                                f" {spec.options or 'its defaults'}: {first}") from None
         spec = pair.teacher
         digest, state, head = None, None, True
         if spec.checkpoint:
             path = resolve_path(spec.checkpoint, base)
+            if os.path.isdir(path):
+                raise SpecError(file, f"pairs.{i}.teacher.checkpoint", f"{path} is a folder: give the checkpoint file")
             if not os.path.isfile(path):
                 raise SpecError(file, f"pairs.{i}.teacher.checkpoint",
                                 f"{path} does not exist (give a RepDistiller/mdistiller file or a state dict,"
@@ -239,6 +262,9 @@ def _fit_phase(name: str, configs: list[dict], sweep: Sweep, storage: str, callb
             done = searched or []
             param_space = {"trial": configs[0], "search": search.search_space(sweep)}
             tune_config.update(search_alg=search.searcher(sweep, done), num_samples=sweep.search.n_trials - len(done))
+    expected = sweep.search.n_trials - len(searched or []) if students and sweep.search else \
+        sum(len(trial_members({"trial": c})) for c in configs)
+    closed_before = len(callback.closed)
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,
@@ -248,11 +274,23 @@ def _fit_phase(name: str, configs: list[dict], sweep: Sweep, storage: str, callb
             failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
     )
-    return tuner.fit()
+    result = tuner.fit()
+    unfinished = expected - (len(callback.closed) - closed_before)
+    if unfinished > 0:
+        raise Interrupted(unfinished)
+    return result
 
 
 def _teacher_weights(store: Store, run) -> dict[str, torch.Tensor]:
     return torch.load(store.download(run.info.run_id, "teacher/model.pt"), map_location="cpu", weights_only=True)
+
+
+def _checkpoints(storage: str, prefix: str, progress: Progress) -> dict[str, tuple[int, str]]:
+    notes: list[str] = []
+    found = latest_checkpoints(storage, prefix, notes)
+    for line in notes:
+        progress.note(line)
+    return found
 
 
 def _with_checkpoints(configs: list[dict], found: dict[str, tuple[int, str]], progress: Progress) -> list[dict]:
@@ -279,7 +317,22 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
     # Packing changes no number and a resumed student finds its state in any checkpoint layout; the
     # paper reference only annotates the report.
     key = sweep_key({k: v for k, v in raw.items() if k not in ("pack", "paper")}, smoke)
+    # Before anything is written: two drivers started together must not both run the sweep (the
+    # parent-run check below sees only a driver that has already made its parent run).
+    try:
+        lock = SweepLock(tracking_uri, storage_path, sweep.name, key).acquire()
+    except SweepLocked as e:
+        raise RunError(str(e)) from None
+    try:
+        return _run_sweep(sweep, file, address, tracking_uri, smoke, rerun, resume, plan, storage_path, progress,
+                          raw, key, lock)
+    finally:
+        lock.release()
 
+
+def _run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, smoke: bool, rerun: bool,
+               resume: bool, plan: Plan, storage_path: str, progress: Progress, raw: dict, key: str,
+               lock: SweepLock) -> int:
     def look():
         """MLflow's first touch (the client and its schema check: over a second on a new store) runs
         beside Ray's start-up (~3 s). It only reads: nothing is logged until both are up."""
@@ -314,6 +367,7 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
         paper = {k: v for k, v in parent_tags(sweep, smoke).items() if k == "kd.paper"}  # the file's latest notes
         for k, v in {"kd.attempt": str(attempt), DRIVER_TAG: driver_tag(), **paper}.items():
             store.client.set_tag(parent, k, v)
+        lock.write(parent)
         progress.note(f"continuing parent run {parent[:8]} of sweep {sweep.name!r} (its driver stopped;"
                       f" attempt {attempt}): finished trials stay finished, unfinished ones resume")
     else:
@@ -321,7 +375,11 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
         parent = store.start_parent(exp_id, sweep.name, yaml.safe_dump(raw, sort_keys=False), len(plan.students),
                                     {**parent_tags(sweep, smoke), "kd.sweep_key": key, "kd.attempt": "1",
                                      DRIVER_TAG: driver_tag()})
+        lock.write(parent)
     status = "FAILED"
+    callbacks: list = []
+    on_term = signal.signal(signal.SIGTERM, _term_as_int) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         weights = dict(plan.given)
         # Phase 1: teachers. Weights trained by any earlier sweep are reused (and only re-scored
@@ -344,10 +402,10 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
         if todo:
             prefix = f"{sweep.name}-teachers-{parent[:8]}"
             if attempt > 1:
-                todo = _with_checkpoints(todo, latest_checkpoints(storage_path, prefix), progress)
+                todo = _with_checkpoints(todo, _checkpoints(storage_path, prefix, progress), progress)
             progress.begin(f"teachers: {len(todo)} trial(s)", len(todo))
-            _fit_phase(f"{prefix}-{attempt}", todo, sweep, storage_path,
-                       make_callback(store, exp_id, parent, progress, smoke_tag), weights)
+            callbacks.append(make_callback(store, exp_id, parent, progress, smoke_tag))
+            _fit_phase(f"{prefix}-{attempt}", todo, sweep, storage_path, callbacks[-1], weights)
         for cfg in plan.teachers:
             if cfg["config_hash"] in later:
                 continue  # scored in phase 2; its weights are in `weights`
@@ -368,6 +426,7 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
             return 0
         prefix = f"{sweep.name}-{parent[:8]}"
         callback = make_callback(store, exp_id, parent, progress, smoke_tag)
+        callbacks.append(callback)
         if sweep.search:
             # Phase 2 of a search: n_trials sampled knob sets; a continued search tells the sampler
             # what the stopped driver's trials found and samples only the rest.
@@ -387,7 +446,7 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
             # that finished before (in this sweep before its driver stopped, or in any other) is not run again.
             todo = _students_to_run(plan.students, store, exp_id, parent, smoke_tag, progress, rerun)
             if attempt > 1:
-                todo = _with_checkpoints(todo, latest_checkpoints(storage_path, prefix), progress)
+                todo = _with_checkpoints(todo, _checkpoints(storage_path, prefix, progress), progress)
             if todo or deferred:
                 scoring = f" (+ scoring {len(deferred)} teacher(s))" if deferred else ""
                 progress.begin(f"sweep {sweep.name}: {len(todo)} trials to run{scoring}", len(todo) + len(deferred))
@@ -403,10 +462,18 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
         progress.note(f"MLflow: {tracking_uri} (experiment {sweep.name!r}, parent run {parent});"
                       f" `kd-sweep report {sweep.name} --table` prints the table")
         return 1 if failed else 0
-    except KeyboardInterrupt:
+    except (Interrupted, KeyboardInterrupt) as e:
         status = "KILLED"
-        raise
+        stopped = sum(cb.close_unfinished() for cb in callbacks)
+        never = max(0, e.unfinished - stopped) if isinstance(e, Interrupted) else 0
+        progress.note(f"interrupted: {stopped} trial(s) stopped before their end"
+                      f"{f' and {never} never started' if never else ''}; their runs are marked KILLED, finished"
+                      f" trials and epoch checkpoints are kept. Run the same command again (or with --resume) to"
+                      f" continue parent run {parent[:8]}.")
+        return INTERRUPTED_EXIT
     finally:
+        if on_term is not None:
+            signal.signal(signal.SIGTERM, on_term)
         store.finish(parent, status)
         ray.shutdown()
 

@@ -30,7 +30,8 @@ class SpecError(Exception):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # inf and nan pass `gt=0` checks (lr: .inf), and every trial would then fail: refused here.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 class ModelSpec(Strict):
@@ -148,6 +149,9 @@ class DatasetSpec(Strict):
         if self.image_size is not None and self.name != "imagenet":
             raise ValueError(f"image_size is for datasets read from image files (imagenet); {self.name} images"
                              " have their own size")
+        if self.augment == "mocov2" and self.name != "imagenet":
+            raise ValueError(f"augment 'mocov2' (MoCo v2's crops, colour jitter and blur) is for imagenet; {self.name}"
+                             " takes crop_flip, crop, flip, randaugment or none")
         if self.name == "imagenet" and (self.train_split < 1 or self.normalize is not None):
             raise ValueError("train_split and normalize are for in-memory datasets; imagenet takes train_fraction"
                              " and its own statistics")
@@ -349,7 +353,7 @@ class PaperRef(Strict):
 
 
 class Sweep(Strict):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\-]+$")
     description: str = ""
     paper: PaperRef | None = None  # the published table(s) this sweep reproduces
     dataset: DatasetSpec
@@ -418,6 +422,8 @@ class Sweep(Strict):
     def _unique_seeds(cls, v: list[int]) -> list[int]:
         if len(set(v)) != len(v):
             raise ValueError("seeds repeat")
+        if any(not 0 <= x < 2 ** 32 for x in v):  # what numpy and torch generators take
+            raise ValueError(f"seeds are integers from 0 to 2**32 - 1, not {next(x for x in v if not 0 <= x < 2 ** 32)}")
         return v
 
     @property
@@ -459,10 +465,8 @@ def apply_overrides(raw: dict, sets: list[str], file: str) -> dict:
         if "=" not in s:
             raise SpecError(file, f"--set {s}", "expected PATH=VALUE, e.g. train.epochs=1")
         path, value = s.split("=", 1)
-        try:
-            parsed = yaml.safe_load(value)
-        except yaml.YAMLError as e:
-            raise SpecError(file, f"--set {path}", f"value is not YAML: {e}") from None
+        parsed = parse_yaml(value, file, f"--set {path}")
+        _check_size(parsed, file)
         node = raw
         keys = path.split(".")
         for i, key in enumerate(keys[:-1]):
@@ -472,6 +476,8 @@ def apply_overrides(raw: dict, sets: list[str], file: str) -> dict:
                     continue
                 except (ValueError, IndexError):
                     raise SpecError(file, f"--set {path}", f"{'.'.join(keys[:i + 1])} is no index of the list") from None
+            if not isinstance(node, dict):
+                raise SpecError(file, f"--set {path}", f"{'.'.join(keys[:i])} is a value, not a mapping")
             nxt = node.get(key)
             if nxt is None:
                 nxt = node[key] = {}
@@ -485,25 +491,78 @@ def apply_overrides(raw: dict, sets: list[str], file: str) -> dict:
                 node[int(keys[-1])] = parsed
             except (ValueError, IndexError):
                 raise SpecError(file, f"--set {path}", "not an index of the list") from None
-        else:
+        elif isinstance(node, dict):
             node[keys[-1]] = parsed
+        else:
+            raise SpecError(file, f"--set {path}", f"{'.'.join(keys[:-1])} is a value, not a mapping")
     return raw
+
+
+MAX_FILE_BYTES = 1 << 20  # a sweep file is a page of YAML; a megabyte is something else
+MAX_VALUES = 100_000  # values after YAML aliases are expanded (a "billion laughs" file is small on disk)
+MAX_DEPTH = 50
+
+
+class _UniqueKeys(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (YAML would silently keep the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_size(raw: Any, file: str) -> None:
+    """Walks the loaded file without recursion, stopping at MAX_VALUES values or MAX_DEPTH levels: aliases
+    can make a small file expand to billions of values, and deep nesting exhausts the stack later."""
+    stack, count = [(raw, 0)], 0
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise SpecError(file, "", f"the file expands to more than {MAX_VALUES:,} values (YAML aliases?): not a sweep")
+        if depth > MAX_DEPTH:
+            raise SpecError(file, "", f"the file nests deeper than {MAX_DEPTH} levels: not a sweep")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+
+
+def parse_yaml(text: str, file: str, where: str = "") -> Any:
+    """YAML text -> data, every failure one line naming the place."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = where or (f"line {mark.line + 1}" if mark else "yaml")
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise SpecError(file, at, f"not valid YAML: {problem}") from None
+    except RecursionError:
+        raise SpecError(file, where, f"the YAML nests deeper than Python can read: not a sweep") from None
 
 
 def load_sweep(path: str | Path, sets: list[str] | None = None) -> Sweep:
     file = str(path)
     try:
-        text = Path(path).read_text()
+        if Path(path).is_dir():
+            raise SpecError(file, "", "is a folder, not a sweep file")
+        if Path(path).stat().st_size > MAX_FILE_BYTES:
+            raise SpecError(file, "", f"is over {MAX_FILE_BYTES >> 20} MB: not a sweep file")
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise SpecError(file, "", f"cannot read the file ({e.strerror})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "yaml"
-        raise SpecError(file, where, f"not valid YAML: {getattr(e, 'problem', e)}") from None
+    except UnicodeDecodeError:
+        raise SpecError(file, "", "is not a text file (not UTF-8): give the sweep's YAML file") from None
+    raw = parse_yaml(text, file)
     if not isinstance(raw, dict):
         raise SpecError(file, "", "a sweep file is a YAML mapping (name:, dataset:, pairs:, ...)")
+    _check_size(raw, file)
     raw = apply_overrides(raw, sets or [], file)
     try:
         sweep = Sweep.model_validate(raw)

@@ -223,6 +223,8 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
             members = trial_members(trial.config)
             for cfg in self._open(trial):
                 run_id = self._run_for(cfg)
+                if cfg.get("resume_from"):
+                    self._log_checkpoint_epoch(cfg, run_id)
                 if len(members) > 1:  # which trial trained it, and beside how many others
                     store.client.log_batch(run_id, tags=[RunTag("kd.pack", trial_name(trial.config)),
                                                          RunTag("kd.pack_size", str(len(members)))])
@@ -236,6 +238,22 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
                 self.logged[key] = ({m.step for m in store.client.get_metric_history(run_id, "cost/wall_s")}
                                     if cfg.get("resume_from") else set())
             return self.logged[key]
+
+        def _log_checkpoint_epoch(self, cfg: dict, run_id: str) -> None:
+            """The epoch a resumed trial starts after: its numbers are in the checkpoint, and the killed
+            driver may have died before logging them (the trial never reports that epoch again)."""
+            info = read_epoch_json(cfg["resume_from"])
+            if not info:
+                return
+            metrics = info.get("metrics") or {}
+            if "members" in info:
+                metrics = metrics.get(cfg["config_hash"], {})
+            step = int(info.get("epoch", 0))
+            logged = self._logged_before(cfg, run_id)
+            if metrics and step not in logged:
+                ts = int(time.time() * 1000)
+                store.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])
+                logged.add(step)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             for cfg in self._open(trial):
@@ -308,6 +326,16 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
             if progress:
                 progress.retrying(trial_name(trial.config), error_reason(trial))
 
+        def close_unfinished(self) -> int:
+            """After an interrupt: the runs of trials that started and did not finish become KILLED
+            (kd.state interrupted), so no run stays RUNNING; a continued sweep reopens them."""
+            open_runs = [(key, run_id) for key, run_id in self.runs.items() if key not in self.closed]
+            for key, run_id in open_runs:
+                store.client.set_tag(run_id, "kd.state", "interrupted")
+                store.finish(run_id, "KILLED")
+                self.closed.add(key)
+            return len(open_runs)
+
         def _close(self, cfg: dict, run_id: str, status: str) -> None:
             self.closed.add(cfg["config_hash"])
             store.finish(run_id, status)
@@ -320,6 +348,19 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
                 progress.failed(cfg, reason)
 
     return MLflowTrials()
+
+
+def read_epoch_json(checkpoint: str) -> dict | None:
+    """A checkpoint's epoch.json (a path or a storage URI), or None when it does not read."""
+    from .resume import _filesystem
+
+    try:
+        fs, path = _filesystem(checkpoint)
+        with fs.open_input_stream(f"{path}/epoch.json") as f:
+            info = json.loads(f.read())
+        return info if isinstance(info, dict) else None
+    except (OSError, ValueError):
+        return None
 
 
 def error_reason(trial) -> str:

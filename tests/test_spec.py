@@ -77,6 +77,22 @@ CASES = [
      " read from image files"),
     ("bad YAML", "name: x\npairs: [\n", "line", "not valid YAML"),
     ("not a mapping", "- just\n- a list\n", "", "YAML mapping"),
+    # What once escaped validation (issue 14): each a traceback or a wasted run before.
+    ("infinite lr", mutate("train.lr", float("inf")), "train.lr", "finite number"),
+    ("infinite weight decay", mutate("train.weight_decay", float("inf")), "train.weight_decay", "finite number"),
+    ("nan knob", mutate("knobs.beta", float("nan")), "knobs.beta", "finite number"),
+    ("overlong name", mutate("name", "x" * 300), "name", "at most 100 characters"),
+    ("a key given twice", (SWEEPS / "quickstart.yaml").read_text() + "\nseeds: [5]\n", "line",
+     "key 'seeds' is given twice"),
+    ("binary file", b"\x80\x81\xfe\xff" * 64, "", "not a text file"),
+    ("deeply nested", "name: x\nseeds: " + "[" * 20000 + "]" * 20000 + "\n", "", "nests deeper"),
+    ("alias bomb", "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(8)),
+     "", "expands to more than"),
+    ("a seed numpy cannot take", mutate("seeds", [10 ** 30]), "seeds", "0 to 2**32 - 1"),
+    ("mocov2 on digits", mutate("dataset.augment", "mocov2"), "dataset", "'mocov2'"),
+    ("a negative hidden width", mutate("pairs.0.student.hidden", [-1]), "pairs.0.student", "does not build"),
+    ("a hidden width that is a word", mutate("pairs.0.student.hidden", "abc"), "pairs.0.student", "does not build"),
 ]
 
 
@@ -89,7 +105,10 @@ def runner():
 def test_bad_sweep_is_one_line_exit_2_and_nothing_started(what, raw, field, words, tmp_path, monkeypatch, runner):
     monkeypatch.chdir(tmp_path)
     f = tmp_path / "bad.yaml"
-    f.write_text(raw if isinstance(raw, str) else yaml.safe_dump(raw))
+    if isinstance(raw, bytes):
+        f.write_bytes(raw)
+    else:
+        f.write_text(raw if isinstance(raw, str) else yaml.safe_dump(raw))
     res = runner.invoke(app, ["run", str(f)])
     assert res.exit_code == 2, res.output
     lines = res.stderr.strip().splitlines()
@@ -124,6 +143,29 @@ def test_gpu_sweep_on_cpu_cluster_is_refused_before_any_trial(tmp_path, monkeypa
     with pytest.raises(Exception) as e:
         _init_ray(None, sweep, "q.yaml")
     assert "resources.gpu" in str(e.value) and "--set resources.gpu=0" in str(e.value)
+
+
+@pytest.mark.parametrize("setting,words", [
+    ("seeds.0.x=1", "--set seeds.0.x: seeds.0 is a value, not a mapping"),
+    ("name=[unclosed", "--set name: not valid YAML:"),
+    ("train.epochs.x=1", "--set train.epochs.x: train.epochs is not a mapping"),
+])
+def test_bad_set_is_one_line(setting, words, tmp_path, monkeypatch, runner):
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["run", str(SWEEPS / "quickstart.yaml"), "--set", setting])
+    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.output
+    assert words in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("content,words", [(None, "is a folder"), (b"", "is empty"),
+                                           (b"not a checkpoint\n", "is not a")])
+def test_a_teacher_checkpoint_that_is_no_checkpoint(content, words, tmp_path, monkeypatch, runner):
+    monkeypatch.chdir(tmp_path)
+    ckpt = tmp_path / "t.pth"
+    ckpt.mkdir() if content is None else ckpt.write_bytes(content)
+    res = runner.invoke(app, ["run", str(SWEEPS / "quickstart.yaml"), "--set", f"pairs.0.teacher.checkpoint={ckpt}"])
+    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.output
+    assert "pairs.0.teacher.checkpoint" in res.stderr and words in res.stderr, res.stderr
 
 
 def test_set_overrides_and_counts():

@@ -2,6 +2,7 @@
 or a plain state dict. Always `weights_only=True`: a checkpoint is data, never code."""
 from __future__ import annotations
 
+import os
 import pickle
 
 import torch
@@ -14,13 +15,19 @@ class CheckpointError(Exception):
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    if os.path.isdir(path):
+        raise CheckpointError(f"teacher checkpoint {path} is a folder: give the checkpoint file in it")
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise CheckpointError(f"teacher checkpoint {path} is empty (an interrupted copy?)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"teacher checkpoint {path} does not exist") from None
     except (pickle.UnpicklingError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0]
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"{path} is not a weights-only checkpoint ({first})") from None
+    except Exception as e:  # noqa: BLE001 - a text file, a truncated zip...: torch raises many types here
+        raise CheckpointError(f"{path} is not a torch checkpoint ({type(e).__name__}: {e})") from None
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -1,4 +1,5 @@
-"""CIFAR-10 and CIFAR-100 through torchvision's own loaders (the pickles of the official releases)."""
+"""CIFAR-10 and CIFAR-100: the pickles of the official releases, checked against torchvision's MD5s and
+read by a data-only unpickler (pickles.py), never by `pickle.load`; torchvision only downloads them."""
 from __future__ import annotations
 
 import functools
@@ -9,6 +10,7 @@ import torch
 
 from ..registry import DATASETS
 from .base import DatasetMissing, ImageData, configure, missing_part, open_or_download  # noqa: F401
+from .pickles import load_data_pickle
 
 CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
 CIFAR100_STD = (0.2675, 0.2565, 0.2761)
@@ -18,40 +20,41 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
 @functools.cache
-def _classes(name: str) -> tuple[type, type]:
-    """torchvision's reader of CIFAR-10 or -100, and the same reader without the MD5 check (for copies
-    that are not the official files, `verify_checksum: false`). Imported here, on first use: torchvision
-    costs every Ray worker and every `kd-sweep` command ~2 s of start-up."""
+def _release(name: str) -> type:
+    """torchvision's class of CIFAR-10 or -100: its file lists, MD5s and download. Imported here, on first
+    use: torchvision costs every Ray worker and every `kd-sweep` command ~2 s of start-up."""
     import torchvision
 
-    official = getattr(torchvision.datasets, name)
-
-    class Unchecked(official):
-        meta = {**official.meta, "md5": None}
-
-        def _check_integrity(self) -> bool:
-            return all(os.path.isfile(os.path.join(self.root, self.base_folder, f))
-                       for f, _ in self.train_list + self.test_list)
-
-    return official, Unchecked
+    return getattr(torchvision.datasets, name)
 
 
-def _split(ds) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
-    return x, torch.tensor(ds.targets, dtype=torch.int64)
+def _split(folder: str, files: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split from its batch files: rows of 1024 red, 1024 green, 1024 blue values -> (N, 3, 32, 32)."""
+    data, labels = [], []
+    for name, _ in files:
+        entry = load_data_pickle(os.path.join(folder, name))
+        data.append(np.asarray(entry["data"], dtype=np.uint8))
+        labels.extend(entry["labels"] if "labels" in entry else entry["fine_labels"])
+    x = torch.from_numpy(np.ascontiguousarray(np.vstack(data).reshape(-1, 3, 32, 32)))
+    return x, torch.tensor(labels, dtype=torch.int64)
 
 
 def _read_cifar(release: str, what: str, size: str, root: str, download: bool,
                 verify_checksum: bool) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """Train and test split of a CIFAR release under root/<base_folder>/, downloaded (atomically) if asked."""
-    official, unchecked = _classes(release)
-    cls = official if verify_checksum else unchecked
+    official = _release(release)
     folder = os.path.join(root, official.base_folder)
-    names = [name for name, _ in official.train_list + official.test_list] + [official.meta["filename"]]
+    files = official.train_list + official.test_list + [[official.meta["filename"], official.meta["md5"]]]
+    names = [name for name, _ in files]
     absent = [name for name in names if not os.path.isfile(os.path.join(folder, name))]
 
     def read():
-        return _split(cls(root, train=True)), _split(cls(root, train=False))
+        from torchvision.datasets.utils import check_integrity
+
+        for name, md5 in files:  # as torchvision's reader checks them, before anything is read
+            if not check_integrity(os.path.join(folder, name), md5 if verify_checksum else None):
+                raise RuntimeError(f"{name} is missing or not the official file")
+        return _split(folder, official.train_list), _split(folder, official.test_list)
 
     def fetch(tmp: str) -> None:  # the official class: the archive's MD5 and each file's are checked
         official(tmp, train=True, download=True), official(tmp, train=False, download=True)

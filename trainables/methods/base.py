@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 
 class Knobs(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)  # a nan weight trains nothing
 
     lambda_ce: float = Field(0.0, ge=0, description="cross-entropy with labels (0 = unsupervised)")
     lambda_kd: float = Field(0.0, ge=0, description="Hinton KD on logits, temperature kd_T")
