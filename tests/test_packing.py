@@ -192,7 +192,7 @@ def test_checkpoints_of_packs_are_found_per_student(tmp_path):
                                ("single", 3, {"config_hash": "c"})):
         ck = tmp_path / "sw-1234-1" / trial / f"checkpoint_{epoch:06d}"
         ck.mkdir(parents=True)
-        (ck / "state.pt").write_bytes(b"x")
+        torch.save({"epoch": epoch}, ck / "state.pt")  # a whole archive: damaged ones are passed over
         (ck / "epoch.json").write_text(json.dumps({"epoch": epoch, **info}))
     found = latest_checkpoints(str(tmp_path), "sw-1234")
     assert {k: e for k, (e, _) in found.items()} == {"a": 2, "b": 2, "c": 3}

@@ -359,6 +359,8 @@ def test_cli_report_with_every_option(runs, paper_csv, tmp_path, monkeypatch):
 
     monkeypatch.setattr(collect, "sweep_runs", fake_sweep_runs)
 
+    (tmp_path / "m.db").touch()  # the store must exist: report never creates one
+
     def report(*args):
         return CliRunner().invoke(app, ["report", *args, "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
 
