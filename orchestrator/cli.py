@@ -24,16 +24,12 @@ def existing_store(uri: str) -> str:
     sqlite file (and its folders) at the path and then find no runs in it."""
     from results.collect import NoRuns
 
-    if uri.startswith("sqlite:///"):
-        path = uri.removeprefix("sqlite:///")
-        if not os.path.isfile(path):
-            raise NoRuns(f"no MLflow store at {path}: run `kd-sweep run SWEEP.yaml` here first, or point at the"
-                         " store with --tracking-uri (or MLFLOW_TRACKING_URI)")
-    elif uri.startswith("file:") or "://" not in uri:
-        path = uri.removeprefix("file://").removeprefix("file:")
-        if not os.path.isdir(path):
-            raise NoRuns(f"no MLflow store at {path}: run `kd-sweep run SWEEP.yaml` here first, or point at the"
-                         " store with --tracking-uri (or MLFLOW_TRACKING_URI)")
+    from .tracking import store_exists
+
+    if not store_exists(uri):
+        path = uri.removeprefix("sqlite:///").removeprefix("file://").removeprefix("file:")
+        raise NoRuns(f"no MLflow store at {path}: run `kd-sweep run SWEEP.yaml` here first, or point at the"
+                     " store with --tracking-uri (or MLFLOW_TRACKING_URI)")
     return uri
 
 

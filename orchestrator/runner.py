@@ -25,7 +25,7 @@ from trainables.models import build_model
 from .progress import Progress
 from .resume import DRIVER_TAG, SweepLock, SweepLocked, driver_alive, driver_tag, latest_checkpoints, sweep_key
 from .spec import SpecError, Sweep, resolve_path, search_metric
-from .tracking import Store, make_callback
+from .tracking import Store, make_callback, store_exists
 from . import packing
 from .trials import _dataset, evaluate_only, file_digest, student_trials, teacher_trial, trial_members, trial_name
 
@@ -324,6 +324,17 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
     except SweepLocked as e:
         raise RunError(str(e)) from None
     try:
+        if not (rerun or resume or sweep.search) and store_exists(tracking_uri):
+            # A sweep run again after it finished: nothing to do, and no Ray, no new parent or linked runs.
+            # (A second of MLflow start-up, paid only where a store already exists.)
+            store = Store(tracking_uri)
+            done = store.complete_parent(sweep.name, key, {c["config_hash"] for c in plan.students},
+                                         {c["config_hash"] for c in plan.teachers})
+            if done is not None:
+                progress.note(f"sweep {sweep.name!r} is complete: parent run {done.info.run_id[:8]} finished its"
+                              f" {len(plan.students)} trial(s); nothing to run (`--rerun` runs them again)."
+                              f" `kd-sweep report {sweep.name} --table` prints the table")
+                return 0
         return _run_sweep(sweep, file, address, tracking_uri, smoke, rerun, resume, plan, storage_path, progress,
                           raw, key, lock)
     finally:

@@ -41,6 +41,15 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return mlflow.get_tracking_uri()
 
 
+def store_exists(uri: str) -> bool:
+    """Whether a store is there to read: a sqlite file or a file store folder; a server is assumed to be."""
+    if uri.startswith("sqlite:///"):
+        return os.path.isfile(uri.removeprefix("sqlite:///"))
+    if uri.startswith("file:") or "://" not in uri:
+        return os.path.isdir(uri.removeprefix("file://").removeprefix("file:"))
+    return True
+
+
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
     """Once per process: it tags every trial's run."""
@@ -109,6 +118,24 @@ class Store:
                           " and attributes.status = 'FINISHED'",
             order_by=["attributes.start_time DESC"], max_results=1)
         return runs[0] if runs else None
+
+    def complete_parent(self, name: str, key: str, students: set[str], teachers: set[str]):
+        """The latest parent run of this same sweep when it finished every trial (FINISHED: nothing
+        failed or was interrupted) and its children hold every student config now planned; or None."""
+        exp = self.client.get_experiment_by_name(name)
+        if exp is None:
+            return None
+        runs = self.client.search_runs(
+            [exp.experiment_id], filter_string=f"tags.`kd.role` = 'sweep' and tags.`kd.sweep_key` = '{key}'",
+            order_by=["attributes.start_time DESC"], max_results=1)
+        if not runs or runs[0].info.status != "FINISHED":
+            return None
+        kids = search_all(self.client, [exp.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{runs[0].info.run_id}'")
+        done = {r.data.tags.get("kd.config_hash") for r in kids
+                if r.info.status == "FINISHED" and r.data.tags.get("kd.state") in ("done", "reused")}
+        if not students <= done or any(self.find_teacher("config_hash", h) is None for h in teachers):
+            return None
+        return runs[0]
 
     def find_resumable(self, exp_id: str, key: str):
         """The latest parent run of this same sweep whose driver stopped before the end (killed,

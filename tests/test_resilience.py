@@ -95,13 +95,21 @@ def test_killed_driver_resumes_and_a_second_run_links_every_trial(tmp_path, pack
     nothing = kd_sweep("run", "s.yaml", "--resume", "--tracking-uri", uri, cwd=tmp_path)
     assert nothing.returncode == 1 and "nothing to resume" in nothing.stderr
 
-    # The same sweep again: every trial is linked from the finished ones, none runs, same table.
-    first = kd_sweep("report", "resilience", "--metric", "knn_top1", "--tracking-uri", uri, cwd=tmp_path)
+    # The same sweep again: complete, so nothing is written and Ray never starts.
+    before = len(client.search_runs([e.experiment_id for e in client.search_experiments()], ""))
     third = kd_sweep("run", "s.yaml", "--tracking-uri", uri, cwd=tmp_path)
     assert third.returncode == 0, third.stdout + third.stderr
-    assert "4 trial(s) finished in an earlier sweep: linked" in third.stdout
-    assert "trials to run" not in third.stdout
-    second = kd_sweep("report", "resilience", "--metric", "knn_top1", "--tracking-uri", uri, cwd=tmp_path)
+    assert "'resilience' is complete" in third.stdout and "Token authentication" not in third.stdout + third.stderr
+    assert len(client.search_runs([e.experiment_id for e in client.search_experiments()], "")) == before
+
+    # Another sweep with the same trials: every trial is linked from the finished ones, none runs, same table.
+    first = kd_sweep("report", "resilience", "--metric", "knn_top1", "--tracking-uri", uri, cwd=tmp_path)
+    (tmp_path / "s2.yaml").write_text((tmp_path / "s.yaml").read_text().replace("name: resilience", "name: other"))
+    fourth = kd_sweep("run", "s2.yaml", "--tracking-uri", uri, cwd=tmp_path)
+    assert fourth.returncode == 0, fourth.stdout + fourth.stderr
+    assert "4 trial(s) finished in an earlier sweep: linked" in fourth.stdout
+    assert "trials to run" not in fourth.stdout
+    second = kd_sweep("report", "other", "--metric", "knn_top1", "--tracking-uri", uri, cwd=tmp_path)
     table = lambda out: [ln for ln in out.splitlines() if ln.startswith("|")]  # noqa: E731
     assert table(second.stdout) == table(first.stdout) and len(table(first.stdout)) == 3
     latest = parents(client)[-1]
