@@ -25,7 +25,7 @@ from trainables.models import build_model
 from .progress import Progress
 from .resume import DRIVER_TAG, SweepLock, SweepLocked, driver_alive, driver_tag, latest_checkpoints, sweep_key
 from .spec import SpecError, Sweep, resolve_path, search_metric
-from .tracking import Store, make_callback, store_exists
+from .tracking import Store, make_callback, store_exists, unwritable_store
 from . import packing
 from .trials import _dataset, evaluate_only, file_digest, student_trials, teacher_trial, trial_members, trial_name
 
@@ -317,6 +317,9 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
     # Packing changes no number and a resumed student finds its state in any checkpoint layout; the
     # paper reference only annotates the report.
     key = sweep_key({k: v for k, v in raw.items() if k not in ("pack", "paper")}, smoke)
+    if (why := unwritable_store(tracking_uri)) is not None:
+        raise RunError(f"the MLflow store cannot take this sweep's runs: {why}; give a writable one with"
+                       " --tracking-uri (or MLFLOW_TRACKING_URI), or fix its permissions")
     # Before anything is written: two drivers started together must not both run the sweep (the
     # parent-run check below sees only a driver that has already made its parent run).
     try:

@@ -50,6 +50,25 @@ def store_exists(uri: str) -> bool:
     return True
 
 
+def unwritable_store(uri: str) -> str | None:
+    """Why a local store cannot take this sweep's runs (read-only file or folder), or None. Checked before
+    Ray starts: MLflow would otherwise fail deep inside with hundreds of lines of traceback."""
+    if uri.startswith("sqlite:///"):
+        path = os.path.abspath(uri.removeprefix("sqlite:///"))
+    elif uri.startswith("file:") or "://" not in uri:
+        path = os.path.abspath(uri.removeprefix("file://").removeprefix("file:"))
+    else:
+        return None  # a server: it answers for itself
+    if os.path.exists(path):
+        return None if os.access(path, os.W_OK) else f"{path} is not writable"
+    folder = os.path.dirname(path)
+    while folder and not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.access(folder or ".", os.W_OK):
+        return f"{path} cannot be created: {folder} is not writable"
+    return None
+
+
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
     """Once per process: it tags every trial's run."""
