@@ -25,6 +25,31 @@ def parents(client: MlflowClient) -> list:
     return client.search_runs(exps, "tags.`kd.role` = 'sweep'", order_by=["attributes.start_time ASC"])
 
 
+def start_driver(tmp_path):
+    """`kd-sweep run s.yaml` in TMP_PATH as its own process group, epochs slowed so that a test can stop it
+    midway: (store URI, env, command, process)."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "KD_SWEEP_FAULT": "slow:0.4"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "orchestrator.cli", "run", "s.yaml", "--tracking-uri", uri]
+    driver = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, start_new_session=True)
+    return uri, env, cmd, driver
+
+
+def watch(client: MlflowClient, driver, seconds: float = 240):
+    """The child runs of the latest parent, every half second while the driver runs."""
+    deadline = time.time() + seconds
+    while time.time() < deadline and driver.poll() is None:
+        time.sleep(0.5)
+        try:
+            ps = parents(client)
+            yield children(client, ps[-1].info.run_id) if ps else []
+        except Exception:  # noqa: BLE001 - the store may not exist yet
+            continue
+
+
 def epochs_logged(client: MlflowClient, run_id: str) -> list[int]:
     return [m.step for m in client.get_metric_history(run_id, "cost/wall_s")]  # reported every epoch
 
@@ -33,24 +58,11 @@ def epochs_logged(client: MlflowClient, run_id: str) -> list[int]:
 def test_killed_driver_resumes_and_a_second_run_links_every_trial(tmp_path, pack):
     """Packed (two packs of two students), every student resumes from its pack's checkpoint."""
     (tmp_path / "s.yaml").write_text(digits_coss_sweep("resilience", "[0, 0.25, 0.5, 1.0]", 8, pack))
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "KD_SWEEP_FAULT": "slow:0.4"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("RAY_ADDRESS", None)
-    cmd = [sys.executable, "-m", "orchestrator.cli", "run", "s.yaml", "--tracking-uri", uri]
-    driver = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, start_new_session=True)
+    uri, env, cmd, driver = start_driver(tmp_path)
     client = MlflowClient(uri)
     # Kill once a student trial has finished and another has an epoch checkpoint but has not finished.
-    deadline = time.time() + 240
     killed_with = None
-    while time.time() < deadline and driver.poll() is None:
-        time.sleep(0.5)
-        try:
-            ps = parents(client)
-            kids = children(client, ps[0].info.run_id) if ps else []
-        except Exception:  # noqa: BLE001 - the store may not exist yet
-            continue
+    for kids in watch(client, driver):
         students = [r for r in kids if r.data.tags.get("kd.role") == "student"]
         done = [r for r in students if r.info.status == "FINISHED"]
         going = [r for r in students if r.info.status == "RUNNING" and epochs_logged(client, r.info.run_id)]
@@ -195,22 +207,10 @@ def test_an_interrupted_sweep_is_killed_not_finished_and_continues(tmp_path, sig
     FINISHED, none left RUNNING), how to continue printed; the same command then continues it, with
     the trials that finished before the interrupt not run again."""
     (tmp_path / "s.yaml").write_text(digits_coss_sweep("interrupt", "[0, 0.25, 0.5, 1.0]", 6, "off"))
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "KD_SWEEP_FAULT": "slow:0.4"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("RAY_ADDRESS", None)
-    cmd = [sys.executable, "-m", "orchestrator.cli", "run", "s.yaml", "--tracking-uri", uri]
-    driver = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, start_new_session=True)
+    uri, env, cmd, driver = start_driver(tmp_path)
     client = MlflowClient(uri)
-    deadline, sent = time.time() + 240, False
-    while time.time() < deadline and driver.poll() is None:
-        time.sleep(0.5)
-        try:
-            ps = parents(client)
-            kids = children(client, ps[0].info.run_id) if ps else []
-        except Exception:  # noqa: BLE001 - the store may not exist yet
-            continue
+    sent = False
+    for kids in watch(client, driver):
         if any(r.data.tags.get("kd.role") == "student" and r.info.status == "RUNNING"
                and epochs_logged(client, r.info.run_id) for r in kids):
             os.kill(driver.pid, sig)
