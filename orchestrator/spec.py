@@ -544,7 +544,7 @@ def parse_yaml(text: str, file: str, where: str = "") -> Any:
         problem = " ".join(str(getattr(e, "problem", None) or e).split())
         raise SpecError(file, at, f"not valid YAML: {problem}") from None
     except RecursionError:
-        raise SpecError(file, where, f"the YAML nests deeper than Python can read: not a sweep") from None
+        raise SpecError(file, where, "the YAML nests deeper than Python can read: not a sweep") from None
 
 
 def load_sweep(path: str | Path, sets: list[str] | None = None) -> Sweep:
