@@ -24,11 +24,10 @@ def existing_store(uri: str) -> str:
     sqlite file (and its folders) at the path and then find no runs in it."""
     from results.collect import NoRuns
 
-    from .tracking import store_exists
+    from .tracking import local_store_path, store_exists
 
     if not store_exists(uri):
-        path = uri.removeprefix("sqlite:///").removeprefix("file://").removeprefix("file:")
-        raise NoRuns(f"no MLflow store at {path}: run `kd-sweep run SWEEP.yaml` here first, or point at the"
+        raise NoRuns(f"no MLflow store at {local_store_path(uri)}: run `kd-sweep run SWEEP.yaml` here first, or point at the"
                      " store with --tracking-uri (or MLFLOW_TRACKING_URI)")
     return uri
 

@@ -91,13 +91,16 @@ def latest_checkpoints(storage: str, prefix: str, notes: list[str] | None = None
                 for key in keys:
                     candidates.setdefault(key, []).append((epoch, scheme + ck.path))
     found: dict[str, tuple[int, str]] = {}
+    whole: dict[str, bool] = {}  # a pack's students share one checkpoint: read it once
     for key, cks in candidates.items():
         for epoch, path in sorted(cks, reverse=True):
-            if scheme or _whole_archive(os.path.join(path, "state.pt")):
+            if path not in whole:
+                whole[path] = bool(scheme) or _whole_archive(os.path.join(path, "state.pt"))
+                if not whole[path] and notes is not None:
+                    notes.append(f"skipped checkpoint {path}: its state.pt is damaged (cut short?); an older one is used")
+            if whole[path]:
                 found[key] = (epoch, path)
                 break
-            if notes is not None:
-                notes.append(f"skipped checkpoint {path}: its state.pt is damaged (cut short?); an older one is used")
     return found
 
 
@@ -122,11 +125,7 @@ class SweepLock:
     driver ends; the OS releases it when the process dies, so a killed driver never blocks the next.
     The file holds the holder's pid and, once made, its parent run, for the loser's message."""
 
-    def __init__(self, tracking_uri: str, storage: str, name: str, key: str):
-        if tracking_uri.startswith("sqlite:///"):
-            folder = os.path.dirname(os.path.abspath(tracking_uri.removeprefix("sqlite:///")))
-        else:
-            folder = storage if "://" not in storage else os.path.expanduser("~/.kd-sweep")
+    def __init__(self, folder: str, name: str, key: str):
         self.path = os.path.join(folder, ".kd-sweep-locks", f"{name}-{key[:12]}.lock")
         self.fd: int | None = None
 

@@ -25,7 +25,7 @@ from trainables.models import build_model
 from .progress import Progress
 from .resume import DRIVER_TAG, SweepLock, SweepLocked, driver_alive, driver_tag, latest_checkpoints, sweep_key
 from .spec import SpecError, Sweep, resolve_path, search_metric
-from .tracking import Store, make_callback, store_exists, unwritable_store
+from .tracking import Store, local_store_path, make_callback, store_exists, unwritable_store
 from . import packing
 from .trials import _dataset, evaluate_only, file_digest, student_trials, teacher_trial, trial_members, trial_name
 
@@ -322,14 +322,19 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
                        " --tracking-uri (or MLFLOW_TRACKING_URI), or fix its permissions")
     # Before anything is written: two drivers started together must not both run the sweep (the
     # parent-run check below sees only a driver that has already made its parent run).
+    local = local_store_path(tracking_uri)
+    # Beside a store on this machine; for a server, under the checkpoint storage (or the home folder).
+    folder = os.path.dirname(local) if local else storage_path if "://" not in storage_path else \
+        os.path.expanduser("~/.kd-sweep")
     try:
-        lock = SweepLock(tracking_uri, storage_path, sweep.name, key).acquire()
+        lock = SweepLock(folder, sweep.name, key).acquire()
     except SweepLocked as e:
         raise RunError(str(e)) from None
     try:
+        store = None
         if not (rerun or resume or sweep.search) and store_exists(tracking_uri):
             # A sweep run again after it finished: nothing to do, and no Ray, no new parent or linked runs.
-            # (A second of MLflow start-up, paid only where a store already exists.)
+            # (MLflow's start-up before Ray's, paid only where a store already exists; `look` reuses it.)
             store = Store(tracking_uri)
             done = store.complete_parent(sweep.name, key, {c["config_hash"] for c in plan.students},
                                          {c["config_hash"] for c in plan.teachers})
@@ -339,18 +344,19 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
                               f" `kd-sweep report {sweep.name} --table` prints the table")
                 return 0
         return _run_sweep(sweep, file, address, tracking_uri, smoke, rerun, resume, plan, storage_path, progress,
-                          raw, key, lock)
+                          raw, key, lock, store)
     finally:
         lock.release()
 
 
 def _run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, smoke: bool, rerun: bool,
                resume: bool, plan: Plan, storage_path: str, progress: Progress, raw: dict, key: str,
-               lock: SweepLock) -> int:
+               lock: SweepLock, opened: Store | None = None) -> int:
     def look():
         """MLflow's first touch (the client and its schema check: over a second on a new store) runs
-        beside Ray's start-up (~3 s). It only reads: nothing is logged until both are up."""
-        store = Store(tracking_uri)
+        beside Ray's start-up (~3 s), unless the completeness check made it already. It only reads:
+        nothing is logged until both are up."""
+        store = opened or Store(tracking_uri)
         exp = store.client.get_experiment_by_name(sweep.name)
         found = None if rerun or exp is None else store.find_resumable(exp.experiment_id, key)
         return store, (exp.experiment_id if exp else None), found

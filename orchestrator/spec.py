@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
                       model_validator)
 
 from trainables.datasets import DATASETS
@@ -205,8 +205,6 @@ class LinearProbe(Strict):
     gamma: float = Field(0.1, gt=0, le=1)
     augment: bool = False
 
-    from pydantic import model_serializer
-
     @model_serializer(mode="wrap")
     def _augment_only_when_on(self, handler: Any) -> dict[str, Any]:
         """`augment` is dumped only when true (alone or inside a sweep): the trial configs, content hashes
@@ -215,8 +213,6 @@ class LinearProbe(Strict):
         if not self.augment:
             out.pop("augment", None)
         return out
-
-    del model_serializer
 
 
 class KNN(Strict):

@@ -41,23 +41,26 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return mlflow.get_tracking_uri()
 
 
-def store_exists(uri: str) -> bool:
-    """Whether a store is there to read: a sqlite file or a file store folder; a server is assumed to be."""
+def local_store_path(uri: str) -> str | None:
+    """The file (sqlite) or folder (file store) of a store on this machine; None for a server."""
     if uri.startswith("sqlite:///"):
-        return os.path.isfile(uri.removeprefix("sqlite:///"))
+        return os.path.abspath(uri.removeprefix("sqlite:///"))
     if uri.startswith("file:") or "://" not in uri:
-        return os.path.isdir(uri.removeprefix("file://").removeprefix("file:"))
-    return True
+        return os.path.abspath(uri.removeprefix("file://").removeprefix("file:"))
+    return None
+
+
+def store_exists(uri: str) -> bool:
+    """Whether a store is there to read; a server is assumed to be."""
+    path = local_store_path(uri)
+    return path is None or os.path.exists(path)
 
 
 def unwritable_store(uri: str) -> str | None:
     """Why a local store cannot take this sweep's runs (read-only file or folder), or None. Checked before
     Ray starts: MLflow would otherwise fail deep inside with hundreds of lines of traceback."""
-    if uri.startswith("sqlite:///"):
-        path = os.path.abspath(uri.removeprefix("sqlite:///"))
-    elif uri.startswith("file:") or "://" not in uri:
-        path = os.path.abspath(uri.removeprefix("file://").removeprefix("file:"))
-    else:
+    path = local_store_path(uri)
+    if path is None:
         return None  # a server: it answers for itself
     if os.path.exists(path):
         return None if os.access(path, os.W_OK) else f"{path} is not writable"
@@ -295,10 +298,11 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
             if "members" in info:
                 metrics = metrics.get(cfg["config_hash"], {})
             step = int(info.get("epoch", 0))
+            metrics = _numbers(metrics)  # as on_trial_result logs them: the per-epoch names only
             logged = self._logged_before(cfg, run_id)
             if metrics and step not in logged:
                 ts = int(time.time() * 1000)
-                store.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])
+                store.client.log_batch(run_id, metrics=[Metric(k, v, ts, step) for k, v in metrics.items()])
                 logged.add(step)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):

@@ -69,11 +69,8 @@ def attach_published(table: pd.DataFrame, published: pd.DataFrame, dataset: str 
     # SVHN): without the sweep's dataset nothing matches.
     mine = in_scope(published, scope, dataset)
     pub = mine[mine["metric"] == metric]
-    bo = table.attrs.get("best_over")
-    axis = bo["axis"] if bo else None
-    swept = set(bo.get("columns", [])) if bo else set()
     columns, pairs = table.attrs.get("columns", {}), table.attrs.get("pairs", {})
-    used, shown = [], {}
+    used, shown = [], set()  # shown: the published rows' index labels
     for pair, row in table.iterrows():
         labels = pairs.get(pair, {"teacher": str(pair).split("/")[0], "student": str(pair).split("/")[-1]})
         for name, c in row.items():
@@ -88,11 +85,11 @@ def attach_published(table: pd.DataFrame, published: pd.DataFrame, dataset: str 
                 if meta is None:
                     continue
                 hit = pub[(pub["pair"] == pair) & (pub["method"] == meta["method"])]
-                hit = hit[[_matches(r, meta["cell"], axis if name in swept else None) for _, r in hit.iterrows()]]
+                hit = hit[[_matches(r, meta["cell"], swept_axis(table, name)) for _, r in hit.iterrows()]]
             if len(hit):
                 first = hit.iloc[0]
                 c.paper, c.paper_ref = float(first["value"]), ref(first)
-                shown[first.name] = (pair, name)
+                shown.add(first.name)
                 if c.paper_ref not in used:
                     used.append(c.paper_ref)
     table.attrs["paper_sources"] = used
@@ -103,6 +100,13 @@ def attach_published(table: pd.DataFrame, published: pd.DataFrame, dataset: str 
         table.attrs["paper_notes"] = ["This sweep's file names no published table (`paper:`): its cells were"
                                       " matched against every table of its dataset."]
     return used
+
+
+def swept_axis(table: pd.DataFrame, column: str) -> str | None:
+    """The --best-over axis when this column was swept over it (its published row is then a best-over
+    row), else None."""
+    bo = table.attrs.get("best_over")
+    return bo["axis"] if bo and column in bo.get("columns", []) else None
 
 
 def _matches(row, cell: dict, axis: str | None) -> bool:
@@ -118,10 +122,8 @@ def describe(row) -> str:
     return f"{row['pair']} {what} ({row['metric']} {row['value']:.2f})"
 
 
-def why_not(row, table: pd.DataFrame, metric: str, shown: dict) -> str:
-    """Why a published number of the sweep's own tables is not in the table."""
-    if row["metric"] != metric:
-        return f"published as {row['metric']}: `--metric {row['metric']}` shows it"
+def why_not(row, table: pd.DataFrame) -> str:
+    """Why a published number of the sweep's own tables, of the table's metric, is not in the table."""
     bo = table.attrs.get("best_over")
     axis = bo["axis"] if bo else None
     columns = table.attrs.get("columns", {})
@@ -143,12 +145,11 @@ def why_not(row, table: pd.DataFrame, metric: str, shown: dict) -> str:
         return f"a best over {axes[0]}: `--best-over {axes[0]}` shows it" if axes else \
             "a best over a sweep this table does not hold"
     if not is_best_over(row["note"]) and axis and any(
-            _norm_cell(row["cell"], axis) == _norm_cell(columns[n]["cell"]) for n in cols if n in bo["columns"]):
+            _norm_cell(row["cell"], axis) == _norm_cell(columns[n]["cell"]) for n in cols if swept_axis(table, n)):
         return f"a single {axis} setting: shown without --best-over"
-    swept = set(bo["columns"]) if bo else set()
     for n in cols:
         c = table.loc[row["pair"], n] if n in table.columns else None
-        if isinstance(c, Cell) and _matches(row, columns[n]["cell"], axis if n in swept else None):
+        if isinstance(c, Cell) and _matches(row, columns[n]["cell"], swept_axis(table, n)):
             return f"another published number was shown for that cell ({c.paper_ref} {c.paper:.2f})"
     return "that cell was not run (no column with these knobs)"
 
@@ -160,12 +161,12 @@ def _axes(table: pd.DataFrame) -> list[str]:
     return out + ([bo["axis"]] if bo and bo["axis"] not in out else [])
 
 
-def coverage(table: pd.DataFrame, mine: pd.DataFrame, shown: dict, metric: str, scope: dict) -> list[str]:
+def coverage(table: pd.DataFrame, mine: pd.DataFrame, shown: set, metric: str, scope: dict) -> list[str]:
     """How many of the sweep's published numbers the table shows; each other one with its reason (those
     of another metric summed up: one `--metric` shows them)."""
     tables = "; ".join(scope.get("tables", []))
     out = [f"Published numbers shown: {len(shown)} of {len(mine)} ({tables}, this sweep's pairs)."]
-    rest = mine[~mine.index.isin(list(shown))]
+    rest = mine[~mine.index.isin(shown)]
     other = rest[rest["metric"] != metric]
     if len(other):
         counts = other["metric"].value_counts(sort=False)
@@ -173,7 +174,7 @@ def coverage(table: pd.DataFrame, mine: pd.DataFrame, shown: dict, metric: str, 
                    + ", ".join(f"{m} ×{n}" for m, n in counts.items()) + "): "
                    + " or ".join(f"`--metric {m}`" for m in counts.index) + (" shows it." if len(other) == 1 else " shows them."))
     for _, row in rest[rest["metric"] == metric].iterrows():
-        out.append(f"Not shown: {describe(row)}: {why_not(row, table, metric, shown)}.")
+        out.append(f"Not shown: {describe(row)}: {why_not(row, table)}.")
     return out
 
 

@@ -56,12 +56,7 @@ def _save(d: str, state: dict[str, Any], epoch: int, ident: dict[str, Any]) -> N
     a driver killed between the checkpoint and its own logging never wrote to MLflow."""
     torch.save(state, os.path.join(d, "state.pt"))
     with open(os.path.join(d, "epoch.json"), "w") as f:
-        json.dump({"epoch": epoch, **ident}, f)
-
-
-def _numbers(metrics: dict) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and "/" in k}
+        json.dump({"epoch": epoch, **ident}, f, default=str)
 
 
 def tune_trainable(config: dict, teachers: dict[str, dict[str, torch.Tensor]] | None = None,
@@ -85,7 +80,7 @@ def tune_trainable(config: dict, teachers: dict[str, dict[str, torch.Tensor]] | 
     def report(metrics: dict[str, float], state: dict[str, Any], final_model: dict | None) -> None:
         metrics = {**metrics, "device": device_name(cfg), "node": node}
         with tempfile.TemporaryDirectory() as d:
-            _save(d, state, state["epoch"], {"config_hash": cfg["config_hash"], "metrics": _numbers(metrics)})
+            _save(d, state, state["epoch"], {"config_hash": cfg["config_hash"], "metrics": metrics})
             if final_model is not None:
                 torch.save(final_model, os.path.join(d, "model.pt"))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
@@ -127,7 +122,7 @@ def _tune_pack(pack: dict, teachers: dict, node: str) -> None:
                 if r.final_model is not None:
                     torch.save(r.final_model, os.path.join(d, f"model_{key}.pt"))
             _save(d, {"members": states}, epoch, {"members": sorted(out),
-                                                  "metrics": {k: _numbers(m) for k, m in results.items()}})
+                                                  "metrics": results})
             tune.report({"epoch": epoch, "device": device, "node": node, MEMBERS: results},
                         checkpoint=tune.Checkpoint.from_directory(d))
 
