@@ -8,17 +8,9 @@ import statistics
 
 from mlflow import MlflowClient
 
-from .runner import Plan, preflight
-from .spec import SpecError, Sweep, resolve_path
-from .trials import _dataset, student_trials, teacher_trial
-
-
-def _plan_without_data(sweep: Sweep) -> Plan:
-    """The trials by name when the data is not on this machine (content hashes then match nothing)."""
-    dataset = _dataset(sweep, resolve_path(sweep.dataset.root, None), "no-data")
-    teachers = [teacher_trial(sweep, p.teacher, dataset, None) for p in sweep.pairs]
-    pair_teacher = {i: t["weights_hash"] for i, t in enumerate(teachers)}
-    return Plan(dataset, teachers, pair_teacher, student_trials(sweep, dataset, pair_teacher))
+from .runner import preflight
+from .spec import Sweep
+from .tracking import store_exists
 
 
 def _duration(seconds: float) -> str:
@@ -27,16 +19,13 @@ def _duration(seconds: float) -> str:
 
 
 def dry_run(sweep: Sweep, file: str, tracking_uri: str) -> None:
-    try:
-        plan = preflight(sweep, file, os.path.dirname(os.path.abspath(file)))
-    except SpecError as e:
-        if not e.field.startswith("dataset"):
-            raise
-        print(f"(dataset not here: {e.msg})\n(estimates come from earlier runs of the same cells only)")
-        plan = _plan_without_data(sweep)
-    client = MlflowClient(tracking_uri)
-    exps = [e.experiment_id for e in client.search_experiments()]
-    history = client.search_runs(exps, "attributes.status = 'FINISHED'", max_results=5000) if exps else []
+    # The checks `run` makes, data included: a dry run that passes where the run would stop misleads.
+    plan = preflight(sweep, file, os.path.dirname(os.path.abspath(file)))
+    history = []
+    if store_exists(tracking_uri):  # a dry run writes nothing, not even an empty store
+        client = MlflowClient(tracking_uri)
+        exps = [e.experiment_id for e in client.search_experiments()]
+        history = client.search_runs(exps, "attributes.status = 'FINISHED'", max_results=5000) if exps else []
     done = {r.data.tags.get("kd.config_hash") for r in history if r.data.tags.get("kd.state") in ("done", "reused")}
     by_cell: dict[tuple, list[float]] = {}
     for r in history:

@@ -54,8 +54,9 @@ def _filesystem(storage: str):
 def latest_checkpoints(storage: str, prefix: str, notes: list[str] | None = None) -> dict[str, tuple[int, str]]:
     """config hash -> (epoch, checkpoint path or URI) of its newest intact epoch checkpoint, over every
     experiment folder under STORAGE whose name starts with PREFIX (one per attempt). A checkpoint whose
-    `epoch.json` does not parse, or (on a local disk) whose `state.pt` is not a whole torch archive (a
-    kill or a full disk mid-write), is passed over for the next newest, with a line in NOTES."""
+    `epoch.json` does not parse, whose `state.pt` is not the size `epoch.json` recorded, or (on a local
+    disk) is not a whole torch archive (a kill or a full disk mid-copy), is passed over for the next
+    newest, with a line in NOTES."""
     from pyarrow import fs as pafs
 
     fs, base = _filesystem(storage)
@@ -76,17 +77,23 @@ def latest_checkpoints(storage: str, prefix: str, notes: list[str] | None = None
             for ck in dirs(trial.path):
                 if not ck.base_name.startswith("checkpoint_"):
                     continue
-                names = {i.base_name for i in fs.get_file_info(pafs.FileSelector(ck.path))}
-                if not {"epoch.json", "state.pt"} <= names:
+                files = {i.base_name: i for i in fs.get_file_info(pafs.FileSelector(ck.path))}
+                if not {"epoch.json", "state.pt"} <= files.keys():
                     continue  # an upload the kill cut short
                 try:
                     with fs.open_input_stream(f"{ck.path}/epoch.json") as f:
                         info = json.loads(f.read())
                     epoch = int(info["epoch"])
                     keys = info.get("members") or [info["config_hash"]]  # a pack's checkpoint holds several
+                    want = info.get("state_bytes")
                 except (OSError, ValueError, KeyError, TypeError) as e:
                     if notes is not None:
                         notes.append(f"skipped checkpoint {ck.path}: its epoch.json does not read ({type(e).__name__})")
+                    continue
+                if want is not None and files["state.pt"].size != want:  # any filesystem, object stores too
+                    if notes is not None:
+                        notes.append(f"skipped checkpoint {ck.path}: its state.pt holds {files['state.pt'].size} of"
+                                     f" {want} bytes (cut short); an older one is used")
                     continue
                 for key in keys:
                     candidates.setdefault(key, []).append((epoch, scheme + ck.path))

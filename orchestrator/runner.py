@@ -25,13 +25,25 @@ from trainables.models import build_model
 from .progress import Progress
 from .resume import DRIVER_TAG, SweepLock, SweepLocked, driver_alive, driver_tag, latest_checkpoints, sweep_key
 from .spec import SpecError, Sweep, resolve_path, search_metric
-from .tracking import Store, local_store_path, make_callback, store_exists, unwritable_store
+from .tracking import (Store, failure_reason, local_store_path, make_callback, store_exists, store_failure,
+                       unreachable_server, unwritable_store)
 from . import packing
 from .trials import _dataset, evaluate_only, file_digest, student_trials, teacher_trial, trial_members, trial_name
 
 
 class RunError(Exception):
     """The sweep is valid but cannot run here (no cluster to join...): one line, exit 1."""
+
+
+class StoreFailed(RunError):
+    """The MLflow store stopped taking the sweep's runs (read-only, full disk, server gone)."""
+
+    def __init__(self, uri: str, e: BaseException, parent: str | None = None):
+        then = f" and run the same command again to continue parent run {parent[:8]}" if parent else \
+            " and run the same command again"
+        super().__init__(f"the MLflow store {uri} stopped taking this sweep's runs ({failure_reason(e)}). Trials"
+                         " keep their epoch checkpoints: fix the store (free disk space, make it writable,"
+                         f" start the server again){then}")
 
 
 class Interrupted(Exception):
@@ -67,6 +79,8 @@ def preflight(sweep: Sweep, file: str, base: str) -> Plan:
     try:
         data = load_dataset(sweep.dataset.name, root, **sweep.dataset.loader_args())
     except DatasetMissing as e:
+        raise SpecError(file, "dataset", str(e)) from None
+    except ValueError as e:  # an option this dataset cannot take (a per-channel list of the wrong length)
         raise SpecError(file, "dataset", str(e)) from None
     dataset = _dataset(sweep, root, data.fingerprint())
     teachers: dict[str, dict] = {}
@@ -272,9 +286,14 @@ def _fit_phase(name: str, configs: list[dict], sweep: Sweep, storage: str, callb
         run_config=tune.RunConfig(
             name=name, storage_path=storage, callbacks=[callback], verbose=0,
             failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2), stop=callback.stopper()),
     )
+    # Trials stopped before they started (an interrupt, a failed store) have no results: Tune's result
+    # grid warns about each, though kd-sweep reads its results from the callback, not from the grid.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     result = tuner.fit()
+    if callback.store_error is not None:
+        raise callback.store_error
     unfinished = expected - (len(callback.closed) - closed_before)
     if unfinished > 0:
         raise Interrupted(unfinished)
@@ -320,6 +339,9 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
     if (why := unwritable_store(tracking_uri)) is not None:
         raise RunError(f"the MLflow store cannot take this sweep's runs: {why}; give a writable one with"
                        " --tracking-uri (or MLFLOW_TRACKING_URI), or fix its permissions")
+    if (why := unreachable_server(tracking_uri)) is not None:
+        raise RunError(f"the MLflow server {tracking_uri} does not answer ({why}): start it (`mlflow server`),"
+                       " or give another store with --tracking-uri")
     # Before anything is written: two drivers started together must not both run the sweep (the
     # parent-run check below sees only a driver that has already made its parent run).
     local = local_store_path(tracking_uri)
@@ -345,6 +367,10 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
                 return 0
         return _run_sweep(sweep, file, address, tracking_uri, smoke, rerun, resume, plan, storage_path, progress,
                           raw, key, lock, store)
+    except Exception as e:
+        if isinstance(e, RunError) or not store_failure(e):
+            raise
+        raise StoreFailed(tracking_uri, e) from None
     finally:
         lock.release()
 
@@ -364,38 +390,38 @@ def _run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, 
     with ThreadPoolExecutor(1) as pool:
         looked = pool.submit(look)
         _init_ray(address, sweep, file)
-        store, exp_id, earlier = looked.result()
     import ray
 
     try:
+        store, exp_id, earlier = looked.result()
         if resume and earlier is None:
             raise RunError(f"nothing to resume: no run of sweep {sweep.name!r} (as this file resolves now) stopped"
                            f" before its end in {tracking_uri}; `kd-sweep status {sweep.name}` shows its latest run")
         if earlier is not None and (pid := driver_alive(earlier.data.tags.get(DRIVER_TAG))):
             raise RunError(f"this sweep is being run by process {pid} (parent run {earlier.info.run_id}); wait"
                            " for it, or stop it and run again to continue")
-    except RunError:
+        exp_id = exp_id or store.experiment(sweep.name)
+        check_storage(storage_path, file)
+        if earlier is not None:
+            parent = earlier.info.run_id
+            attempt = int(earlier.data.tags.get("kd.attempt", "1")) + 1
+            store.client.update_run(parent, status="RUNNING")
+            paper = {k: v for k, v in parent_tags(sweep, smoke).items() if k == "kd.paper"}  # the file's latest notes
+            for k, v in {"kd.attempt": str(attempt), DRIVER_TAG: driver_tag(), **paper}.items():
+                store.client.set_tag(parent, k, v)
+            lock.write(parent)
+            progress.note(f"continuing parent run {parent[:8]} of sweep {sweep.name!r} (its driver stopped;"
+                          f" attempt {attempt}): finished trials stay finished, unfinished ones resume")
+        else:
+            attempt = 1
+            parent = store.start_parent(exp_id, sweep.name, yaml.safe_dump(raw, sort_keys=False),
+                                        len(plan.students), {**parent_tags(sweep, smoke), "kd.sweep_key": key,
+                                                             "kd.attempt": "1", DRIVER_TAG: driver_tag()})
+            lock.write(parent)
+    except BaseException:
         ray.shutdown()
         raise
-    exp_id = exp_id or store.experiment(sweep.name)
-    check_storage(storage_path, file)
     smoke_tag = {"kd.smoke": str(smoke).lower()}
-    if earlier is not None:
-        parent = earlier.info.run_id
-        attempt = int(earlier.data.tags.get("kd.attempt", "1")) + 1
-        store.client.update_run(parent, status="RUNNING")
-        paper = {k: v for k, v in parent_tags(sweep, smoke).items() if k == "kd.paper"}  # the file's latest notes
-        for k, v in {"kd.attempt": str(attempt), DRIVER_TAG: driver_tag(), **paper}.items():
-            store.client.set_tag(parent, k, v)
-        lock.write(parent)
-        progress.note(f"continuing parent run {parent[:8]} of sweep {sweep.name!r} (its driver stopped;"
-                      f" attempt {attempt}): finished trials stay finished, unfinished ones resume")
-    else:
-        attempt = 1
-        parent = store.start_parent(exp_id, sweep.name, yaml.safe_dump(raw, sort_keys=False), len(plan.students),
-                                    {**parent_tags(sweep, smoke), "kd.sweep_key": key, "kd.attempt": "1",
-                                     DRIVER_TAG: driver_tag()})
-        lock.write(parent)
     status = "FAILED"
     callbacks: list = []
     on_term = signal.signal(signal.SIGTERM, _term_as_int) if threading.current_thread() is threading.main_thread() \
@@ -484,18 +510,24 @@ def _run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, 
         return 1 if failed else 0
     except (Interrupted, KeyboardInterrupt) as e:
         status = "KILLED"
-        stopped = sum(cb.close_unfinished() for cb in callbacks)
+        stopped = sum(cb.close_unfinished() or 0 for cb in callbacks)
         never = max(0, e.unfinished - stopped) if isinstance(e, Interrupted) else 0
         progress.note(f"interrupted: {stopped} trial(s) stopped before their end"
                       f"{f' and {never} never started' if never else ''}; their runs are marked KILLED, finished"
                       f" trials and epoch checkpoints are kept. Run the same command again (or with --resume) to"
                       f" continue parent run {parent[:8]}.")
         return INTERRUPTED_EXIT
+    except Exception as e:
+        if not store_failure(e):
+            raise
+        status = None  # the parent stays RUNNING: the next run of the same command continues it
+        raise StoreFailed(tracking_uri, e, parent) from None
     finally:
         if on_term is not None:
             signal.signal(signal.SIGTERM, on_term)
-        store.finish(parent, status)
         ray.shutdown()
+        if status is not None:
+            store.finish(parent, status)
 
 
 def scoring_only(teachers: list[dict], weights: dict) -> bool:

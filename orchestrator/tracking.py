@@ -32,6 +32,9 @@ METRIC_NOTE = ("eval/<protocol>_top1 is the last epoch (RepDistiller's conventio
                " eval/classifier_top1 is also logged per epoch")
 
 logging.getLogger("mlflow").setLevel(logging.WARNING)
+# With a server store, MLflow prints two "View run/experiment" lines each time a run ends (and fetches
+# the run to do so): dozens of lines on a sweep. kd-sweep names the experiment once, at the end.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
@@ -69,6 +72,48 @@ def unwritable_store(uri: str) -> str | None:
         folder = os.path.dirname(folder)
     if not os.access(folder or ".", os.W_OK):
         return f"{path} cannot be created: {folder} is not writable"
+    return None
+
+
+def store_failure(e: BaseException) -> bool:
+    """Whether E comes from the store itself rather than from kd-sweep: MLflow's own errors, the
+    database's, the HTTP client's, and the OS errors a full, read-only or lost disk gives."""
+    import errno
+
+    import requests
+    import sqlalchemy.exc
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(e, (MlflowException, sqlalchemy.exc.SQLAlchemyError, requests.exceptions.RequestException)):
+        return True
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM,
+                                                 errno.EDQUOT, errno.EIO)
+
+
+def failure_reason(e: BaseException) -> str:
+    """The part of a store error a person acts on, not MLflow's 400-character wrapping of it."""
+    import re
+
+    text = str(e)
+    for known in ("Connection refused", "readonly database", "disk is full", "No space left on device",
+                  "Read-only file system", "Name or service not known", "timed out"):
+        if known.lower() in text.lower():
+            return known.lower()
+    m = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    return m.group(1).strip() if m else (text.strip().splitlines() or [type(e).__name__])[0][:160]
+
+
+def unreachable_server(uri: str) -> str | None:
+    """Why an MLflow server at URI does not answer, or None (a local store, or a server that answers).
+    One quick request before Ray starts, where MLflow's client would retry for minutes."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=10)
+    except requests.exceptions.RequestException as e:
+        return failure_reason(e)
     return None
 
 
@@ -197,21 +242,26 @@ class Store:
         return [e.experiment_id for e in self.client.search_experiments()]
 
     def link(self, exp_id: str, parent_id: str, cfg: dict, source, tags: dict[str, str]) -> str:
-        """A child run of PARENT standing for a trial that finished in an earlier sweep: its params,
-        tags and final metrics, and `kd.reused_from` naming the run that holds its history and weights."""
+        """A child run of PARENT standing for a trial that finished in an earlier sweep: its params, tags,
+        every metric's whole history (the curves read as the original's), `kd.reused_from` naming the run
+        that holds its weights, and a name that says it is a link."""
         src_id = source.data.tags.get("kd.reused_from") or source.info.run_id
-        run = self.client.create_run(exp_id, tags={
+        run = self.client.create_run(exp_id, run_name=f"{cfg['name']} (reused)", tags={
             MLFLOW_PARENT_RUN_ID: parent_id, **trial_tags(cfg), **tags, "kd.state": "reused",
-            "kd.reused_from": src_id,
+            "kd.reused_from": src_id, MLFLOW_RUN_NAME: f"{cfg['name']} (reused)",
             **{k: v for k, v in source.data.tags.items() if k in ("kd.device", "kd.node")}})
         params = [Param(k, v[:6000]) for k, v in flat_params(cfg).items()]
-        ts = int(time.time() * 1000)
-        step = int(cfg["train"]["epochs"])
-        metrics = [Metric(k, v, ts, step) for k, v in source.data.metrics.items()]
-        for i in range(0, max(len(params), len(metrics)), 100):
-            self.client.log_batch(run.info.run_id, params=params[i:i + 100], metrics=metrics[i:i + 100])
+        for i in range(0, len(params), 100):
+            self.client.log_batch(run.info.run_id, params=params[i:i + 100])
+        self.copy_history(source.info.run_id, run.info.run_id, source.data.metrics)
         self.finish(run.info.run_id, "FINISHED")
         return run.info.run_id
+
+    def copy_history(self, src_id: str, dst_id: str, names) -> None:
+        """Every point of every metric in NAMES, with its step and time, from one run to another."""
+        points = [m for name in names for m in self.client.get_metric_history(src_id, name)]
+        for i in range(0, len(points), 1000):  # MLflow's cap on metrics per batch
+            self.client.log_batch(dst_id, metrics=points[i:i + 1000])
 
     def download(self, run_id: str, artifact: str) -> str:
         return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact,
@@ -231,8 +281,27 @@ def member_result(result: dict, cfg: dict) -> dict | None:
     return None if r is None else {**r, **{k: result[k] for k in ("device", "node") if k in result}}
 
 
+def _unless_store_failed(handler):
+    """A store that fails mid-sweep (full disk, read-only, server gone) is noted, not raised: Tune would
+    wrap it in a traceback of hundreds of lines. The callback's stopper then stops every trial (they keep
+    their epoch checkpoints) and the driver reports it in one line; nothing more is written."""
+    @functools.wraps(handler)
+    def call(self, *args, **kwargs):
+        if self.store_error is not None:
+            return None
+        try:
+            return handler(self, *args, **kwargs)
+        except Exception as e:
+            if not store_failure(e):
+                raise
+            self.store_error = e
+            return None
+    return call
+
+
 def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags: dict[str, str] | None = None):
     from ray import tune
+    from ray.tune.stopper import Stopper
 
     class MLflowTrials(tune.Callback):
         """Tune trial events -> MLflow child runs, one per student: a pack's students each get theirs.
@@ -244,6 +313,20 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
             self.logged: dict[str, set[int]] = {}
             self.last: dict[str, dict] = {}
             self.closed: set[str] = set()
+            self.store_error: Exception | None = None
+
+        def stopper(self) -> Stopper:
+            """For RunConfig(stop=...): every trial stops once the store has failed."""
+            callback = self
+
+            class StoreFailedStop(Stopper):
+                def __call__(self, trial_id, result):
+                    return False
+
+                def stop_all(self):
+                    return callback.store_error is not None
+
+            return StoreFailedStop()
 
         def _run_for(self, cfg: dict) -> str:
             key = cfg["config_hash"]
@@ -268,6 +351,7 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
         def _open(self, trial) -> list[dict]:
             return [c for c in trial_members(trial.config) if c["config_hash"] not in self.closed]
 
+        @_unless_store_failed
         def on_trial_start(self, iteration, trials, trial, **info):
             members = trial_members(trial.config)
             for cfg in self._open(trial):
@@ -305,6 +389,7 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
                 store.client.log_batch(run_id, metrics=[Metric(k, v, ts, step) for k, v in metrics.items()])
                 logged.add(step)
 
+        @_unless_store_failed
         def on_trial_result(self, iteration, trials, trial, result, **info):
             for cfg in self._open(trial):
                 r = member_result(result, cfg)
@@ -326,6 +411,7 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
                 elif progress:
                     progress.result(cfg, r)
 
+        @_unless_store_failed
         def on_trial_complete(self, iteration, trials, trial, **info):
             packed = "pack" in trial.config["trial"]
             for cfg in self._open(trial):
@@ -335,12 +421,12 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
             run_id = self._run_for(cfg)
             last = self.last.get(cfg["config_hash"]) or member_result(trial.last_result or {}, cfg) or {}
             if (source := last.get(REUSED)):  # a searched config run before: linked
-                src = store.client.get_run(source)
-                ts = int(time.time() * 1000)
-                store.client.log_batch(run_id, metrics=[Metric(k, v, ts, cfg["train"]["epochs"])
-                                                        for k, v in src.data.metrics.items()],
-                                       tags=[RunTag("kd.state", "done")] if source == run_id else
-                                       [RunTag("kd.state", "reused"), RunTag("kd.reused_from", source)])
+                if source == run_id:
+                    store.client.set_tag(run_id, "kd.state", "done")
+                else:  # as Store.link: the original's curves, and a name that says it is a link
+                    store.copy_history(source, run_id, store.client.get_run(source).data.metrics)
+                    store.client.log_batch(run_id, tags=[RunTag("kd.state", "reused"), RunTag("kd.reused_from", source),
+                                                         RunTag(MLFLOW_RUN_NAME, f"{cfg['name']} (reused)")])
                 self._close(cfg, run_id, "FINISHED")
                 if progress:
                     progress.completed(cfg)
@@ -367,6 +453,7 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
             if progress:
                 progress.completed(cfg)
 
+        @_unless_store_failed
         def on_trial_error(self, iteration, trials, trial, **info):
             reason = error_reason(trial)
             for cfg in self._open(trial):
@@ -376,6 +463,7 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
             if progress:
                 progress.retrying(trial_name(trial.config), error_reason(trial))
 
+        @_unless_store_failed
         def close_unfinished(self) -> int:
             """After an interrupt: the runs of trials that started and did not finish become KILLED
             (kd.state interrupted), so no run stays RUNNING; a continued sweep reopens them."""

@@ -48,3 +48,60 @@ def test_unwritable_store_is_told_before_anything_starts(tmp_path, monkeypatch):
     assert unwritable_store("http://mlflow.example:5000") is None
     monkeypatch.undo()
     assert unwritable_store(f"sqlite:///{tmp_path}/new/mlflow.db") is None
+
+
+def test_a_dry_run_creates_no_store(tmp_path, monkeypatch):
+    from .conftest import SWEEPS
+
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["run", str(SWEEPS / "quickstart.yaml"), "--dry-run",
+                                   "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"])
+    assert res.exit_code == 0, res.output
+    assert "trial" in res.output and list(tmp_path.iterdir()) == []
+
+
+class _FailingClient:
+    """An MLflow client whose store fails as a read-only sqlite file does, counting the calls made."""
+
+    def __init__(self, error: Exception):
+        self.error, self.calls = error, 0
+
+    def __getattr__(self, name):
+        def call(*args, **kwargs):
+            self.calls += 1
+            raise self.error
+        return call
+
+
+def test_a_store_failing_mid_sweep_stops_the_trials_instead_of_raising_through_tune():
+    """The trial callback notes the failure (Tune would wrap a raise in hundreds of lines), its stopper
+    then stops every trial, and nothing more is sent to the broken store. kd-sweep's own bugs still raise."""
+    from types import SimpleNamespace
+
+    import sqlalchemy.exc
+    from mlflow.exceptions import MlflowException
+
+    from orchestrator.tracking import failure_reason, make_callback, store_failure
+
+    readonly = MlflowException(str(sqlalchemy.exc.OperationalError(
+        "INSERT INTO metrics", {}, Exception("attempt to write a readonly database"))))
+    client = _FailingClient(readonly)
+    callback = make_callback(SimpleNamespace(uri="sqlite:///x.db", client=client), "0", "parent")
+    stopper = callback.stopper()
+    trial = SimpleNamespace(config={"trial": {"config_hash": "abc", "name": "t"}})
+    assert not stopper.stop_all()
+    callback.on_trial_start(0, [], trial)
+    assert stopper.stop_all() and callback.store_error is readonly and client.calls == 1
+    callback.on_trial_result(0, [], trial, {"epoch": 1})
+    callback.on_trial_complete(0, [], trial)
+    assert client.calls == 1  # nothing more is tried
+    assert failure_reason(readonly) == "readonly database"
+
+    bug = make_callback(SimpleNamespace(uri="sqlite:///x.db", client=_FailingClient(KeyError("kd.cell"))), "0", "p")
+    with pytest.raises(KeyError):
+        bug.on_trial_start(0, [], trial)
+    assert bug.store_error is None
+
+    full = OSError(28, "No space left on device")
+    assert store_failure(full) and failure_reason(full) == "no space left on device"
+    assert not store_failure(OSError(2, "No such file or directory")) and not store_failure(ValueError("x"))

@@ -128,7 +128,9 @@ def test_killed_driver_resumes_and_a_second_run_links_every_trial(tmp_path, pack
     linked = children(client, latest.info.run_id)
     assert len(linked) == 4 and all(r.data.tags["kd.state"] == "reused" for r in linked)
     assert {r.data.tags["kd.reused_from"] for r in linked} == {r.info.run_id for r in students}
-    assert all(epochs_logged(client, r.info.run_id) == [8] for r in linked)  # final values only, no history
+    # Each link carries its original's whole curves, and a name that says it is a link.
+    assert all(epochs_logged(client, r.info.run_id) == list(range(1, 9)) for r in linked)
+    assert all(r.info.run_name.endswith(" (reused)") for r in linked)
 
 
 @pytest.mark.parametrize("pack", ["off", 2])
@@ -288,7 +290,93 @@ def test_a_damaged_newest_checkpoint_is_passed_over_for_an_intact_older_one(tmp_
     checkpoint("a", 2, cut=True)
     ok_b = checkpoint("b", 1)
     checkpoint("b", 2, info="{not json")
+    ok_c = checkpoint("c", 1)
+    whole = checkpoint("c", 2)  # a whole archive, but not the size the trial wrote: a copy cut short
+    (tmp_path / whole / "epoch.json").write_text(json.dumps(
+        {"epoch": 2, "config_hash": "c", "state_bytes": (tmp_path / whole / "state.pt").stat().st_size + 512}))
     notes = []
     found = latest_checkpoints(str(tmp_path), "sweep-abc", notes)
-    assert found == {"a": (1, ok_a), "b": (1, ok_b)}
+    assert found == {"a": (1, ok_a), "b": (1, ok_b), "c": (1, ok_c)}
     assert any("state.pt is damaged" in n for n in notes) and any("epoch.json does not read" in n for n in notes)
+    assert any(f"{whole}: its state.pt holds" in n and "cut short" in n for n in notes)
+
+
+def mlflow_server(tmp_path, port: int) -> subprocess.Popen:
+    """A real `mlflow server` on PORT over a sqlite file in TMP_PATH, in its own process group."""
+    import urllib.request
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            return server
+        except OSError:
+            assert server.poll() is None, "mlflow server exited at start"
+            time.sleep(0.3)
+    raise AssertionError("mlflow server did not answer in 90 s")
+
+
+def stop(server: subprocess.Popen) -> None:
+    os.killpg(server.pid, signal.SIGKILL)
+    server.wait(timeout=30)
+
+
+def test_a_store_lost_mid_sweep_stops_it_in_one_line_and_the_same_command_continues(tmp_path):
+    """The MLflow server dies while students train: the driver stops the trials (their checkpoints stay),
+    says in one line which store failed and what to do, exits 1 and leaves the parent run to continue;
+    with the server back, the same command continues it without retraining from epoch 0. A server that
+    is down at the start is told before Ray starts."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    (tmp_path / "s.yaml").write_text(digits_coss_sweep("lost", "[0, 0.5, 1.0]", 4, "off"))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "KD_SWEEP_FAULT": "slow:0.4",
+           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}  # MLflow's own retries would wait minutes for the server
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "orchestrator.cli", "run", "s.yaml", "--tracking-uri", uri]
+
+    down = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert down.returncode == 1 and f"the MLflow server {uri} does not answer (connection refused)" in down.stderr
+    assert "Traceback" not in down.stdout + down.stderr and not (tmp_path / "ray_results").exists()
+
+    server = mlflow_server(tmp_path, port)
+    try:
+        driver = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, start_new_session=True)
+        client = MlflowClient(uri)
+        lost = False
+        for kids in watch(client, driver):
+            if any(r.data.tags.get("kd.role") == "student" and r.info.status == "RUNNING"
+                   and epochs_logged(client, r.info.run_id) for r in kids):
+                stop(server)
+                lost = True
+                break
+        out = driver.communicate(timeout=180)[0]
+        assert lost, "no student trial ever ran:\n" + out
+        assert driver.returncode == 1, out
+        assert f"the MLflow store {uri} stopped taking this sweep's runs (connection refused)" in out, out
+        assert "run the same command again to continue parent run" in out and "Traceback" not in out, out
+
+        server = mlflow_server(tmp_path, port)
+        (parent,) = parents(client)
+        assert parent.info.status == "RUNNING"  # left to continue, not closed as finished or failed
+        again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "continuing parent run" in again.stdout and "from its epoch" in again.stdout, again.stdout
+        (parent,) = parents(client)
+        assert parent.info.status == "FINISHED"
+        kids = children(client, parent.info.run_id)
+        students = [r for r in kids if r.data.tags["kd.role"] == "student"]
+        assert len(students) == 3 and all(r.info.status == "FINISHED" for r in students)
+        assert Counter(r.data.tags["kd.config_hash"] for r in kids).most_common(1)[0][1] == 1
+    finally:
+        stop(server)

@@ -57,7 +57,7 @@ def test_the_notebooks_normalisation_replaces_the_datasets_statistics(tmp_path):
     assert d.mean == (0.5, 0.5, 0.5) and d.std == (0.5, 0.5, 0.5)
     x = d.train_x[:2]
     assert torch.allclose(d.eval_view("train", slice(0, 2)), x.float() / 255 * 2 - 1)  # Normalize(0.5, 0.5)
-    with pytest.raises(ValueError, match="normalize.mean takes 1 or 3 values"):
+    with pytest.raises(ValueError, match=r"normalize.mean takes 1 value or 3 for this dataset \(3 channels\), got 2"):
         load_dataset("svhn", str(tmp_path), verify_checksum=False, normalize={"mean": [0.5, 0.5], "std": [0.5]})
 
 

@@ -52,11 +52,15 @@ def _weights(teachers: dict, key: str) -> dict[str, torch.Tensor]:
 
 
 def _save(d: str, state: dict[str, Any], epoch: int, ident: dict[str, Any]) -> None:
-    """`epoch.json` is read by a resuming driver: which trial(s) and epoch, and that epoch's numbers, which
-    a driver killed between the checkpoint and its own logging never wrote to MLflow."""
-    torch.save(state, os.path.join(d, "state.pt"))
+    """`epoch.json` is read by a resuming driver: which trial(s) and epoch, that epoch's numbers (which a
+    driver killed between the checkpoint and its own logging never wrote to MLflow), and the size of
+    `state.pt`. Tune copies this folder to the storage file by file, so a kill or a full disk can leave
+    a copy cut short on any filesystem: the recorded size tells the driver, which then resumes from the
+    newest checkpoint that is whole."""
+    path = os.path.join(d, "state.pt")
+    torch.save(state, path)
     with open(os.path.join(d, "epoch.json"), "w") as f:
-        json.dump({"epoch": epoch, **ident}, f, default=str)
+        json.dump({"epoch": epoch, "state_bytes": os.path.getsize(path), **ident}, f, default=str)
 
 
 def tune_trainable(config: dict, teachers: dict[str, dict[str, torch.Tensor]] | None = None,

@@ -98,7 +98,9 @@ class ImageData:
         c = self.in_channels
         for name, v in (("mean", mean), ("std", std)):
             if len(v) not in (1, c):
-                raise ValueError(f"normalize.{name} takes 1 or {c} values for this dataset, got {len(v)}")
+                takes = "1 value" if c == 1 else f"1 value or {c}"
+                raise ValueError(f"normalize.{name} takes {takes} for this dataset ({c} channel{'s' * (c > 1)}),"
+                                 f" got {len(v)}")
         return replace(self, mean=tuple(mean) * (c // len(mean)), std=tuple(std) * (c // len(std)))
 
     def holdout(self, fraction: float, seed: int = 0) -> "ImageData":
