@@ -10,8 +10,24 @@ from typing import Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+WIDTH = 100  # what kd-sweep prints fits a 100-column terminal
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Knowledge-distillation ablation grids: a YAML sweep -> Ray Tune trials -> MLflow -> paper tables.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"kd-sweep {version('kd-sweep')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", metavar="", callback=_version, is_eager=True,
+                                       help="print kd-sweep's version and exit")) -> None:
+    """Knowledge-distillation ablation grids: a YAML sweep -> Ray Tune trials -> MLflow -> paper tables."""
 
 
 def _fail(msg: str, code: int) -> None:
@@ -34,19 +50,19 @@ def existing_store(uri: str) -> str:
 
 @app.command()
 def run(
-    file: str = typer.Argument(..., help="the sweep YAML"),
-    set_: list[str] = typer.Option([], "--set", "-s", help="override a field: --set train.epochs=1 (repeatable)"),
-    address: Optional[str] = typer.Option(None, help="join a running Ray cluster (default: RAY_ADDRESS, else local)"),
-    tracking_uri: Optional[str] = typer.Option(None, envvar="MLFLOW_TRACKING_URI",
+    file: str = typer.Argument(..., metavar="FILE", help="the sweep YAML"),
+    set_: list[str] = typer.Option([], "--set", "-s", metavar="FIELD=VALUE", help="override a field: --set train.epochs=1 (repeatable)"),
+    address: Optional[str] = typer.Option(None, metavar="ADDRESS", help="join a running Ray cluster (default: RAY_ADDRESS, else local)"),
+    tracking_uri: Optional[str] = typer.Option(None, envvar="MLFLOW_TRACKING_URI", metavar="URI",
                                                help="MLflow store (default: sqlite:///mlflow.db here)"),
-    storage: Optional[str] = typer.Option(None, help="where trial checkpoints go (default: ./ray_results)"),
-    smoke: bool = typer.Option(False, "--smoke", help="the same sweep at a size a 2-core CPU runs in minutes:"
+    storage: Optional[str] = typer.Option(None, metavar="PATH|URI", help="where trial checkpoints go (default: ./ray_results)"),
+    smoke: bool = typer.Option(False, "--smoke", metavar="", help="the same sweep at a size a 2-core CPU runs in minutes:"
                                " 1 seed, 1 epoch, a few hundred images; the numbers are not results"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="print the trials, counts and an estimate from earlier"
+    dry_run: bool = typer.Option(False, "--dry-run", metavar="", help="print the trials, counts and an estimate from earlier"
                                  " runs of the same cells; run nothing"),
-    rerun: bool = typer.Option(False, "--rerun", help="run every student trial again, even those a sweep already"
+    rerun: bool = typer.Option(False, "--rerun", metavar="", help="run every student trial again, even those a sweep already"
                                " finished (by default they are linked into this sweep, not run)"),
-    resume: bool = typer.Option(False, "--resume", help="only continue a sweep whose driver died (exit 1 when there"
+    resume: bool = typer.Option(False, "--resume", metavar="", help="only continue a sweep whose driver died (exit 1 when there"
                                 " is none); without it a plain run continues one too, or starts anew"),
 ) -> None:
     """Validate FILE, then run every trial of it and log them to MLflow.
@@ -100,23 +116,24 @@ class Fmt(str, Enum):
 
 @app.command()
 def report(
-    sweep: Optional[str] = typer.Argument(None, help="sweep name (default: the latest sweep in the store)"),
-    table: bool = typer.Option(True, "--table/--no-table", help="print the paper-style table"),
-    metric: Optional[str] = typer.Option(None, help="linear_top1 (default), knn_top1, classifier_top1, ...;"
+    sweep: Optional[str] = typer.Argument(None, metavar="SWEEP", help="sweep name (default: the latest sweep in the store)"),
+    table: bool = typer.Option(True, "--table/--no-table", metavar="", help="print the paper-style table"),
+    metric: Optional[str] = typer.Option(None, metavar="METRIC", help="linear_top1 (default), knn_top1, classifier_top1, ...;"
                                          " a search sweep's default is its own metric"),
     fmt: Fmt = typer.Option(Fmt.md, "--format", help="md, latex (booktabs) or csv"),
     best_over: Optional[str] = typer.Option(
         None, "--best-over", metavar="AXIS",
         help="per pair, other knobs and seed, take the best run over AXIS (e.g. scale), then average seeds"),
-    paper: bool = typer.Option(False, "--paper", help="the published number, Δ (ours − paper) and a verdict beside each"
+    paper: bool = typer.Option(False, "--paper", metavar="", help="the published number, Δ (ours − paper) and a verdict beside each"
                                " cell; under the table, how many of the sweep's published numbers are shown (and why"
                                " not the others) and its known deviations from the authors' runs"),
-    cost: bool = typer.Option(False, "--cost", help="GPU-hours (or CPU-hours) per cell and for the table"),
+    cost: bool = typer.Option(False, "--cost", metavar="", help="GPU-hours (or CPU-hours) per cell and for the table"),
     plot: Optional[str] = typer.Option(None, "--plot", metavar="FILE.png",
                                        help="draw the metric against the swept numeric knob, one line per pair"),
-    axis: Optional[str] = typer.Option(None, "--axis", help="the knob --plot draws against (default: the swept one)"),
-    smoke: bool = typer.Option(False, "--smoke", help="report the sweep's latest smoke run (kd.smoke) instead"),
-    tracking_uri: Optional[str] = typer.Option(None, envvar="MLFLOW_TRACKING_URI"),
+    axis: Optional[str] = typer.Option(None, "--axis", metavar="KNOB", help="the knob --plot draws against (default: the swept one)"),
+    smoke: bool = typer.Option(False, "--smoke", metavar="", help="report the sweep's latest smoke run (kd.smoke) instead"),
+    tracking_uri: Optional[str] = typer.Option(None, envvar="MLFLOW_TRACKING_URI", metavar="URI",
+                                               help="MLflow store (default: sqlite:///mlflow.db here)"),
 ) -> None:
     """Print the table of a sweep's latest run: pairs x swept values, mean ± std (n) over seeds."""
     from results.collect import NoRuns, sweep_runs
@@ -126,7 +143,8 @@ def report(
     from .tracking import resolve_tracking_uri
 
     try:
-        parent, runs = sweep_runs(existing_store(resolve_tracking_uri(tracking_uri)), sweep, smoke)
+        uri = existing_store(resolve_tracking_uri(tracking_uri))
+        parent, runs = sweep_runs(uri, sweep, smoke)
     except NoRuns as e:
         _fail(str(e), 1)
     if not table and not plot:
@@ -156,12 +174,28 @@ def report(
         sys.stdout.write(text)
     if plot:
         typer.echo(f"wrote {plot}", err=True)
+    _browse(uri, parent.info.experiment_id)
+
+
+def _browse(uri: str, exp_id: str) -> None:
+    """The link to the runs, on stderr: stdout may be a table piped into a file."""
+    from .tracking import Store
+    from .ui import browse_hint, has_view
+
+    from mlflow.exceptions import MlflowException
+
+    try:
+        view = has_view(Store(uri).client, exp_id)
+    except MlflowException:  # a hint never fails the command that printed its table
+        return
+    typer.echo(browse_hint(uri, exp_id, view), err=True)
 
 
 @app.command()
 def status(
-    sweep: Optional[str] = typer.Argument(None, help="sweep name (default: the latest sweep in the store)"),
-    tracking_uri: Optional[str] = typer.Option(None, envvar="MLFLOW_TRACKING_URI"),
+    sweep: Optional[str] = typer.Argument(None, metavar="SWEEP", help="sweep name (default: the latest sweep in the store)"),
+    tracking_uri: Optional[str] = typer.Option(None, envvar="MLFLOW_TRACKING_URI", metavar="URI",
+                                               help="MLflow store (default: sqlite:///mlflow.db here)"),
 ) -> None:
     """Each trial of a sweep's latest run: done, reused, running (epoch, ETA), failed (why), pending."""
     from results.collect import NoRuns
@@ -177,11 +211,35 @@ def status(
 
 
 @app.command()
+def ui(
+    sweep: Optional[str] = typer.Argument(None, metavar="SWEEP", help="sweep to open on (default: the latest sweep in the store)"),
+    port: int = typer.Option(5000, metavar="PORT", help="port on 127.0.0.1"),
+    tracking_uri: Optional[str] = typer.Option(None, envvar="MLFLOW_TRACKING_URI", metavar="URI"),
+) -> None:
+    """Start the MLflow UI on 127.0.0.1 for the store `run` logs to, and print the link that opens the
+    sweep's runs (for a server store, print the link to its own UI). Ctrl-C stops it."""
+    from results.collect import NoRuns, latest_parent
+
+    from .tracking import Store, resolve_tracking_uri
+    from .ui import has_view, serve
+
+    try:
+        uri = existing_store(resolve_tracking_uri(tracking_uri))
+        client = Store(uri).client
+        exp_id = latest_parent(client, sweep).info.experiment_id
+    except NoRuns as e:
+        if sweep is not None or "no MLflow store" in str(e):
+            _fail(str(e), 1)
+        exp_id = None  # a store with no sweep yet: the list of experiments
+    raise typer.Exit(serve(uri, exp_id, port, typer.echo, exp_id is not None and has_view(client, exp_id)))
+
+
+@app.command()
 def bench(
-    plain_loop: Optional[str] = typer.Option(None, "--plain-loop", help="the reference loop (default:"
+    plain_loop: Optional[str] = typer.Option(None, "--plain-loop", metavar="FILE", help="the reference loop (default:"
                                              " ../shared/bench/plain_loop.py beside the repository)"),
-    steps: int = typer.Option(10, help="timed steps per measurement (after the warm-up)"),
-    faiss_n: Optional[int] = typer.Option(None, "--faiss-n", help="images in the k-NN timing (default 50k on a"
+    steps: int = typer.Option(10, metavar="N", help="timed steps per measurement (after the warm-up)"),
+    faiss_n: Optional[int] = typer.Option(None, "--faiss-n", metavar="N", help="images in the k-NN timing (default 50k on a"
                                           " GPU, 10k on CPU)"),
 ) -> None:
     """kd-sweep's images/s against the hand-written loop, the share of the matmul peak, the
@@ -200,7 +258,7 @@ class Kind(str, Enum):
 
 
 @app.command("list")
-def list_(kind: Kind = typer.Argument(..., help="methods, models or datasets")) -> None:
+def list_(kind: Kind = typer.Argument(..., metavar="KIND", help="methods, models or datasets")) -> None:
     """What a sweep can name: methods with their knobs and defaults, models with their options, datasets."""
     from trainables.datasets import DATASETS
     from trainables.methods import METHODS
@@ -209,8 +267,14 @@ def list_(kind: Kind = typer.Argument(..., help="methods, models or datasets")) 
     if kind == Kind.methods:
         from trainables.methods import Knobs
 
+        import textwrap
+
         def line(k, f):
-            return f"    {f.alias or k:<14} {f.default!r:<9} {f.description or ''}"
+            """A knob, its default and its description wrapped under it, within WIDTH columns."""
+            head, text, indent = f"    {f.alias or k:<14} {f.default!r:<9} ", f.description or "", " " * 29
+            if len(head) > len(indent):  # a long default: the description starts on the next line
+                return head.rstrip() + "\n" + textwrap.fill(text, WIDTH, initial_indent=indent, subsequent_indent=indent)
+            return textwrap.fill(text, WIDTH, initial_indent=head, subsequent_indent=indent)
 
         typer.echo("every method:")
         for k, f in Knobs.model_fields.items():
@@ -218,7 +282,8 @@ def list_(kind: Kind = typer.Argument(..., help="methods, models or datasets")) 
         for name in METHODS.names():
             cls = METHODS.get(name)
             doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip()
-            typer.echo(f"\n{name}: {doc.splitlines()[0] if doc else ''}")
+            first = doc.splitlines()[0] if doc else ""
+            typer.echo("\n" + textwrap.fill(f"{name}: {first}", WIDTH, subsequent_indent="    "))
             for k, f in cls.Knobs.model_fields.items():
                 base = Knobs.model_fields.get(k)
                 if base is None or base.default != f.default:

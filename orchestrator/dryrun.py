@@ -11,6 +11,7 @@ from mlflow import MlflowClient
 from .runner import preflight
 from .spec import Sweep
 from .tracking import store_exists
+from .trials import cell_label
 
 
 def _duration(seconds: float) -> str:
@@ -51,20 +52,26 @@ def dry_run(sweep: Sweep, file: str, tracking_uri: str) -> None:
           f" cell(s) x {len(sweep.seeds)} seed(s){', + from-scratch students' if sweep.scratch else ''}),"
           f" {len(plan.teachers)} teacher(s); {share:g} {unit} per trial")
     total, known, reused = 0.0, 0, 0
+    cells: dict[tuple, dict] = {}  # one line per pair x cell that earlier runs say something about
     for cfg in plan.students:
         key = (cfg["dataset"]["name"], cfg["labels"]["pair"], cfg["method"],
                json.dumps(cfg["labels"]["cell"], sort_keys=True))
+        line = cells.setdefault(key, {"label": f"{cell_label(cfg['labels']['cell']) or cfg['role']}"
+                                               f" · {cfg['labels']['pair']}", "reused": 0, "est": 0})
         if cfg["config_hash"] in done:
             reused += 1
-            note = "finished earlier with the same config"
+            line["reused"] += 1
         elif key in by_cell:
-            est = statistics.median(by_cell[key])
-            total += est
+            total += statistics.median(by_cell[key])
             known += 1
-            note = f"~{_duration(est)} (median of {len(by_cell[key])} earlier run(s) of this cell)"
-        else:
-            note = "no earlier run of this cell"
-        print(f"  {cfg['name']:<48} {cfg['labels']['pair']:<26} {note}")
+            line["est"] += 1
+            line["each"], line["n"] = statistics.median(by_cell[key]), len(by_cell[key])
+    for line in cells.values():
+        notes = ([f"{line['reused']} finished earlier with the same config"] if line["reused"] else []) + \
+            ([f"{line['est']} at ~{_duration(line['each'])} each (median of {line['n']} earlier run(s))"]
+             if line["est"] else [])
+        if notes:
+            print(f"  {line['label']}: {'; '.join(notes)}")
     missing = len(plan.students) - reused - known
     print(f"{reused} finished earlier, {known} estimated at {total * share / 3600:.2f} {unit}-hours in all"
           + (f", {missing} without an estimate (no earlier run of their cells)" if missing else ""))

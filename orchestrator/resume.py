@@ -111,6 +111,37 @@ def latest_checkpoints(storage: str, prefix: str, notes: list[str] | None = None
     return found
 
 
+def prune_checkpoints(storage: str, experiment: str, trials: set[str]) -> None:
+    """Every checkpoint but the newest of each of TRIALS (finished: their weights are in MLflow) in the
+    Tune experiment folder EXPERIMENT under STORAGE."""
+    from pyarrow import fs as pafs
+
+    fs, base = _filesystem(storage)
+    for name in trials:
+        try:
+            cks = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(f"{base}/{experiment}/{name}",
+                                                                             allow_not_found=True))
+                         if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_"))
+            for path in cks[:-1]:
+                fs.delete_dir(path)
+        except OSError:
+            continue  # a checkpoint left behind costs disk, never a result
+
+
+def checkpoint_bytes(storage: str, sweep: str) -> int | None:
+    """Bytes under a local STORAGE in the experiment folders of SWEEP (every attempt, teachers too);
+    None for an object store."""
+    if "://" in storage or not os.path.isdir(storage):
+        return None
+    total = 0
+    for exp in os.listdir(storage):
+        if exp.startswith(f"{sweep}-"):
+            for root, _, files in os.walk(os.path.join(storage, exp)):
+                total += sum(os.path.getsize(os.path.join(root, f)) for f in files
+                             if not os.path.islink(os.path.join(root, f)))
+    return total
+
+
 def _whole_archive(path: str) -> bool:
     """A torch checkpoint is a zip archive: every member's CRC checks out, or it was cut short."""
     import zipfile

@@ -23,11 +23,13 @@ from trainables.datasets import DatasetMissing, load_dataset
 from trainables.models import build_model
 
 from .progress import Progress
-from .resume import DRIVER_TAG, SweepLock, SweepLocked, driver_alive, driver_tag, latest_checkpoints, sweep_key
+from .resume import (DRIVER_TAG, SweepLock, SweepLocked, checkpoint_bytes, driver_alive, driver_tag, latest_checkpoints,
+                     prune_checkpoints, sweep_key)
 from .spec import SpecError, Sweep, resolve_path, search_metric
 from .tracking import (Store, failure_reason, local_store_path, make_callback, store_exists, store_failure,
                        unreachable_server, unwritable_store)
 from . import packing
+from .ui import VIEW_TAG, browse_hint, has_view, sweep_view
 from .trials import _dataset, evaluate_only, file_digest, student_trials, teacher_trial, trial_members, trial_name
 
 
@@ -286,7 +288,8 @@ def _fit_phase(name: str, configs: list[dict], sweep: Sweep, storage: str, callb
         run_config=tune.RunConfig(
             name=name, storage_path=storage, callbacks=[callback], verbose=0,
             failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2), stop=callback.stopper()),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None if sweep.keep_checkpoints == "all" else 2),
+            stop=callback.stopper()),
     )
     # Trials stopped before they started (an interrupt, a failed store) have no results: Tune's result
     # grid warns about each, though kd-sweep reads its results from the callback, not from the grid.
@@ -294,6 +297,8 @@ def _fit_phase(name: str, configs: list[dict], sweep: Sweep, storage: str, callb
     result = tuner.fit()
     if callback.store_error is not None:
         raise callback.store_error
+    if sweep.keep_checkpoints == "last":
+        prune_checkpoints(storage, name, callback.completed_trials)
     unfinished = expected - (len(callback.closed) - closed_before)
     if unfinished > 0:
         raise Interrupted(unfinished)
@@ -335,7 +340,7 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
     raw = sweep.model_dump(mode="json", by_alias=True)
     # Packing changes no number and a resumed student finds its state in any checkpoint layout; the
     # paper reference only annotates the report.
-    key = sweep_key({k: v for k, v in raw.items() if k not in ("pack", "paper")}, smoke)
+    key = sweep_key({k: v for k, v in raw.items() if k not in ("pack", "paper", "keep_checkpoints")}, smoke)
     if (why := unwritable_store(tracking_uri)) is not None:
         raise RunError(f"the MLflow store cannot take this sweep's runs: {why}; give a writable one with"
                        " --tracking-uri (or MLFLOW_TRACKING_URI), or fix its permissions")
@@ -363,7 +368,9 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
             if done is not None:
                 progress.note(f"sweep {sweep.name!r} is complete: parent run {done.info.run_id[:8]} finished its"
                               f" {len(plan.students)} trial(s); nothing to run (`--rerun` runs them again)."
-                              f" `kd-sweep report {sweep.name} --table` prints the table")
+                              f" `kd-sweep report {report_name(sweep.name, smoke)} --table` prints the table")
+                progress.note(browse_hint(tracking_uri, done.info.experiment_id,
+                                          has_view(store.client, done.info.experiment_id)))
                 return 0
         return _run_sweep(sweep, file, address, tracking_uri, smoke, rerun, resume, plan, storage_path, progress,
                           raw, key, lock, store)
@@ -418,6 +425,7 @@ def _run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, 
                                         len(plan.students), {**parent_tags(sweep, smoke), "kd.sweep_key": key,
                                                              "kd.attempt": "1", DRIVER_TAG: driver_tag()})
             lock.write(parent)
+        store.client.set_experiment_tag(exp_id, VIEW_TAG, json.dumps(runs_view(sweep, parent)))
     except BaseException:
         ray.shutdown()
         raise
@@ -468,6 +476,7 @@ def _run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, 
         if not plan.students:
             progress.note(f"teachers ready; MLflow: {tracking_uri} (experiment {sweep.name!r}). Later sweeps"
                           " with the same teacher model, data and teacher_train reuse them.")
+            progress.note(browse_hint(tracking_uri, exp_id))
             status = "FINISHED"
             return 0
         prefix = f"{sweep.name}-{parent[:8]}"
@@ -505,8 +514,13 @@ def _run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, 
                 store.client.set_tag(parent, "kd.teacher_runs", json.dumps(teacher_runs, sort_keys=True))
         failed = progress.summary()
         status = "FAILED" if failed else "FINISHED"
+        if (used := checkpoint_bytes(storage_path, sweep.name)) is not None:
+            progress.note(f"epoch checkpoints of {sweep.name}: {used / 2**20:.1f} MB under {storage_path}"
+                          f" (keep_checkpoints: {sweep.keep_checkpoints}; finished trials keep"
+                          f" {'their final one' if sweep.keep_checkpoints == 'last' else 'every epoch'})")
         progress.note(f"MLflow: {tracking_uri} (experiment {sweep.name!r}, parent run {parent});"
-                      f" `kd-sweep report {sweep.name} --table` prints the table")
+                      f" `kd-sweep report {report_name(sweep.name, smoke)} --table` prints the table")
+        progress.note(browse_hint(tracking_uri, exp_id))
         return 1 if failed else 0
     except (Interrupted, KeyboardInterrupt) as e:
         status = "KILLED"
@@ -528,6 +542,22 @@ def _run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, 
         ray.shutdown()
         if status is not None:
             store.finish(parent, status)
+
+
+def report_name(name: str, smoke: bool) -> str:
+    """What `kd-sweep report` takes for this run: a smoke run's sweep is `<name>-smoke`, and
+    `report <name> --smoke` finds it."""
+    return f"{name.removesuffix('-smoke')} --smoke" if smoke else name
+
+
+def runs_view(sweep: Sweep, parent: str) -> dict:
+    """The MLflow runs table a sweep's link opens on: its trials, its swept knobs, seed and scores."""
+    axes = sweep.axes() or list(sweep.search.space if sweep.search else [])
+    params = ["method" if k == "method" else f"knobs.{k}" for k in axes]
+    tags = ["kd.seed", *(["kd.pair"] if sum(p.student is not None for p in sweep.pairs) > 1 else [])]
+    metrics = [f"eval/{p}_top1" for p in sweep.eval.protocols()]
+    metrics += [m for m in ("eval/classifier_top1", "train/loss") if m not in metrics]
+    return sweep_view(parent, metrics, params, tags)
 
 
 def scoring_only(teachers: list[dict], weights: dict) -> bool:

@@ -383,6 +383,9 @@ class Sweep(Strict):
     # packing.py): auto (fill the trial slots, then as many as fit in memory), off, or at most N a trial.
     pack: Literal["auto", "off"] | int = "auto"
     storage: str | None = None
+    # Epoch checkpoints on `storage` once a trial has finished (its weights are in MLflow by then): last
+    # keeps its final one, all keeps every epoch's. Running trials keep their two newest either way.
+    keep_checkpoints: Literal["last", "all"] = "last"
     # Beyond grids: a search samples the knobs (no grid or cells then), a scheduler stops trials early.
     search: Search | None = None
     scheduler: Scheduler | None = None

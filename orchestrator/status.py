@@ -12,6 +12,7 @@ from results.collect import NoRuns, _parents, search_all
 
 from .progress import _fmt_time
 from .resume import DRIVER_TAG, driver_alive
+from .ui import browse_hint, has_view
 
 
 def latest_run(client: MlflowClient, sweep: str | None):
@@ -87,6 +88,7 @@ def show(tracking_uri: str, sweep: str | None, echo) -> int:
         echo(f"  ... {pending} trial(s) not started yet")
     counts["pending"] = pending
     echo("  " + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
+    echo(browse_hint(tracking_uri, exp, has_view(client, exp)))
     return counts.get("failed", 0)
 
 

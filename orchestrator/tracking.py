@@ -16,12 +16,12 @@ from pathlib import Path
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 
 from results.collect import search_all
 from trainables.tune_trial import FAILED, MEMBERS, REUSED
 
-from .trials import flat_params, trial_members, trial_name
+from .trials import cell_label, describe, flat_params, trial_members, trial_name
 
 KD_VERSION = "0.1.0"
 # Per-epoch names the trainable reports; everything else in a Tune result is Ray's bookkeeping.
@@ -139,7 +139,11 @@ def trial_tags(cfg: dict) -> dict[str, str]:
         "kd.eval_split": "val" if cfg["dataset"].get("val_split") else "test",
         "kd.metrics": METRIC_NOTE,
         "kd.pair_index": str(lab.get("pair_index", 0)),
-        MLFLOW_RUN_NAME: cfg["name"],
+        "kd.cell_label": cell_label(lab["cell"]) or cfg["method"], "kd.trial": cfg["name"],
+        "kd.gpu": str(cfg["resources"]["gpu"]), "kd.cpu": str(cfg["resources"]["cpu"]),
+        "kd.data_fingerprint": str(cfg["dataset"].get("fingerprint", "")),
+        MLFLOW_RUN_NAME: lab.get("run", cfg["name"]),
+        MLFLOW_RUN_NOTE: f"{describe(cfg)}\n\n{METRIC_NOTE}.",
     }
     if cfg.get("teacher"):
         tags["kd.teacher_hash"] = cfg["teacher"]["hash"]
@@ -246,13 +250,15 @@ class Store:
         every metric's whole history (the curves read as the original's), `kd.reused_from` naming the run
         that holds its weights, and a name that says it is a link."""
         src_id = source.data.tags.get("kd.reused_from") or source.info.run_id
-        run = self.client.create_run(exp_id, run_name=f"{cfg['name']} (reused)", tags={
+        name = f"{cfg['labels'].get('run', cfg['name'])} (reused)"
+        run = self.client.create_run(exp_id, run_name=name, tags={
             MLFLOW_PARENT_RUN_ID: parent_id, **trial_tags(cfg), **tags, "kd.state": "reused",
-            "kd.reused_from": src_id, MLFLOW_RUN_NAME: f"{cfg['name']} (reused)",
+            "kd.reused_from": src_id, MLFLOW_RUN_NAME: name,
             **{k: v for k, v in source.data.tags.items() if k in ("kd.device", "kd.node")}})
         params = [Param(k, v[:6000]) for k, v in flat_params(cfg).items()]
         for i in range(0, len(params), 100):
             self.client.log_batch(run.info.run_id, params=params[i:i + 100])
+        self.log_config(run.info.run_id, cfg)
         self.copy_history(source.info.run_id, run.info.run_id, source.data.metrics)
         self.finish(run.info.run_id, "FINISHED")
         return run.info.run_id
@@ -262,6 +268,13 @@ class Store:
         points = [m for name in names for m in self.client.get_metric_history(src_id, name)]
         for i in range(0, len(points), 1000):  # MLflow's cap on metrics per batch
             self.client.log_batch(dst_id, metrics=points[i:i + 1000])
+
+    def log_config(self, run_id: str, cfg: dict) -> None:
+        """The whole resolved trial config (paths, hashes and resources included) as `config.json`."""
+        with tempfile.TemporaryDirectory() as d:
+            p = Path(d, "config.json")
+            p.write_text(json.dumps({k: v for k, v in cfg.items() if k != "resume_from"}, indent=1, default=str))
+            self.client.log_artifact(run_id, str(p))
 
     def download(self, run_id: str, artifact: str) -> str:
         return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact,
@@ -314,6 +327,7 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
             self.last: dict[str, dict] = {}
             self.closed: set[str] = set()
             self.store_error: Exception | None = None
+            self.completed_trials: set[str] = set()  # Tune trial names: their older checkpoints can go
 
         def stopper(self) -> Stopper:
             """For RunConfig(stop=...): every trial stops once the store has failed."""
@@ -345,6 +359,7 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
                 params = [Param(k, v[:6000]) for k, v in flat_params(cfg).items()]
                 for i in range(0, len(params), 100):
                     store.client.log_batch(run_id, params=params[i:i + 100])
+                store.log_config(run_id, cfg)
             self.runs[key] = run_id
             return run_id
 
@@ -413,6 +428,7 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
 
         @_unless_store_failed
         def on_trial_complete(self, iteration, trials, trial, **info):
+            self.completed_trials.add(trial_name(trial.config))
             packed = "pack" in trial.config["trial"]
             for cfg in self._open(trial):
                 self._complete(trial, cfg, f"model_{cfg['config_hash']}.pt" if packed else "model.pt")
@@ -426,7 +442,8 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
                 else:  # as Store.link: the original's curves, and a name that says it is a link
                     store.copy_history(source, run_id, store.client.get_run(source).data.metrics)
                     store.client.log_batch(run_id, tags=[RunTag("kd.state", "reused"), RunTag("kd.reused_from", source),
-                                                         RunTag(MLFLOW_RUN_NAME, f"{cfg['name']} (reused)")])
+                                                         RunTag(MLFLOW_RUN_NAME,
+                                                                f"{cfg['labels'].get('run', cfg['name'])} (reused)")])
                 self._close(cfg, run_id, "FINISHED")
                 if progress:
                     progress.completed(cfg)

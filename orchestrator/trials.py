@@ -34,6 +34,30 @@ def file_digest(path: str) -> str:
     return h.hexdigest()[:16]
 
 
+# Knobs the papers write as Greek letters: run names read as the papers' tables do.
+SYMBOLS = {"lambda": "λ", "alpha": "α", "beta": "β", "gamma": "γ", "tau": "τ", "sigma2": "σ²", "delta": "δ"}
+
+
+def cell_label(cell: dict) -> str:
+    """A grid cell as a person reads it: `λ=0.5`, `kd`, `λ=0.5 k=10`; empty for no cell."""
+    parts = []
+    for k, v in cell.items():
+        if k == "method":
+            parts.append(str(v))
+        else:
+            parts.append(f"{SYMBOLS.get(k, k)}={v:.4g}" if isinstance(v, float) else f"{SYMBOLS.get(k, k)}={v}")
+    return " ".join(parts)
+
+
+def run_label(role: str, method: str, cell: dict, pair: str, student: str, seed: int, with_pair: bool) -> str:
+    """The MLflow run name: `λ=0.5 · s1`, `kd · resnet56→resnet20 · s0` (the pair only when the sweep has
+    several), `scratch · resnet20 · s0`. Tune's trial folders keep the file-safe `name`."""
+    if role == "scratch":
+        return f"scratch · {student} · s{seed}"
+    parts = [cell_label(cell) or method, *([pair.replace("/", "→")] if with_pair else []), f"s{seed}"]
+    return " · ".join(parts)
+
+
 def _model(spec) -> dict:
     return {"model": spec.model, "options": dict(spec.options)}
 
@@ -93,7 +117,8 @@ def teacher_trial(sweep: Sweep, spec: TeacherSpec, dataset: dict, checkpoint_dig
     }
     cfg["config_hash"] = _hash(cfg)
     cfg["init"] = None
-    cfg["labels"] = {"teacher": spec.label, "student": spec.label, "pair": spec.label, "cell": {}}
+    cfg["labels"] = {"teacher": spec.label, "student": spec.label, "pair": spec.label, "cell": {},
+                     "run": f"teacher {spec.label}"}
     cfg["name"] = f"teacher_{spec.label}_{weights_hash[:6]}"
     if checkpoint_digest is not None:
         cfg = evaluate_only(cfg)
@@ -110,6 +135,7 @@ def student_trials(sweep: Sweep, dataset: dict, teacher_hash: dict[int, str],
                    headless: frozenset[int] = frozenset()) -> list[dict]:
     """One per grid cell x pair x seed, then the from-scratch students (one per student and seed)."""
     trials = []
+    with_pair = sum(p.student is not None for p in sweep.pairs) > 1
     for i, pair in enumerate(sweep.pairs):
         if pair.student is None:
             continue
@@ -119,7 +145,7 @@ def student_trials(sweep: Sweep, dataset: dict, teacher_hash: dict[int, str],
             for seed in sweep.seeds:
                 needs_teacher = method_class(method).needs_teacher
                 cfg = _student(sweep, pair, dataset, method, knobs, seed, "student",
-                               teacher_hash[i] if needs_teacher else None, cell, i not in headless, i)
+                               teacher_hash[i] if needs_teacher else None, cell, i not in headless, i, with_pair)
                 trials.append(cfg)
     if sweep.scratch:
         seen = set()
@@ -134,7 +160,8 @@ def student_trials(sweep: Sweep, dataset: dict, teacher_hash: dict[int, str],
 
 
 def _student(sweep: Sweep, pair: Pair, dataset: dict, method: str, knobs: dict, seed: int, role: str,
-             teacher_hash: str | None, cell: dict, teacher_head: bool = True, index: int = 0) -> dict:
+             teacher_hash: str | None, cell: dict, teacher_head: bool = True, index: int = 0,
+             with_pair: bool = False) -> dict:
     teacher = None
     if teacher_hash:
         teacher = {**_model(pair.teacher), "hash": teacher_hash, **({} if teacher_head else {"head": False})}
@@ -149,7 +176,8 @@ def _student(sweep: Sweep, pair: Pair, dataset: dict, method: str, knobs: dict, 
     cfg["config_hash"] = _hash(cfg)
     cfg["labels"] = {"teacher": pair.teacher.label if teacher_hash else "", "student": pair.student.label,
                      "pair": pair.label if role == "student" else pair.student.label, "cell": cell,
-                     "pair_index": index}  # the table's rows follow the file, not the runs' order
+                     "pair_index": index,  # the table's rows follow the file, not the runs' order
+                     "run": run_label(role, method, cell, pair.label, pair.student.label, seed, with_pair)}
     cell_name = "_".join(f"{k}={v}" for k, v in cell.items()) or method
     cfg["name"] = f"{role}_{cell_name}_s{seed}_{cfg['config_hash'][:6]}"
     return cfg
@@ -166,7 +194,8 @@ def materialize(config: dict) -> dict:
     knobs = method_class(cfg["method"]).Knobs.model_validate({**cfg["knobs"], **picked}).model_dump(by_alias=True)
     out = {**cfg, "knobs": knobs}
     out["config_hash"] = _hash({k: v for k, v in out.items() if k != "config_hash"})
-    out["labels"] = {**cfg["labels"], "cell": picked}
+    run = f"{cell_label(picked)} · s{cfg['seed']}"
+    out["labels"] = {**cfg["labels"], "cell": picked, "run": run}
     cell_name = "_".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in picked.items())
     out["name"] = f"{cfg['role']}_{cell_name}_s{cfg['seed']}_{out['config_hash'][:6]}"
     return out
@@ -183,16 +212,44 @@ def trial_name(config: dict) -> str:
     return t["name"] if "pack" in t else materialize(config)["name"]
 
 
+# Not params: they do not decide the result (the run's tags and its config.json artifact hold them).
+BOOKKEEPING = ("labels", "name", "resume_from", "sweep", "role", "config_hash", "weights_hash", "resources",
+               "init", "compile")
+DATA_BOOKKEEPING = ("root", "download", "verify_checksum", "fingerprint")
+
+
 def flat_params(cfg: dict) -> dict[str, str]:
-    """The resolved config as MLflow params: one dotted name per value, as named in the YAML."""
+    """What decides a trial's result, as MLflow params: one dotted name per value, as named in the YAML.
+    Where files lie, hashes and resources are tags, so the Compare view's axes are the knobs."""
     out: dict[str, str] = {}
 
     def walk(prefix: str, v: Any) -> None:
         if isinstance(v, dict) and v:
             for k, x in v.items():
                 walk(f"{prefix}.{k}" if prefix else str(k), x)
-        else:
+        elif v is not None:
             out[prefix] = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
 
-    walk("", {k: v for k, v in cfg.items() if k not in ("labels", "name", "resume_from")})
+    keep = {k: v for k, v in cfg.items() if k not in BOOKKEEPING}
+    keep["dataset"] = {k: v for k, v in cfg["dataset"].items() if k not in DATA_BOOKKEEPING}
+    if keep.get("teacher"):
+        keep["teacher"] = {k: v for k, v in keep["teacher"].items() if k != "hash"}
+    walk("", keep)
     return out
+
+
+def describe(cfg: dict) -> str:
+    """The run's description (MLflow's note): what this trial is, in a sentence."""
+    lab, data, epochs = cfg["labels"], cfg["dataset"]["name"], cfg["train"]["epochs"]
+    if cfg["role"] == "teacher":
+        what = f"scoring the weights of teacher {lab['student']}" if epochs == 0 else \
+            f"teacher {lab['student']} trained for {epochs} epochs"
+        return (f"{what[0].upper()}{what[1:]} on {data}. Every sweep with the same teacher model, data and"
+                " schedule reuses it.")
+    if cfg["role"] == "scratch":
+        return (f"Student {lab['student']} trained without a teacher on {data} (the Scratch column): seed"
+                f" {cfg['seed']}, {epochs} epochs.")
+    knobs = cell_label(lab["cell"])
+    teacher = f" from teacher {lab['teacher']}" if lab.get("teacher") else ""
+    return (f"{cfg['method']} student {lab['student']}{teacher} on {data}: {knobs + ', ' if knobs else ''}seed"
+            f" {cfg['seed']}, {epochs} epochs. Sweep {cfg['sweep']}.")

@@ -17,8 +17,9 @@ TAGS = {"role": "kd.role", "pair": "kd.pair", "teacher": "kd.teacher", "student"
         "teacher_hash": "kd.teacher_hash", "weights_hash": "kd.weights_hash", "error": "kd.error",
         "eval_split": "kd.eval_split", "dataset": "kd.dataset", "device": "kd.device",
         "reused_from": "kd.reused_from", "state": "kd.state", "pair_index": "kd.pair_index"}
-# MLflow params the report reads (what a trial reserved: the cost of a cell), as frame columns.
-PARAMS = {"gpu": "resources.gpu", "cpu": "resources.cpu"}
+# What a trial reserved (the cost of a cell): tags since the params hold only what decides a result;
+# runs logged before that have them as params.
+RESOURCES = {"gpu": ("kd.gpu", "resources.gpu"), "cpu": ("kd.cpu", "resources.cpu")}
 
 
 def latest_parent(client: MlflowClient, sweep: str | None, smoke: bool = False):
@@ -65,15 +66,16 @@ def _parents(client: MlflowClient, exps: list[str] | None) -> list:
 
 def _frame(runs: pd.DataFrame) -> pd.DataFrame:
     if runs.empty:
-        return pd.DataFrame(columns=["run_id", "status", *TAGS, *PARAMS])
+        return pd.DataFrame(columns=["run_id", "status", *TAGS, *RESOURCES])
     out = pd.DataFrame({"run_id": runs["run_id"], "status": runs["status"]})
     for col, tag in TAGS.items():
         out[col] = runs.get(f"tags.{tag}", pd.Series([None] * len(runs), index=runs.index))
     out["cell"] = out["cell"].map(lambda s: json.loads(s) if isinstance(s, str) and s else {})
     out["seed"] = pd.to_numeric(out["seed"], errors="coerce")
     out["pair_index"] = pd.to_numeric(out["pair_index"], errors="coerce")
-    for col, param in PARAMS.items():
-        out[col] = pd.to_numeric(runs.get(f"params.{param}", pd.Series([None] * len(runs), index=runs.index)),
+    none = pd.Series([None] * len(runs), index=runs.index)
+    for col, (tag, param) in RESOURCES.items():
+        out[col] = pd.to_numeric(runs.get(f"tags.{tag}", none).fillna(runs.get(f"params.{param}", none)),
                                  errors="coerce")
     for c in runs.columns:
         if c.startswith("metrics."):
@@ -99,7 +101,7 @@ def _runs_frame(runs) -> pd.DataFrame:
     for r in runs:
         row = {"run_id": r.info.run_id, "status": r.info.status}
         row.update({f"tags.{k}": v for k, v in r.data.tags.items()})
-        row.update({f"params.{k}": v for k, v in r.data.params.items() if k in PARAMS.values()})
+        row.update({f"params.{k}": v for k, v in r.data.params.items() if k in {p for _, p in RESOURCES.values()}})
         row.update({f"metrics.{k}": v for k, v in r.data.metrics.items()})
         rows.append(row)
     return pd.DataFrame(rows)

@@ -4,6 +4,7 @@ table (so `--best-over` applies to it too). matplotlib without pyplot: no displa
 from __future__ import annotations
 
 import math
+import os
 
 import pandas as pd
 from matplotlib import rc_context
@@ -102,5 +103,6 @@ def plot(table: pd.DataFrame, metric: str, path: str | None = None, axis: str | 
         fig.legend(*ax.get_legend_handles_labels(), loc="outside upper center", ncols=min(len(lines), 2),
                    frameon=False, handlelength=1.8, columnspacing=1.2)
         if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # `--plot figs/x.png` in a new clone
             fig.savefig(path)
     return fig

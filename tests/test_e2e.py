@@ -55,6 +55,84 @@ def test_quickstart_trials_ran_and_logged(quickstart):
     assert "all trials finished" in res.stdout
 
 
+def test_runs_are_named_described_and_hold_only_what_decides_their_result(quickstart):
+    """What a person sees of each run in the MLflow UI: a name that reads as the table does, a one-line
+    description, params that are the knobs (not hashes, paths or resources: those are tags), and the
+    whole resolved config as an artifact."""
+    cwd, res = quickstart
+    uri = f"sqlite:///{cwd}/mlflow.db"
+    client = MlflowClient(uri)
+    parent = quickstart_parent(uri, res)
+    kids = {r.info.run_name: r for r in runs(uri) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert sorted(kids) == sorted(["teacher mlp-256-256", "scratch · mlp-64 · s0", "scratch · mlp-64 · s1",
+                                   *(f"λ={v} · s{s}" for v in ("0", "0.5", "1") for s in (0, 1))])
+    r = kids["λ=0.5 · s1"]
+    assert r.data.tags["mlflow.note.content"].startswith(
+        "coss student mlp-64 from teacher mlp-256-256 on digits: λ=0.5, seed 1, 2 epochs.")
+    assert r.data.params["knobs.lambda"] == "0.5" and r.data.params["seed"] == "1"
+    for bookkeeping in ("config_hash", "sweep", "role", "resources.gpu", "dataset.root", "dataset.fingerprint",
+                        "teacher.hash"):
+        assert bookkeeping not in r.data.params
+    assert r.data.tags["kd.gpu"] == "0.0" and r.data.tags["kd.cell_label"] == "λ=0.5"
+    config = json.loads(open(client.download_artifacts(r.info.run_id, "config.json")).read())
+    assert config["config_hash"] == r.data.tags["kd.config_hash"] and config["dataset"]["root"]
+    assert kids["teacher mlp-256-256"].data.tags["mlflow.note.content"].startswith(
+        "Teacher mlp-256-256 trained for 2 epochs on digits.")
+
+
+def test_the_printed_link_opens_the_sweeps_runs_in_kd_sweep_ui(quickstart):
+    """`run` prints where to browse; the experiment holds the saved view the link names (this run's
+    trials, flat, with λ, seed and scores as columns); `kd-sweep ui` serves the store and prints the link."""
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    cwd, res = quickstart
+    client = MlflowClient(f"sqlite:///{cwd}/mlflow.db")
+    parent = quickstart_parent(f"sqlite:///{cwd}/mlflow.db", res)
+    exp = parent.info.experiment_id
+    link = f"/#/experiments/{exp}/runs?viewStateShareKey=kd-sweep&workflowType=machine_learning"
+    assert f"browse the runs: `kd-sweep ui`, then http://127.0.0.1:5000{link}" in res.stdout
+    view = json.loads(client.get_experiment(exp).tags["mlflow.sharedViewState.kd-sweep"])
+    assert view["searchFilter"] == f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    assert view["orderByKey"] != "attributes.start_time"  # sorted by start time, the UI folds them away
+    assert {"params.`knobs.lambda`", "tags.`kd.seed`", "metrics.`eval/linear_top1`"} <= set(view["selectedColumns"])
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    ui = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "ui", "--port", str(port)], cwd=cwd, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        first = ui.stdout.readline()
+        assert first.startswith("MLflow UI on sqlite:///") and first.strip().endswith(f"127.0.0.1:{port}{link}")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as page:
+            assert page.status == 200 and b"<html" in page.read().lower()
+        browser = shutil_which("chromium")
+        if browser:  # what a person sees at the link: the trials by name, not a collapsed parent
+            dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1600,900",
+                                  "--virtual-time-budget=20000", "--dump-dom",
+                                  f"http://127.0.0.1:{port}{link}"], capture_output=True, text=True, timeout=120).stdout
+            assert "λ=0.5 · s1" in dom and "scratch · mlp-64 · s0" in dom, dom[-2000:]
+    finally:
+        os.killpg(ui.pid, 15)
+        ui.wait(timeout=30)
+    with pytest.raises(OSError):  # `kill` on kd-sweep ui takes the MLflow server with it
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+
+
+
+def test_finished_trials_keep_only_their_final_checkpoint_and_the_disk_use_is_told(quickstart):
+    cwd, res = quickstart
+    parent = quickstart_parent(f"sqlite:///{cwd}/mlflow.db", res)
+    trials = [d for d in (cwd / "ray_results").glob(f"quickstart*{parent.info.run_id[:8]}-1/*") if d.is_dir()]
+    assert len(trials) >= 5  # the teacher, the students (packed by three on 2 cores), two scratch students
+    for d in trials:
+        assert [c.name for c in d.glob("checkpoint_*")] == ["checkpoint_000001"], d  # 2 epochs: the last
+    assert "epoch checkpoints of quickstart: " in res.stdout and "(keep_checkpoints: last;" in res.stdout
+
 def test_report_table_holds_the_numbers_mlflow_holds(quickstart):
     cwd, _ = quickstart
     uri = f"sqlite:///{cwd}/mlflow.db"
@@ -189,11 +267,25 @@ def test_dry_run_lists_trials_and_runs_nothing(quickstart):
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     assert lines[0].startswith("quickstart: 8 trials (1 pair(s) x 3 cell(s) x 2 seed(s), + from-scratch students)")
-    assert sum("finished earlier with the same config" in ln for ln in lines) == 8
+    # One line per cell (3 lambdas and scratch), not one per trial.
+    assert sum(ln.endswith(": 2 finished earlier with the same config") for ln in lines) == 4
+    assert "  λ=0.5 · mlp-256-256/mlp-64: 2 finished earlier with the same config" in lines
+    assert any(ln.startswith("8 finished earlier, 0 estimated") for ln in lines)
     more = kd_sweep("run", str(SWEEPS / "quickstart.yaml"), *SHRINK, "--dry-run", "--set", "seeds=[7]", cwd=cwd)
-    assert sum("earlier run(s) of this cell" in ln for ln in more.stdout.splitlines()) == 4  # estimates
+    assert sum(": 1 at ~" in ln and "earlier run(s))" in ln for ln in more.stdout.splitlines()) == 4  # estimates
     # Seed 7's three lambda cells may share a teacher forward (the from-scratch student has no teacher):
     # on 2 trial slots, as a pack of 2 beside a trial of 1, so neither slot idles.
     if (os.cpu_count() or 1) == 2:  # this machine and CI's
         assert "here (2 trial slot(s)) the 4 students would run as 3 trial(s), 1 of them packs of 2" in more.stdout
     assert len(runs(uri)) == before  # nothing ran, nothing logged
+
+
+def quickstart_parent(uri: str, res):
+    """The parent run the fixture's own `kd-sweep run` made (later tests of this module add others)."""
+    return MlflowClient(uri).get_run(res.stdout.split("parent run ", 1)[1].split(")", 1)[0])
+
+
+def shutil_which(name: str) -> str | None:
+    import shutil
+
+    return shutil.which(name)

@@ -266,8 +266,8 @@ def _bars(container) -> tuple[list, list, list]:
 
 def test_plot_writes_a_png_of_the_means_and_stds(runs, tmp_path):
     table, col = build(runs, "linear_top1", seeds=[0, 1, 2], best_over="scale")
-    fig = plot(table, col, str(tmp_path / "lambda.png"))  # the one numeric axis left: lambda
-    assert (tmp_path / "lambda.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    fig = plot(table, col, str(tmp_path / "figs" / "lambda.png"))  # the one numeric axis left: lambda; a new folder
+    assert (tmp_path / "figs" / "lambda.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     (ax,) = fig.axes
     assert len(ax.containers) == 2  # one line per pair
     got = {c.get_label(): _bars(c) for c in ax.containers}

@@ -54,6 +54,10 @@ def test_sweep_file_runs_with_smoke(name, cluster, tmp_path, monkeypatch):
                    env={"RAY_AUTH_MODE": "disabled", "KD_SWEEP_CACHE": cache})
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "SMOKE RUN" in res.stdout and "NOT results" in res.stdout
+    # The follow-up the run prints is a command that works as printed.
+    printed = res.stdout.split("`kd-sweep report ", 1)[1].split("`", 1)[0].split()
+    follow = kd_sweep("report", *printed, cwd=tmp_path)
+    assert follow.returncode == 0 and "|" in follow.stdout, follow.stdout + follow.stderr
     sweep, _ = smoke_sweep(load_sweep(SWEEPS / name), str(SWEEPS))
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     exp = client.get_experiment_by_name(sweep.name)

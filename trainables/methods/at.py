@@ -80,7 +80,7 @@ def check_pairs(name: str, student: ModelInfo, teacher: ModelInfo) -> int:
 # --- AT --------------------------------------------------------------------------------------------
 
 class ATKnobs(Knobs):
-    weight: float = Field(1000.0, ge=0, description="base weight: 1000 as the CoSS supplement (SPEC) and"
+    weight: float = Field(1000.0, ge=0, description="base weight: 1000 as the CoSS supplement and"
                                                     " CRD's scripts (-b 1000)")
     p: float = Field(2.0, gt=0, description="attention map = mean over channels of |f|^p; 2 as the paper"
                                             " and CRD")

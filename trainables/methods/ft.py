@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 
 class FTKnobs(Knobs):
-    weight: float = Field(200.0, ge=0, description="base weight: 200 as the CoSS supplement (SPEC 'Factor"
+    weight: float = Field(200.0, ge=0, description="base weight: 200 as the CoSS supplement ('Factor"
                                                    " 200') and CRD's scripts (-b 200)")
     rate: float = Field(0.5, gt=0, description="paraphrase rate k: the factor has k C_t channels;"
                                                " 0.5 as the paper, the authors' code and CRD")
