@@ -1,9 +1,17 @@
-"""What `kd-sweep run` prints: a line per finished or failed trial with its numbers, then a summary.
+"""What `kd-sweep run` prints: a line per finished or failed trial with its numbers, the trials that run
+(each with its epoch, loss, last score and ETA), then a summary. On a terminal the running trials are
+a block redrawn in place under the finished lines (rich); elsewhere (a log file, CI) the same block
+is printed as plain lines every `every` seconds. Everything fits 100 columns.
 
 Everything is per student trial (a trial config), so a pack's students count one by one."""
 from __future__ import annotations
 
+import math
+import statistics
 import time
+
+WIDTH = 100
+SHOWN = 12  # running trials listed at most; the rest are counted
 
 
 def _fmt_time(s: float) -> str:
@@ -11,76 +19,164 @@ def _fmt_time(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
-class Progress:
-    """`every`: seconds between the status lines printed while trials run (Ray's tables stay off)."""
+def _label(cfg: dict) -> str:
+    return cfg["labels"].get("run", cfg["name"])
 
-    def __init__(self, out, every: float = 30.0):
+
+def _scores(result: dict, sep: str = "  ") -> str:
+    return sep.join(f"{k.removeprefix('eval/').removesuffix('_top1')} {v:.2f}" for k, v in result.items()
+                     if k.startswith("eval/") and k.endswith("_top1") and isinstance(v, (int, float)))
+
+
+class _Trial:
+    def __init__(self, cfg: dict):
+        self.label = _label(cfg)
+        self.epochs = int(cfg.get("train", {}).get("epochs", 0))
+        self.t0 = time.time()
+        self.epoch = 0
+        self.epoch_s: list[float] = []
+        self.last: dict = {}
+
+    def eta(self) -> float | None:
+        if not self.epoch_s:
+            return None
+        return statistics.fmean(self.epoch_s) * max(self.epochs - self.epoch, 0)
+
+    def line(self) -> str:
+        loss = self.last.get("train/loss")
+        eta = self.eta()
+        text = (f"  {self.label:<22.22} epoch {self.epoch:>3}/{self.epochs:<3}"
+                f"{f' loss {loss:<8.4g}' if isinstance(loss, (int, float)) else ''}"
+                f" {_scores(self.last, ' ')}{f' eta {_fmt_time(eta)}' if eta is not None else ''}")
+        return text[:WIDTH].rstrip()
+
+
+class Progress:
+    """`every`: seconds between the plain status blocks when not on a terminal. `live`: redraw the
+    running trials in place (default: when OUT is a terminal)."""
+
+    def __init__(self, out, every: float = 30.0, live: bool | None = None):
         self.out = out
         self.every = every
         self.last_line = time.time()
-        self.running: set[str] = set()
         self.t0 = time.time()
         self.total = 0
         self.done = 0
         self.failures: list[tuple[str, str]] = []
-        self.started_at: dict[str, float] = {}
-        self.last: dict[str, dict] = {}
+        self.trials: dict[str, _Trial] = {}  # running, by trial name
+        self.took: list[float] = []  # wall time of each finished trial of this phase
+        self.slots = 1  # most trials seen running at once: packs and parallel trials
+        self.shown = False  # a status block of this phase printed yet (plain mode)
+        self._live = None
+        if live if live is not None else getattr(out, "isatty", lambda: False)():
+            from rich.console import Console
+            from rich.live import Live
+
+            self._live = Live("", console=Console(file=out, width=WIDTH, highlight=False, force_terminal=True),
+                              auto_refresh=False,
+                              transient=True, redirect_stdout=False, redirect_stderr=False)
+            self._live.start()
+
+    def __getstate__(self) -> dict:
+        """Tune pickles its callbacks, and so this, into the experiment's state: the terminal stays here."""
+        return {**self.__dict__, "_live": None}
+
+    # --- lines ---------------------------------------------------------------------------------------
+    def _print(self, line: str) -> None:
+        if self._live is not None:
+            self._live.console.print(line, markup=False, highlight=False, soft_wrap=True)
+            self._redraw()
+        else:
+            print(line, file=self.out, flush=True)
+        self.last_line = time.time()
 
     def note(self, line: str) -> None:
         self._print(line)
 
     def begin(self, title: str, total: int) -> None:
-        self.total, self.done = total, 0
+        self.total, self.done, self.took, self.shown = total, 0, [], False
         self.phase_t0 = time.time()
         self._print(title)
 
     def started(self, cfg: dict) -> None:
-        self.started_at.setdefault(cfg["name"], time.time())
-        self.running.add(cfg["name"])
+        self.trials.setdefault(cfg["name"], _Trial(cfg))
+        self.slots = max(self.slots, len(self.trials))
+        self._redraw()
 
     def result(self, cfg: dict, result: dict) -> None:
-        self.last[cfg["name"]] = result
-        if time.time() - self.last_line >= self.every:
-            self.status_line()
+        t = self.trials.setdefault(cfg["name"], _Trial(cfg))
+        t.last = result
+        t.epoch = int(result.get("epoch", t.epoch) or 0)
+        if isinstance(result.get("train/epoch_s"), (int, float)):
+            t.epoch_s.append(float(result["train/epoch_s"]))
+        if self._live is not None:
+            self._redraw()
+        elif not self.shown or time.time() - self.last_line >= self.every:
+            self.shown = True
+            self.status_block()
 
-    def status_line(self) -> None:
-        epochs = [f"{r.get('epoch', 0)}" for t, r in self.last.items() if t in self.running]
-        self._print(f"... {self.done}/{self.total} finished ({len(self.failures)} failed), {len(self.running)} running"
-                    f"{' at epochs ' + ','.join(epochs) if epochs else ''}; elapsed {_fmt_time(time.time() - self.t0)},"
-                    f" eta {self._eta()}")
+    # --- the running trials --------------------------------------------------------------------------
+    def header(self) -> str:
+        return (f"... {self.done}/{self.total} finished ({len(self.failures)} failed), {len(self.trials)} running;"
+                f" elapsed {_fmt_time(time.time() - self.t0)}, eta {self._eta()}")
 
-    def _eta(self) -> str:
-        if not self.done:
-            return "?"
-        per = (time.time() - self.phase_t0) / self.done
-        return _fmt_time(per * (self.total - self.done))
+    def block(self) -> list[str]:
+        rows = [t.line() for t in list(self.trials.values())[:SHOWN]]
+        if len(self.trials) > SHOWN:
+            rows.append(f"  ... and {len(self.trials) - SHOWN} more running")
+        return [self.header(), *rows]
 
-    def _print(self, line: str) -> None:
-        print(line, file=self.out, flush=True)
+    def status_block(self) -> None:
+        for line in self.block():
+            print(line, file=self.out, flush=True)
         self.last_line = time.time()
 
-    def completed(self, cfg: dict) -> None:
-        self.running.discard(cfg["name"])
+    def status_line(self) -> None:
+        self.status_block()
+
+    def _redraw(self) -> None:
+        if self._live is None:
+            return
+        from rich.text import Text
+
+        self._live.update(Text("\n".join(self.block()) if self.trials else ""), refresh=True)
+
+    def _eta(self) -> str:
+        """The running trials' longest remaining time, then the trials not started yet in waves of as
+        many as have run at once (a pack's students run together), each as long as the finished ones
+        took (or as the running ones will)."""
+        left = self.total - self.done
+        if left <= 0:
+            return "0s"
+        etas = [e for t in self.trials.values() if (e := t.eta()) is not None]
+        per = statistics.median(self.took) if self.took else \
+            max((statistics.fmean(t.epoch_s) * t.epochs for t in self.trials.values() if t.epoch_s), default=None)
+        if per is None:
+            return "?"
+        waiting = max(left - len(self.trials), 0)
+        return _fmt_time(max(etas, default=0.0) + math.ceil(waiting / max(self.slots, 1)) * per)
+
+    # --- ends of trials ------------------------------------------------------------------------------
+    def _end(self, cfg: dict) -> _Trial | None:
         self.done += 1
-        res = self.last.get(cfg["name"], {})
-        scores = "  ".join(f"{k.removeprefix('eval/').removesuffix('_top1')} {v:.2f}"
-                           for k, v in res.items() if k.startswith("eval/") and k.endswith("_top1"))
-        took = time.time() - self.started_at.get(cfg["name"], time.time())
-        self._print(f"[{self.done}/{self.total}] done   {cfg['name']:<44} {cfg['labels']['pair']:<24} {scores}"
-                    f"  ({_fmt_time(took)}; elapsed {_fmt_time(time.time() - self.t0)}, eta {self._eta()})")
+        return self.trials.pop(cfg["name"], None)
+
+    def completed(self, cfg: dict) -> None:
+        t = self._end(cfg)
+        took = time.time() - t.t0 if t else 0.0
+        self.took.append(took)
+        scores = _scores(t.last if t else {})
+        self._print(f"[{self.done}/{self.total}] done   {_label(cfg):<26} {scores:<40} {_fmt_time(took):>6}"
+                    f"  eta {self._eta()}"[:WIDTH])
 
     def stopped_early(self, cfg: dict, epoch: int) -> None:
-        self.running.discard(cfg["name"])
-        self.done += 1
-        self._print(f"[{self.done}/{self.total}] early  {cfg['name']}: stopped by the scheduler"
-                    f" after epoch {epoch}")
+        self._end(cfg)
+        self._print(f"[{self.done}/{self.total}] early  {_label(cfg)}: stopped by the scheduler after epoch {epoch}")
 
     def failed(self, cfg: dict, reason: str) -> None:
-        self.running.discard(cfg["name"])
-        self.done += 1
-        name = cfg["name"]
-        self.failures.append((name, reason))
-        self._print(f"[{self.done}/{self.total}] FAILED {name}: {reason}")
+        self._end(cfg)
+        self.failures.append((_label(cfg), reason))
+        self._print(f"[{self.done}/{self.total}] FAILED {_label(cfg)}: {reason}")
 
     def retrying(self, name: str, reason: str) -> None:
         self._print(f"retry  {name} from its last checkpoint: {reason}")
@@ -94,3 +190,9 @@ class Progress:
         else:
             self._print(f"all trials finished ({total})")
         return len(self.failures)
+
+    def close(self) -> None:
+        """Ends the redrawn block (the terminal keeps the printed lines)."""
+        if self._live is not None:
+            self._live.stop()
+            self._live = None

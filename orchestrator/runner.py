@@ -26,6 +26,7 @@ from .progress import Progress
 from .resume import (DRIVER_TAG, SweepLock, SweepLocked, checkpoint_bytes, driver_alive, driver_tag, latest_checkpoints,
                      prune_checkpoints, sweep_key)
 from .spec import SpecError, Sweep, resolve_path, search_metric
+from .sweep_summary import log_sweep_summary
 from .tracking import (Store, failure_reason, local_store_path, make_callback, store_exists, store_failure,
                        unreachable_server, unwritable_store)
 from . import packing
@@ -158,8 +159,19 @@ def check_headless_teacher(sweep: Sweep, i: int, file: str) -> None:
                             " needs the teacher's logits with these knobs")
 
 
+class _AuthEnabledNote(logging.Filter):
+    """Ray enables token authentication on a new local cluster and says so at every start: no news for
+    kd-sweep's own loopback cluster. (Asking for it with RAY_AUTH_MODE=token after Ray is imported
+    breaks the start: Ray reads its config at import.) Its other auth warnings still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
 def _init_ray(address: str | None, sweep: Sweep, file: str) -> None:
     import ray
+
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_AuthEnabledNote())
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -336,7 +348,6 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
     base = os.path.dirname(os.path.abspath(file))
     plan = preflight(sweep, file, base)
     storage_path = resolve_path(storage or sweep.storage or "ray_results", None)
-    progress = Progress(out)
     raw = sweep.model_dump(mode="json", by_alias=True)
     # Packing changes no number and a resumed student finds its state in any checkpoint layout; the
     # paper reference only annotates the report.
@@ -357,6 +368,7 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
         lock = SweepLock(folder, sweep.name, key).acquire()
     except SweepLocked as e:
         raise RunError(str(e)) from None
+    progress = Progress(out)
     try:
         store = None
         if not (rerun or resume or sweep.search) and store_exists(tracking_uri):
@@ -367,8 +379,8 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
                                          {c["config_hash"] for c in plan.teachers})
             if done is not None:
                 progress.note(f"sweep {sweep.name!r} is complete: parent run {done.info.run_id[:8]} finished its"
-                              f" {len(plan.students)} trial(s); nothing to run (`--rerun` runs them again)."
-                              f" `kd-sweep report {report_name(sweep.name, smoke)} --table` prints the table")
+                              f" {len(plan.students)} trial(s); nothing to run (`--rerun` runs them again)")
+                progress.note(f"table: `kd-sweep report {report_name(sweep.name, smoke)} --table`")
                 progress.note(browse_hint(tracking_uri, done.info.experiment_id,
                                           has_view(store.client, done.info.experiment_id)))
                 return 0
@@ -379,6 +391,7 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
             raise
         raise StoreFailed(tracking_uri, e) from None
     finally:
+        progress.close()
         lock.release()
 
 
@@ -512,14 +525,20 @@ def _run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, 
                     teacher_runs[cfg["weights_hash"]] = run.info.run_id
             if deferred:
                 store.client.set_tag(parent, "kd.teacher_runs", json.dumps(teacher_runs, sort_keys=True))
+            try:
+                log_sweep_summary(store, parent, sweep.name, smoke, search_metric(sweep))
+            except Exception as e:  # noqa: BLE001 - the trials' runs are logged; only the parent's summary is missing
+                if store_failure(e):
+                    raise
+                progress.note(f"the parent run's table was not logged ({type(e).__name__}: {e});"
+                              " `kd-sweep report` still prints it")
         failed = progress.summary()
         status = "FAILED" if failed else "FINISHED"
         if (used := checkpoint_bytes(storage_path, sweep.name)) is not None:
-            progress.note(f"epoch checkpoints of {sweep.name}: {used / 2**20:.1f} MB under {storage_path}"
-                          f" (keep_checkpoints: {sweep.keep_checkpoints}; finished trials keep"
-                          f" {'their final one' if sweep.keep_checkpoints == 'last' else 'every epoch'})")
-        progress.note(f"MLflow: {tracking_uri} (experiment {sweep.name!r}, parent run {parent});"
-                      f" `kd-sweep report {report_name(sweep.name, smoke)} --table` prints the table")
+            progress.note(f"epoch checkpoints: {used / 2**20:.1f} MB under {storage_path}"
+                          f" (keep_checkpoints: {sweep.keep_checkpoints})")
+        progress.note(f"MLflow: {tracking_uri}\n  experiment {sweep.name!r}, parent run {parent}")
+        progress.note(f"table: `kd-sweep report {report_name(sweep.name, smoke)} --table`")
         progress.note(browse_hint(tracking_uri, exp_id))
         return 1 if failed else 0
     except (Interrupted, KeyboardInterrupt) as e:
@@ -599,7 +618,7 @@ def _packed(configs: list[dict], sweep: Sweep, plan: Plan, progress: Progress) -
     packs = [len(u["pack"]) for u in units if "pack" in u]
     if packs:
         progress.note(f"packed {sum(packs)} students into {len(packs)} trial(s) of {'/'.join(map(str, packs))}:"
-                      " one teacher forward per batch, each student its own run (pack: off to run them apart)")
+                      " one teacher forward a batch (`pack: off` runs them apart)")
     return units
 
 

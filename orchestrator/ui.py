@@ -47,8 +47,8 @@ def has_view(client, exp_id: str) -> bool:
 def browse_hint(tracking_uri: str, exp_id: str | None, view: bool = True) -> str:
     """The line `run`, `report` and `status` end with: where a person looks at the runs."""
     if local_store_path(tracking_uri) is None:  # a server has its own UI
-        return f"browse the runs: {runs_link(tracking_uri, exp_id, view)}"
-    return f"browse the runs: `kd-sweep ui`, then {runs_link(f'http://127.0.0.1:{DEFAULT_PORT}', exp_id, view)}"
+        return f"browse the runs:\n  {runs_link(tracking_uri, exp_id, view)}"
+    return f"browse the runs: `kd-sweep ui`, then\n  {runs_link(f'http://127.0.0.1:{DEFAULT_PORT}', exp_id, view)}"
 
 
 def _port_taken(port: int) -> bool:

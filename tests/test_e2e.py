@@ -51,7 +51,7 @@ def test_quickstart_trials_ran_and_logged(quickstart):
     students = [r for r in children if r.data.tags["kd.role"] == "student"]
     assert sorted(json.loads(r.data.tags["kd.cell"])["lambda"] for r in students) == [0, 0, 0.5, 0.5, 1.0, 1.0]
     assert all("train/ss" in r.data.metrics and "train/co" in r.data.metrics for r in students)
-    assert [a.path for a in client.list_artifacts(parent)] == ["sweep.yaml"]
+    assert [a.path for a in client.list_artifacts(parent)] == ["plot.png", "sweep.yaml", "table.md"]
     assert "all trials finished" in res.stdout
 
 
@@ -93,7 +93,7 @@ def test_the_printed_link_opens_the_sweeps_runs_in_kd_sweep_ui(quickstart):
     parent = quickstart_parent(f"sqlite:///{cwd}/mlflow.db", res)
     exp = parent.info.experiment_id
     link = f"/#/experiments/{exp}/runs?viewStateShareKey=kd-sweep&workflowType=machine_learning"
-    assert f"browse the runs: `kd-sweep ui`, then http://127.0.0.1:5000{link}" in res.stdout
+    assert f"browse the runs: `kd-sweep ui`, then\n  http://127.0.0.1:5000{link}\n" in res.stdout
     view = json.loads(client.get_experiment(exp).tags["mlflow.sharedViewState.kd-sweep"])
     assert view["searchFilter"] == f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
     assert view["orderByKey"] != "attributes.start_time"  # sorted by start time, the UI folds them away
@@ -131,10 +131,10 @@ def test_finished_trials_keep_only_their_final_checkpoint_and_the_disk_use_is_to
     assert len(trials) >= 5  # the teacher, the students (packed by three on 2 cores), two scratch students
     for d in trials:
         assert [c.name for c in d.glob("checkpoint_*")] == ["checkpoint_000001"], d  # 2 epochs: the last
-    assert "epoch checkpoints of quickstart: " in res.stdout and "(keep_checkpoints: last;" in res.stdout
+    assert "epoch checkpoints: " in res.stdout and "MB under " in res.stdout and "(keep_checkpoints: last)" in res.stdout
 
 def test_report_table_holds_the_numbers_mlflow_holds(quickstart):
-    cwd, _ = quickstart
+    cwd, ran = quickstart
     uri = f"sqlite:///{cwd}/mlflow.db"
     res = kd_sweep("report", "--table", "--format", "csv", cwd=cwd)
     assert res.returncode == 0, res.stderr
@@ -154,6 +154,14 @@ def test_report_table_holds_the_numbers_mlflow_holds(quickstart):
         assert row["mean"] == pytest.approx(vals.mean(), abs=1e-3)
         if len(vals) > 1:
             assert row["std"] == pytest.approx(vals.std(ddof=1), abs=1e-3)
+    # The parent run holds the same table, as an artifact and as one metric per cell.
+    parent = quickstart_parent(uri, ran)
+    md = kd_sweep("report", "--table", cwd=cwd).stdout
+    assert open(MlflowClient(uri).download_artifacts(parent.info.run_id, "table.md")).read() == md
+    for _, row in table.iterrows():
+        name = f"table/{row['pair'].replace('/', '_')}/{row['column'].replace('=', '_')}"
+        assert parent.data.metrics[f"{name}/mean"] == pytest.approx(row["mean"], abs=1e-3)
+        assert parent.data.metrics[f"{name}/n"] == row["n"]
     students = table[table["column"] != "Teacher"]
     top = students["mean"].round(2).max()
     best = students.loc[students["mean"].round(2) == top, "column"].tolist()
@@ -282,7 +290,7 @@ def test_dry_run_lists_trials_and_runs_nothing(quickstart):
 
 def quickstart_parent(uri: str, res):
     """The parent run the fixture's own `kd-sweep run` made (later tests of this module add others)."""
-    return MlflowClient(uri).get_run(res.stdout.split("parent run ", 1)[1].split(")", 1)[0])
+    return MlflowClient(uri).get_run(res.stdout.split(", parent run ", 1)[1].split()[0])
 
 
 def shutil_which(name: str) -> str | None:

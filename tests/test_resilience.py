@@ -143,7 +143,7 @@ def test_a_diverging_trial_fails_at_once_and_a_crashed_one_resumes_from_its_chec
     out = res.stdout
     assert f"retry  {'student_lambda=1.0_' if pack == 'off' else 'pack2_coss_s0_'}" in out
     assert "1 trial(s) failed" in out
-    assert "student_lambda=1e+30_s0_" in out.split("1 trial(s) failed")[1]
+    assert "λ=1e+30 · s0: loss is not finite" in out.split("1 trial(s) failed")[1]
     assert "loss is not finite at epoch 1" in out.split("1 trial(s) failed")[1]
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")

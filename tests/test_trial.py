@@ -171,24 +171,65 @@ def test_top5_counts_a_label_among_the_five_highest_logits():
 
 
 def test_progress_prints_a_status_line_with_counts_and_epochs():
+    """Plain lines (not a terminal): a block of the running trials at their first result and then every
+    `every` seconds, each trial with its epoch, loss and score; a line per finished or failed trial."""
     import io
     from orchestrator.progress import Progress
 
     out = io.StringIO()
     p = Progress(out, every=0)
     p.begin("sweep x: 3 trials to run", 3)
-    trials = [{"name": f"t{i}", "labels": {"pair": "a/b"}} for i in range(3)]
+    trials = [{"name": f"t{i}", "labels": {"pair": "a/b", "run": f"λ={i} · s0"}, "train": {"epochs": 4}}
+              for i in range(3)]
     for t in trials:
         p.started(t)
-    p.result(trials[0], {"epoch": 3, "eval/knn_top1": 50.0})
+    p.result(trials[0], {"epoch": 3, "eval/knn_top1": 50.0, "train/loss": 0.25, "train/epoch_s": 2.0})
     p.completed(trials[0])
     p.failed(trials[1], "boom")
-    p.result(trials[2], {"epoch": 2})
+    p.result(trials[2], {"epoch": 2, "train/epoch_s": 1.0})
     lines = out.getvalue().splitlines()
-    assert lines[1].startswith("... 0/3 finished (0 failed), 3 running at epochs 3")
-    assert "[1/3] done   t0" in lines[2] and "knn 50.00" in lines[2]
-    assert lines[3] == "[2/3] FAILED t1: boom"
-    assert lines[4].startswith("... 2/3 finished (1 failed), 1 running at epochs 2;")
+    assert lines[1].startswith("... 0/3 finished (0 failed), 3 running; elapsed 0s, eta ")
+    assert lines[2].split() == ["λ=0", "·", "s0", "epoch", "3/4", "loss", "0.25", "knn", "50.00", "eta", "2s"]
+    assert lines[3].split()[:5] == ["λ=1", "·", "s0", "epoch", "0/4"]  # started, nothing reported yet
+    assert lines[5].startswith("[1/3] done   λ=0 · s0") and "knn 50.00" in lines[5]
+    assert lines[6] == "[2/3] FAILED λ=1 · s0: boom"
+    assert lines[7].startswith("... 2/3 finished (1 failed), 1 running;")
+    assert lines[8].split()[:5] == ["λ=2", "·", "s0", "epoch", "2/4"]
+    assert all(len(ln) <= 100 for ln in lines)
+
+
+def test_progress_eta_counts_trials_running_together_and_those_not_started():
+    """Three students running at once (a pack of three, say), at epoch 5 of 10 at 2 s an epoch: 10 s
+    left for them, then the three not started yet as one more wave of 20 s."""
+    import io
+    from orchestrator.progress import Progress
+
+    p = Progress(io.StringIO(), every=1e9)
+    p.begin("sweep x: 6 trials to run", 6)
+    trials = [{"name": f"t{i}", "labels": {"pair": "a/b"}, "train": {"epochs": 10}} for i in range(3)]
+    for t in trials:
+        p.started(t)
+    for t in trials:
+        p.result(t, {"epoch": 5, "train/epoch_s": 2.0})
+    assert p.header().endswith("eta 30s")
+
+
+def test_progress_on_a_terminal_redraws_the_running_trials_in_place():
+    import io
+    from orchestrator.progress import Progress
+
+    out = io.StringIO()
+    p = Progress(out, live=True)
+    p.begin("sweep x: 1 trials to run", 1)
+    t = {"name": "t0", "labels": {"pair": "a/b", "run": "λ=0 · s0"}, "train": {"epochs": 2}}
+    p.started(t)
+    p.result(t, {"epoch": 1, "train/loss": 0.5, "train/epoch_s": 1.0})
+    p.completed(t)
+    p.summary()
+    p.close()
+    text = out.getvalue()
+    assert "epoch   1/2" in text and "\x1b[" in text  # the block, drawn with cursor moves
+    assert "[1/1] done   λ=0 · s0" in text and "all trials finished" in text
 
 
 def test_gpu_out_of_memory_names_the_trial_and_its_batch_size(plan, monkeypatch):
