@@ -112,6 +112,7 @@ class Fmt(str, Enum):
     md = "md"
     latex = "latex"
     csv = "csv"
+    html = "html"
 
 
 @app.command()
@@ -120,7 +121,11 @@ def report(
     table: bool = typer.Option(True, "--table/--no-table", metavar="", help="print the paper-style table"),
     metric: Optional[str] = typer.Option(None, metavar="METRIC", help="linear_top1 (default), knn_top1, classifier_top1, ...;"
                                          " a search sweep's default is its own metric"),
-    fmt: Fmt = typer.Option(Fmt.md, "--format", help="md, latex (booktabs) or csv"),
+    fmt: Fmt = typer.Option(Fmt.md, "--format", metavar="FORMAT",
+                            help="md, latex (booktabs), csv, or html (one self-contained page: the table, its"
+                                 " notes, the plot, the cost with --cost, each cell linked to its MLflow runs)"),
+    out: Optional[str] = typer.Option(None, "--out", "-o", metavar="FILE",
+                                      help="write the report to FILE (folders are made) instead of stdout"),
     best_over: Optional[str] = typer.Option(
         None, "--best-over", metavar="AXIS",
         help="per pair, other knobs and seed, take the best run over AXIS (e.g. scale), then average seeds"),
@@ -156,13 +161,14 @@ def report(
                                        f"eval/{metric}" if metric and not metric.startswith("eval/") else metric)[0])
         return
     metric = metric or "linear_top1"
+    smoke_run = parent.data.tags.get("kd.smoke") == "true"
     try:
         text, tab, col = compose(parent.data.tags, parent.info.run_id, runs, metric, fmt.value, best_over,
-                                 paper, cost)
+                                 paper, cost, link=_runs_link(uri, parent.info.experiment_id), axis=axis)
         if plot:
             from results.plot import plot as draw
 
-            draw(tab, col, plot, axis)
+            draw(tab, col, plot, axis, smoke=smoke_run)
     except KeyError as e:
         _fail(e.args[0], 2)
     except ReportError as e:
@@ -170,11 +176,31 @@ def report(
     if paper and not tab.attrs.get("paper_sources"):
         typer.echo(f"note: no published number matches these cells ({col.removeprefix('eval/')},"
                    f" dataset {parent.data.tags.get('kd.dataset', '?')}); see results/published/", err=True)
-    if table:
+    if table and out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(text)
+        typer.echo(f"wrote {out}", err=True)
+    elif table:
         sys.stdout.write(text)
     if plot:
         typer.echo(f"wrote {plot}", err=True)
     _browse(uri, parent.info.experiment_id)
+
+
+def _runs_link(uri: str, exp_id: str):
+    """A cell's runs in the MLflow UI (for the HTML report's links)."""
+    from urllib.parse import quote
+
+    from .ui import DEFAULT_PORT
+    from .tracking import local_store_path
+
+    base = f"http://127.0.0.1:{DEFAULT_PORT}" if local_store_path(uri) is not None else uri.rstrip("/")
+
+    def link(run_ids: tuple[str, ...]) -> str:
+        filt = f"attributes.run_id IN ({', '.join(repr(r) for r in run_ids)})"
+        return f"{base}/#/experiments/{exp_id}/runs?searchFilter={quote(filt)}&workflowType=machine_learning"
+    return link
 
 
 def _browse(uri: str, exp_id: str) -> None:

@@ -57,39 +57,70 @@ def plot_axis(table: pd.DataFrame, axis: str | None = None) -> str:
     return axis
 
 
-def series(table: pd.DataFrame, axis: str) -> dict[str, tuple[list, list, list]]:
-    """Line label -> (x sorted, means, stds; std 0 for one seed); points with no finished seed left out."""
+def _points(table: pd.DataFrame, axis: str):
+    """(line label, x, Cell) for every cell along AXIS with a finished seed: a line per pair (per pair
+    and the other knobs' values when the grid has more)."""
     cols = table.attrs.get("columns", {})
     cells = _cells(table)
     methods_vary = len({cols[c]["method"] for c in cells}) > 1
     rests = {name: {k: v for k, v in cell.items() if k != axis} for name, cell in cells.items() if axis in cell}
     several = len({tuple(r.items()) for r in rests.values()}) > 1 or methods_vary
-    out: dict[str, dict] = {}
     for pair, row in table.iterrows():
         for name, rest in rests.items():
             c = row[name]
             if not isinstance(c, Cell) or math.isnan(c.mean):
                 continue
             label = f"{pair}, {column_label(rest, cols[name]['method'], methods_vary)}" if several else str(pair)
-            out.setdefault(label, {})[float(cells[name][axis])] = (c.mean, 0.0 if math.isnan(c.std) else c.std)
+            yield label, float(cells[name][axis]), c
+
+
+def series(table: pd.DataFrame, axis: str) -> dict[str, tuple[list, list, list]]:
+    """Line label -> (x sorted, means, stds; std 0 for one seed); points with no finished seed left out."""
+    out: dict[str, dict] = {}
+    for label, x, c in _points(table, axis):
+        out.setdefault(label, {})[x] = (c.mean, 0.0 if math.isnan(c.std) else c.std)
     return {label: (sorted(pts), [pts[x][0] for x in sorted(pts)], [pts[x][1] for x in sorted(pts)])
             for label, pts in out.items()}
 
 
-def plot(table: pd.DataFrame, metric: str, path: str | None = None, axis: str | None = None) -> Figure:
-    """Draw (and save to `path`, PNG at 300 dpi) the metric against `axis`; returns the figure."""
+def _reference(table: pd.DataFrame, column: str) -> dict[str, float]:
+    """Pair -> the mean of its Teacher or Scratch cell, where one finished."""
+    if column not in table.columns:
+        return {}
+    return {str(pair): c.mean for pair, c in table[column].items() if isinstance(c, Cell) and not math.isnan(c.mean)}
+
+
+def plot(table: pd.DataFrame, metric: str, path: str | None = None, axis: str | None = None,
+         smoke: bool = False) -> Figure:
+    """Draw (and save to `path`, PNG at 300 dpi) the metric against `axis`; returns the figure. Each
+    pair's Teacher (dashed) and Scratch (dotted) are horizontal lines in its colour, the published
+    numbers (after `attach_published`, i.e. `--paper`) are crosses, and the caption under the axes says
+    what the bars are. A smoke run's plot says so across it."""
     axis = plot_axis(table, axis)
     lines = series(table, axis)
     if not lines:
         raise ReportError(f"nothing to plot: no cell along {axis!r} has a finished seed")
     metric = metric.removeprefix("eval/")
     xs = sorted({v for x, _, _ in lines.values() for v in x})
+    colour = {label: COLOURS[i % len(COLOURS)] for i, label in enumerate(lines)}
+    published: dict[str, list[tuple[float, float]]] = {}
+    for label, x, c in _points(table, axis):
+        if c.paper is not None:
+            published.setdefault(label, []).append((x, c.paper))
+    teacher, scratch = _reference(table, TEACHER), _reference(table, SCRATCH)
     with rc_context(STYLE):
-        fig = Figure(figsize=(3.4, 2.5), layout="constrained")
+        fig = Figure(figsize=(3.4, 2.7), layout="constrained")
         ax = fig.add_subplot()
         for i, (label, (x, y, e)) in enumerate(lines.items()):
-            ax.errorbar(x, y, yerr=e, label=label, color=COLOURS[i % len(COLOURS)], marker=MARKERS[i % len(MARKERS)],
+            ax.errorbar(x, y, yerr=e, label=label, color=colour[label], marker=MARKERS[i % len(MARKERS)],
                         markersize=3.5, linewidth=1.1, elinewidth=0.8, capsize=2.5, capthick=0.8)
+        # A reference line in a pair's colour when the lines are the pairs, grey otherwise.
+        for refs, style in ((teacher, "--"), (scratch, ":")):
+            for pair, mean in refs.items():
+                ax.axhline(mean, linestyle=style, linewidth=0.8, color=colour.get(pair, "#555555"), alpha=0.8)
+        for label, pts in published.items():
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle="none", marker="x", markersize=4.5,
+                    markeredgewidth=1.0, color=colour[label])
         if xs[0] > 0 and xs[-1] / xs[0] >= 8:  # scale {0.5 … 32}: evenly spaced on a log axis
             ax.set_xscale("log", base=2)
         ax.set_xticks(xs, [fmt_value(x) for x in xs])
@@ -102,6 +133,14 @@ def plot(table: pd.DataFrame, metric: str, path: str | None = None, axis: str | 
         # Above the axes, never over the data.
         fig.legend(*ax.get_legend_handles_labels(), loc="outside upper center", ncols=min(len(lines), 2),
                    frameon=False, handlelength=1.8, columnspacing=1.2)
+        what = ["mean ± sample std over seeds"]
+        what += ["dashed: teacher"] if teacher else []
+        what += ["dotted: scratch"] if scratch else []
+        what += ["×: published"] if published else []
+        fig.supxlabel("; ".join(what), fontsize=6, color="#444444")
+        if smoke:
+            fig.text(0.5, 0.5, "SMOKE RUN: not results", ha="center", va="center", rotation=20, fontsize=16,
+                     color="#D55E00", alpha=0.25, transform=fig.transFigure)
         if path:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # `--plot figs/x.png` in a new clone
             fig.savefig(path)

@@ -45,10 +45,12 @@ def caption(tags: dict, run_id: str, runs: pd.DataFrame, col: str) -> str:
 
 def compose(tags: dict, run_id: str, runs: pd.DataFrame, metric: str = "linear_top1", fmt: str = "md",
             best_over: str | None = None, paper: bool = False, cost: bool = False,
-            published: pd.DataFrame | None = None) -> tuple[str, pd.DataFrame, str]:
+            published: pd.DataFrame | None = None, link=None,
+            axis: str | None = None) -> tuple[str, pd.DataFrame, str]:
     """The report's text, the table of `Cell`s and the metric column. `tags`: the parent run's
     (kd.seeds: the seeds asked; kd.dataset: where published numbers are looked up; kd.sweep,
-    kd.smoke: the caption). `published`: defaults to `results.published.load_published()`."""
+    kd.smoke: the caption). `published`: defaults to `results.published.load_published()`. For
+    html, `link(run_ids)` is where a cell's runs are browsed and `axis` what the plot draws against."""
     table, col = build(runs, metric, seeds_asked(tags), best_over)
     if paper:
         if published is None:
@@ -61,7 +63,26 @@ def compose(tags: dict, run_id: str, runs: pd.DataFrame, metric: str = "linear_t
         if cost:
             frame = cost_columns(frame, table, runs)
         return frame.to_csv(index=False), table, col
+    if fmt == "html":
+        return html_page(tags, run_id, runs, table, col, cost, link, axis), table, col
     text = render(table, fmt, caption(tags, run_id, runs, col))
     if cost:
         text += "\n" + render_cost(table, runs, fmt)
     return text, table, col
+
+
+def html_page(tags: dict, run_id: str, runs: pd.DataFrame, table: pd.DataFrame, col: str, cost: bool, link,
+              axis: str | None) -> str:
+    from .html import render_html
+    from .plot import plot
+    from .table import ReportError
+
+    smoke = tags.get("kd.smoke") == "true"
+    try:
+        figure = plot(table, col, axis=axis, smoke=smoke)
+    except ReportError:
+        figure = None  # nothing numeric swept: the table is the whole report
+    metric = col.removeprefix("eval/")
+    return render_html(table, f"{tags.get('kd.sweep', '')}: {metric}", caption(tags, run_id, runs, col),
+                       link or (lambda ids: None), figure, f"{metric} against the swept knob, per pair.",
+                       render_cost(table, runs, "md") if cost else None, smoke)

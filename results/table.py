@@ -375,26 +375,43 @@ def csv_frame(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@dataclass
+class Row:
+    """A printed row: a pair's cells, or under them the published numbers ("paper") and Δ ("delta").
+    Each cell: (its text, the Cell, whether it is the row's best)."""
+    label: str
+    kind: str
+    cells: list[tuple[str, "Cell | None", bool]]
+
+
+def table_rows(table: pd.DataFrame, latex: bool = False) -> tuple[list[str], list[Row]]:
+    """The header and rows every format prints (md, LaTeX, HTML): the cells' text with their marks."""
+    best = best_columns(table)
+    with_paper = bool(table.attrs.get("paper_sources"))
+    has = lambda c: isinstance(c, Cell) and c.paper is not None  # noqa: E731
+    rows = []
+    for pair, row in table.iterrows():
+        rows.append(Row(str(pair), "cells", [(_text(c, latex, name in best[pair]), c, name in best[pair])
+                                             for name, c in row.items()]))
+        if with_paper and any(has(c) for c in row):
+            rows.append(Row(r"\quad paper" if latex else "↳ paper", "paper",
+                            [(f"{c.paper:.2f}" if has(c) else "", c, False) for c in row]))
+            rows.append(Row(r"\quad $\Delta$" if latex else "↳ Δ", "delta",
+                            [(_delta(c, name, latex) if has(c) else "", c, False) for name, c in row.items()]))
+    return ["teacher/student", *map(str, table.columns)], rows
+
+
 def render(table: pd.DataFrame, fmt: str, caption: str = "") -> str:
     """md or latex: the table, then its notes (best-over rule, marks, paper source), then the caption;
     csv: the long form (`csv_frame`)."""
     if fmt == "csv":
         return csv_frame(table).to_csv(index=False)
-    best = best_columns(table)
     latex = fmt == "latex"
     bold = (lambda s: rf"\textbf{{{s}}}") if latex else (lambda s: f"**{s}**")
     with_paper = bool(table.attrs.get("paper_sources"))
-    body, groups = [], []  # groups: where each pair's rows start
-    for pair, row in table.iterrows():
-        groups.append(len(body))
-        body.append([str(pair)] + [bold(_text(c, latex, True)) if name in best[pair] else _text(c, latex)
-                                   for name, c in row.items()])
-        if with_paper and any(isinstance(c, Cell) and c.paper is not None for c in row):
-            has = lambda c: isinstance(c, Cell) and c.paper is not None  # noqa: E731
-            body.append([r"\quad paper" if latex else "↳ paper"]
-                        + [f"{c.paper:.2f}" if has(c) else "" for c in row])
-            body.append([r"\quad $\Delta$" if latex else "↳ Δ"]
-                        + [_delta(c, name, latex) if has(c) else "" for name, c in row.items()])
+    _, rows = table_rows(table, latex)
+    body = [[r.label, *(bold(t) if b else t for t, _, b in r.cells)] for r in rows]
+    groups = [i for i, r in enumerate(rows) if r.kind == "cells"]  # where each pair's rows start
     header = ["teacher/student", *table.columns]
     below = notes(table)
     if latex:

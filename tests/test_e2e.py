@@ -110,11 +110,8 @@ def test_the_printed_link_opens_the_sweeps_runs_in_kd_sweep_ui(quickstart):
         assert first.startswith("MLflow UI on sqlite:///") and first.strip().endswith(f"127.0.0.1:{port}{link}")
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as page:
             assert page.status == 200 and b"<html" in page.read().lower()
-        browser = shutil_which("chromium")
-        if browser:  # what a person sees at the link: the trials by name, not a collapsed parent
-            dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1600,900",
-                                  "--virtual-time-budget=20000", "--dump-dom",
-                                  f"http://127.0.0.1:{port}{link}"], capture_output=True, text=True, timeout=120).stdout
+        if shutil_which("chromium"):  # what a person sees at the link: the trials by name, not a collapsed parent
+            dom = browse(f"http://127.0.0.1:{port}{link}", "mlflow_link")
             assert "λ=0.5 · s1" in dom and "scratch · mlp-64 · s0" in dom, dom[-2000:]
     finally:
         os.killpg(ui.pid, 15)
@@ -173,6 +170,35 @@ def test_report_table_holds_the_numbers_mlflow_holds(quickstart):
         ["teacher/student", "Teacher", "Scratch", "lambda=0", "lambda=0.5", "lambda=1.0"]
     assert md.count("**") == 2 * len(best)
 
+
+def test_the_html_report_is_one_page_with_the_table_the_plot_and_links_to_each_cells_runs(quickstart):
+    import base64
+    import re
+
+    cwd, _ = quickstart
+    uri = f"sqlite:///{cwd}/mlflow.db"
+    parent = max((r for r in runs(uri, "sweep") if r.data.tags["kd.sweep"] == "quickstart"),
+                 key=lambda r: r.info.start_time)  # what `report quickstart` reports: its latest run
+    res = kd_sweep("report", "quickstart", "--format", "html", "--cost", "-o", "site/report.html", cwd=cwd)
+    assert res.returncode == 0 and "wrote site/report.html" in res.stderr, res.stderr
+    page = (cwd / "site" / "report.html").read_text()
+    csv = pd.read_csv(io.StringIO(kd_sweep("report", "quickstart", "--format", "csv", cwd=cwd).stdout))
+    kids = [r for r in runs(uri) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    for _, row in csv.iterrows():  # every cell's number, linked to exactly its runs
+        assert f"{row['mean']:.2f} ± " in page
+    cells: dict[str, list[str]] = {}
+    for r in kids:
+        if r.data.tags["kd.role"] == "student":
+            cells.setdefault(r.data.tags["kd.cell_label"], []).append(r.info.run_id)
+    links = re.findall(r'<a href="([^"]+)"', page)
+    for ids in cells.values():
+        assert any(all(i in link for i in ids) and "workflowType=machine_learning" in link for link in links)
+    png = re.search(r'src="data:image/png;base64,([^"]+)"', page).group(1)
+    assert base64.b64decode(png)[:8] == b"\x89PNG\r\n\x1a\n"  # the plot, inside the page
+    assert "Cost per cell" in page and "<script" not in page and "http" not in page.split("<a href")[0]
+    if shutil_which("chromium"):
+        dom = browse((cwd / "site" / "report.html").as_uri(), "html_report")
+        assert "mlp-256-256/mlp-64" in dom and "lambda=0.5" in dom
 
 def test_second_sweep_reuses_the_trained_teacher(quickstart):
     cwd, _ = quickstart
@@ -267,6 +293,7 @@ def test_a_teachers_sweep_trains_only_teachers(tmp_path):
     assert (table["mean"] > 50).all()
 
 
+
 def test_dry_run_lists_trials_and_runs_nothing(quickstart):
     cwd, _ = quickstart
     uri = f"sqlite:///{cwd}/mlflow.db"
@@ -291,6 +318,22 @@ def test_dry_run_lists_trials_and_runs_nothing(quickstart):
 def quickstart_parent(uri: str, res):
     """The parent run the fixture's own `kd-sweep run` made (later tests of this module add others)."""
     return MlflowClient(uri).get_run(res.stdout.split(", parent run ", 1)[1].split()[0])
+
+
+def browse(url: str, shot: str) -> str:
+    """The page's DOM after headless Chromium ran its scripts, and a screenshot of it (kept under
+    $KD_SWEEP_SHOTS when set, for a person to look at)."""
+    import subprocess
+    import tempfile
+
+    args = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1600,1000",
+            "--virtual-time-budget=20000"]
+    folder = os.environ.get("KD_SWEEP_SHOTS") or tempfile.mkdtemp()
+    os.makedirs(folder, exist_ok=True)
+    png = os.path.join(folder, f"{shot}.png")
+    subprocess.run([*args, f"--screenshot={png}", url], capture_output=True, timeout=120)
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    return subprocess.run([*args, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
 
 
 def shutil_which(name: str) -> str | None:

@@ -278,6 +278,20 @@ def test_plot_writes_a_png_of_the_means_and_stds(runs, tmp_path):
     assert x == [0.0, 0.5] and y == pytest.approx([66.0, 62.0]) and e == pytest.approx([math.sqrt(2), 1.0])
     assert ax.get_xlabel() == "λ (lambda)" and ax.get_ylabel() == "Linear-probe top-1 (%)"
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["t/s", "t2/s2"]
+    # Each pair's Teacher (dashed) and Scratch (dotted) as horizontal lines in the pair's colour.
+    refs = sorted((ln.get_linestyle(), ln.get_ydata()[0], ln.get_color()) for ln in ax.lines
+                  if len(set(ln.get_ydata())) == 1 and ln.get_xdata()[0] == 0 and ln.get_xdata()[-1] == 1)
+    colour = {c.get_label(): c.lines[0].get_color() for c in ax.containers}
+    assert refs == sorted([("--", 79.0, colour["t/s"]), ("--", 72.0, colour["t2/s2"]), (":", 71.0, colour["t/s"])])
+    assert fig._supxlabel.get_text() == "mean ± sample std over seeds; dashed: teacher; dotted: scratch"
+    assert not any("SMOKE" in t.get_text() for t in fig.texts)
+    smoke = plot(table, col, smoke=True)
+    assert any(t.get_text() == "SMOKE RUN: not results" for t in smoke.texts)
+    table.loc["t/s", "lambda=0.5"].paper = 74.2  # as `--paper` attaches it
+    (ax,) = plot(table, col).axes
+    (cross,) = [ln for ln in ax.lines if ln.get_marker() == "x"]
+    assert list(cross.get_xdata()) == [0.5] and list(cross.get_ydata()) == [74.2]
+    assert cross.get_color() == colour["t/s"]
 
 
 def test_plot_named_axis_draws_a_line_per_pair_and_other_knobs(runs, tmp_path):
