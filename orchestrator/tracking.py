@@ -158,7 +158,29 @@ def trial_tags(cfg: dict) -> dict[str, str]:
 class Store:
     def __init__(self, uri: str):
         self.uri = uri
-        self.client = MlflowClient(uri)
+        path = local_store_path(uri)
+        self.client = MlflowClient(uri) if path is None else self._first_touch(path)
+
+    def _first_touch(self, path: str) -> MlflowClient:
+        """Open a local store now, one kd-sweep process at a time. MLflow creates (and migrates) a new
+        sqlite file's tables on first use, and two processes doing so at once (a driver, and a second
+        driver or a `kd-sweep ui` beside it) interleave their migrations: "table ... already exists",
+        "duplicate column", a half-migrated file. An flock beside the store serialises the first touch."""
+        import fcntl
+
+        folder = os.path.join(os.path.dirname(path), ".kd-sweep-locks")
+        try:
+            os.makedirs(folder, exist_ok=True)
+            fd = os.open(os.path.join(folder, "store-open.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:  # a read-only folder: nobody can be creating a store in it
+            return MlflowClient(self.uri)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            client = MlflowClient(self.uri)
+            client.search_experiments(max_results=1)  # the tables exist once this returns
+            return client
+        finally:
+            os.close(fd)  # drops the lock
 
     def experiment(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)

@@ -105,3 +105,21 @@ def test_a_store_failing_mid_sweep_stops_the_trials_instead_of_raising_through_t
     full = OSError(28, "No space left on device")
     assert store_failure(full) and failure_reason(full) == "no space left on device"
     assert not store_failure(OSError(2, "No such file or directory")) and not store_failure(ValueError("x"))
+
+
+def test_processes_opening_a_new_store_at_once_all_open_it(tmp_path):
+    """MLflow creates a new sqlite store's tables on first use, and two processes doing so at the same
+    instant race ("table ... already exists"): a driver and a watcher beside it must both get through."""
+    import subprocess
+    import sys
+    import time
+
+    start = time.time() + 3  # every process imports first, then opens the store at this instant
+    code = ("import sys, time; from orchestrator.tracking import Store; t = float(sys.argv[2]);"
+            " time.sleep(max(0, t - time.time())); Store(sys.argv[1]); print('ok')")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    procs = [subprocess.Popen([sys.executable, "-c", code, uri, str(start)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 and out.strip() == "ok" for p, (out, _) in zip(procs, results)), \
+        [err[-500:] for _, err in results]

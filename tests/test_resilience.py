@@ -12,6 +12,8 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from orchestrator.tracking import Store
+
 from .conftest import digits_coss_sweep, kd_sweep
 
 
@@ -59,7 +61,7 @@ def test_killed_driver_resumes_and_a_second_run_links_every_trial(tmp_path, pack
     """Packed (two packs of two students), every student resumes from its pack's checkpoint."""
     (tmp_path / "s.yaml").write_text(digits_coss_sweep("resilience", "[0, 0.25, 0.5, 1.0]", 8, pack))
     uri, env, cmd, driver = start_driver(tmp_path)
-    client = MlflowClient(uri)
+    client = Store(uri).client  # kd-sweep's opener: the driver is creating this store right now
     # Kill once a student trial has finished and another has an epoch checkpoint but has not finished.
     killed_with = None
     for kids in watch(client, driver):
@@ -210,7 +212,7 @@ def test_an_interrupted_sweep_is_killed_not_finished_and_continues(tmp_path, sig
     the trials that finished before the interrupt not run again."""
     (tmp_path / "s.yaml").write_text(digits_coss_sweep("interrupt", "[0, 0.25, 0.5, 1.0]", 6, "off"))
     uri, env, cmd, driver = start_driver(tmp_path)
-    client = MlflowClient(uri)
+    client = Store(uri).client  # kd-sweep's opener: the driver is creating this store right now
     sent = False
     for kids in watch(client, driver):
         if any(r.data.tags.get("kd.role") == "student" and r.info.status == "RUNNING"
@@ -260,7 +262,7 @@ def test_two_drivers_started_together_run_the_sweep_once(tmp_path):
     codes = sorted([(first.returncode, out1), (second.returncode, out2)])
     assert [c for c, _ in codes] == [0, 1], out1 + out2
     assert "this sweep is being run by process" in codes[1][1] and "Traceback" not in codes[1][1]
-    client = MlflowClient(uri)
+    client = Store(uri).client  # kd-sweep's opener: the driver is creating this store right now
     (parent,) = parents(client)
     kids = children(client, parent.info.run_id)
     assert Counter(r.data.tags["kd.config_hash"] for r in kids).most_common(1)[0][1] == 1
@@ -352,7 +354,7 @@ def test_a_store_lost_mid_sweep_stops_it_in_one_line_and_the_same_command_contin
     try:
         driver = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   text=True, start_new_session=True)
-        client = MlflowClient(uri)
+        client = Store(uri).client  # kd-sweep's opener: the driver is creating this store right now
         lost = False
         for kids in watch(client, driver):
             if any(r.data.tags.get("kd.role") == "student" and r.info.status == "RUNNING"
