@@ -23,9 +23,12 @@ def _label(cfg: dict) -> str:
     return cfg["labels"].get("run", cfg["name"])
 
 
-def _scores(result: dict, sep: str = "  ") -> str:
-    return sep.join(f"{k.removeprefix('eval/').removesuffix('_top1')} {v:.2f}" for k, v in result.items()
+def _scores(result: dict, sep: str = "  ", curve: bool = False) -> str:
+    """The final scores (eval/*_top1); with CURVE, the k-NN curve's point too (`eval.every`)."""
+    text = sep.join(f"{k.removeprefix('eval/').removesuffix('_top1')} {v:.2f}" for k, v in result.items()
                      if k.startswith("eval/") and k.endswith("_top1") and isinstance(v, (int, float)))
+    point = result.get("curve/knn_top1")
+    return f"{text}{sep if text else ''}knn~ {point:.2f}" if curve and isinstance(point, (int, float)) else text
 
 
 class _Trial:
@@ -47,7 +50,7 @@ class _Trial:
         eta = self.eta()
         text = (f"  {self.label:<22.22} epoch {self.epoch:>3}/{self.epochs:<3}"
                 f"{f' loss {loss:<8.4g}' if isinstance(loss, (int, float)) else ''}"
-                f" {_scores(self.last, ' ')}{f' eta {_fmt_time(eta)}' if eta is not None else ''}")
+                f" {_scores(self.last, ' ', curve=True)}{f' eta {_fmt_time(eta)}' if eta is not None else ''}")
         return text[:WIDTH].rstrip()
 
 

@@ -229,6 +229,9 @@ class EvalSpec(Strict):
     linear: LinearProbe | None = None
     knn: KNN | None = None
     classifier: Classifier | None = None
+    # N: every N epochs (and the last), a k-NN score on fixed slices (5k train, 1k test images; the knn
+    # protocol's k and temperature, else 10 and 0.07) as `curve/knn_top1`: a curve for any student.
+    every: int | None = Field(None, ge=1)
 
     @model_validator(mode="before")
     @classmethod
@@ -239,7 +242,7 @@ class EvalSpec(Strict):
                 raise ValueError(f"unknown protocol {unknown[0]!r} (known: linear, knn, classifier)")
             return {p: {} for p in v}
         if isinstance(v, dict):
-            return {k: ({} if o is None else o) for k, o in v.items()}
+            return {k: ({} if o is None and k != "every" else o) for k, o in v.items()}
         return v
 
     @model_validator(mode="after")

@@ -25,7 +25,7 @@ from .trials import cell_label, describe, flat_params, trial_members, trial_name
 
 KD_VERSION = "0.1.0"
 # Per-epoch names the trainable reports; everything else in a Tune result is Ray's bookkeeping.
-METRIC_PREFIXES = ("train/", "eval/", "pretrain/", "cost/")
+METRIC_PREFIXES = ("train/", "eval/", "pretrain/", "cost/", "curve/")
 
 METRIC_NOTE = ("eval/<protocol>_top1 is the last epoch (RepDistiller's convention); eval/classifier_top1_best is"
                " the best training epoch (mdistiller's) and eval/linear_top1_best the probe's best epoch;"

@@ -82,10 +82,18 @@ def _compile(sweep: Sweep) -> dict:
     return {"compile": True} if sweep.compile else {}
 
 
+def _curve(sweep: Sweep) -> dict:
+    """`eval.every`: the k-NN curve's period and settings; only when asked (it changes no result)."""
+    if not sweep.eval.every:
+        return {}
+    knn = sweep.eval.knn.model_dump() if sweep.eval.knn else {"k": 10, "temperature": 0.07}
+    return {"eval_every": sweep.eval.every, "eval_every_knn": knn}
+
+
 def _hash(cfg: dict) -> str:
     """Everything that decides the result; not where files lie, the sweep's name, the resources or
     whether the models are compiled (the same arithmetic, fused: equal within float rounding)."""
-    skip = ("sweep", "resources", "name", "config_hash", "labels", "init", "compile")
+    skip = ("sweep", "resources", "name", "config_hash", "labels", "init", "compile", "eval_every", "eval_every_knn")
     keep = {k: v for k, v in cfg.items() if k not in skip}
     keep["dataset"] = {k: v for k, v in cfg["dataset"].items() if k not in ("root", "download")}
     keep["result_version"] = RESULT_VERSION
@@ -171,7 +179,7 @@ def _student(sweep: Sweep, pair: Pair, dataset: dict, method: str, knobs: dict, 
         "method": method, "knobs": knobs, "train": sweep.train.model_dump(),
         "eval": _eval(sweep, with_classifier=role == "scratch"), "seed": seed,
         "deterministic": sweep.deterministic, "resources": sweep.resources.model_dump(), **_precision(sweep),
-        **_compile(sweep),
+        **_compile(sweep), **_curve(sweep),
     }
     cfg["config_hash"] = _hash(cfg)
     cfg["labels"] = {"teacher": pair.teacher.label if teacher_hash else "", "student": pair.student.label,

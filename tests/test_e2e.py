@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from .conftest import SWEEPS, kd_sweep
 
 SHRINK = ["--set", "train.epochs=2", "--set", "teacher_train.epochs=2",
-          "--set", "eval.linear.epochs=3", "--set", "eval.linear.milestones=[2]"]
+          "--set", "eval.linear.epochs=3", "--set", "eval.linear.milestones=[2]", "--set", "eval.every=1"]
 
 
 def runs(uri: str, role: str | None = None):
@@ -45,6 +45,11 @@ def test_quickstart_trials_ran_and_logged(quickstart):
         assert 0 <= r.data.metrics["eval/linear_top1"] <= 100 and "eval/knn_top1" in r.data.metrics
         history = client.get_metric_history(r.info.run_id, "train/loss")
         assert [m.step for m in history] == [1, 2]
+        if r.data.tags["kd.role"] != "teacher":  # eval.every: 1, a k-NN point every epoch
+            curve = client.get_metric_history(r.info.run_id, "curve/knn_top1")
+            assert [m.step for m in curve] == [1, 2]
+            # digits is smaller than the curve's slices: its last point is the final k-NN on every image
+            assert curve[-1].value == pytest.approx(r.data.metrics["eval/knn_top1"])
         assert r.data.params["seed"] in {"0", "1"}
         role = r.data.tags["kd.role"]
         assert [a.path for a in client.list_artifacts(r.info.run_id, role)] == [f"{role}/model.pt"]

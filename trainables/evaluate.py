@@ -100,6 +100,25 @@ def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Ten
     return last, best, top5(logits, test_y) if epochs else 0.0
 
 
+CURVE_BANK, CURVE_QUERIES = 5000, 1000
+
+
+def knn_curve_point(model: Backbone, data, k: int, temperature: float) -> float:
+    """k-NN top-1 of a fixed, stratified slice of the evaluation split (at most CURVE_QUERIES images)
+    against a slice of the training set (at most CURVE_BANK): cheap enough to score every few epochs,
+    so a student without a classifier has an accuracy curve (`curve/knn_top1`). The same slices every
+    time; the final `eval/knn_top1` still uses every image."""
+    part = data
+    for split, cap in (("train", CURVE_BANK), ("test", CURVE_QUERIES)):
+        n = len(part.labels(split))
+        if n > cap:
+            part = part.subset(cap / n, 0, split)
+    train_f, _ = extract(model, part, "train")
+    test_f, _ = extract(model, part, "test")
+    return knn_top1(train_f, part.labels("train").to(train_f.device), test_f, part.labels("test").to(test_f.device),
+                    data.num_classes, k, temperature)
+
+
 def classifier_top1(model: Backbone, data: ImageData) -> float:
     _, logits = extract(model, data, "test")
     return top1(logits, data.test_y.to(logits.device))

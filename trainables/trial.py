@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .datasets import ImageData, load_dataset, train_batches
-from .evaluate import classifier_top1, evaluate
+from .evaluate import classifier_top1, evaluate, knn_curve_point
 from .methods import method_class
 from .methods.base import DataInfo, Method, ModelInfo, Step
 from .models import Backbone, Output, build_model
@@ -338,6 +338,9 @@ def fit_pack(cfgs: list[dict], report: PackReport, teacher_state: dict[str, torc
                 if m.per_epoch:
                     metrics["eval/classifier_top1"] = classifier_top1(m.student, data)
                     m.best = max(m.best, metrics["eval/classifier_top1"])
+                if (every := m.cfg.get("eval_every")) and (epoch % every == 0 or epoch == epochs):
+                    curve = m.cfg["eval_every_knn"]
+                    metrics["curve/knn_top1"] = knn_curve_point(m.student, data, curve["k"], curve["temperature"])
                 if epoch == epochs:
                     final = {k: v for k, v in m.cfg["eval"].items() if k != "classifier" or not m.per_epoch}
                     metrics.update(evaluate(m.student, data, final, seed))
