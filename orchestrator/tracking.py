@@ -95,10 +95,14 @@ def failure_reason(e: BaseException) -> str:
     import re
 
     text = str(e)
-    for known in ("Connection refused", "readonly database", "disk is full", "No space left on device",
-                  "Read-only file system", "Name or service not known", "timed out"):
+    for known, said in (("Connection refused", None), ("readonly database", None), ("disk is full", None),
+                        ("No space left on device", None), ("Read-only file system", None),
+                        ("Name or service not known", None), ("timed out", None),
+                        # a server killed mid-request: the HTTP client's several ways of saying so
+                        ("Connection aborted", "connection lost"), ("RemoteDisconnected", "connection lost"),
+                        ("Connection reset", "connection lost"), ("Max retries exceeded", "the server does not answer")):
         if known.lower() in text.lower():
-            return known.lower()
+            return said or known.lower()
     m = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
     return m.group(1).strip() if m else (text.strip().splitlines() or [type(e).__name__])[0][:160]
 

@@ -2,6 +2,7 @@
 finished trials are never run twice, a crashed trial resumes from its checkpoint, a diverging one
 fails at once with its reason, and every trial has exactly one MLflow run."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -365,7 +366,9 @@ def test_a_store_lost_mid_sweep_stops_it_in_one_line_and_the_same_command_contin
         out = driver.communicate(timeout=180)[0]
         assert lost, "no student trial ever ran:\n" + out
         assert driver.returncode == 1, out
-        assert f"the MLflow store {uri} stopped taking this sweep's runs (connection refused)" in out, out
+        # Refused, or lost mid-request, as the kill falls: either way one line that says so.
+        assert re.search(rf"the MLflow store {uri} stopped taking this sweep's runs \((connection refused|connection"
+                         r" lost|the server does not answer)\)\. Trials keep", out), out
         assert "run the same command again to continue parent run" in out and "Traceback" not in out, out
 
         server = mlflow_server(tmp_path, port)
