@@ -146,6 +146,7 @@ def report(
     from results.table import ReportError
 
     from .tracking import resolve_tracking_uri
+    from .ui import cells_link
 
     try:
         uri = existing_store(resolve_tracking_uri(tracking_uri))
@@ -164,7 +165,7 @@ def report(
     smoke_run = parent.data.tags.get("kd.smoke") == "true"
     try:
         text, tab, col = compose(parent.data.tags, parent.info.run_id, runs, metric, fmt.value, best_over,
-                                 paper, cost, link=_runs_link(uri, parent.info.experiment_id), axis=axis)
+                                 paper, cost, link=cells_link(uri, parent.info.experiment_id), axis=axis)
         if plot:
             from results.plot import plot as draw
 
@@ -186,21 +187,6 @@ def report(
     if plot:
         typer.echo(f"wrote {plot}", err=True)
     _browse(uri, parent.info.experiment_id)
-
-
-def _runs_link(uri: str, exp_id: str):
-    """A cell's runs in the MLflow UI (for the HTML report's links)."""
-    from urllib.parse import quote
-
-    from .ui import DEFAULT_PORT
-    from .tracking import local_store_path
-
-    base = f"http://127.0.0.1:{DEFAULT_PORT}" if local_store_path(uri) is not None else uri.rstrip("/")
-
-    def link(run_ids: tuple[str, ...]) -> str:
-        filt = f"attributes.run_id IN ({', '.join(repr(r) for r in run_ids)})"
-        return f"{base}/#/experiments/{exp_id}/runs?searchFilter={quote(filt)}&workflowType=machine_learning"
-    return link
 
 
 def _browse(uri: str, exp_id: str) -> None:

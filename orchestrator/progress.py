@@ -134,9 +134,6 @@ class Progress:
             print(line, file=self.out, flush=True)
         self.last_line = time.time()
 
-    def status_line(self) -> None:
-        self.status_block()
-
     def _redraw(self) -> None:
         if self._live is None:
             return

@@ -168,10 +168,13 @@ class _AuthEnabledNote(logging.Filter):
         return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
 
 
+_AUTH_NOTE = _AuthEnabledNote()  # one instance: addFilter skips a filter it already has
+
+
 def _init_ray(address: str | None, sweep: Sweep, file: str) -> None:
     import ray
 
-    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_AuthEnabledNote())
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_AUTH_NOTE)
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -44,11 +44,27 @@ def has_view(client, exp_id: str) -> bool:
     return VIEW_TAG in client.get_experiment(exp_id).tags
 
 
+def ui_base(tracking_uri: str) -> str:
+    """Where the store's runs are browsed: `kd-sweep ui` on this machine, or a server's own UI."""
+    return f"http://127.0.0.1:{DEFAULT_PORT}" if local_store_path(tracking_uri) is not None else tracking_uri.rstrip("/")
+
+
+def cells_link(tracking_uri: str, exp_id: str):
+    """run ids -> those runs in the MLflow UI (the HTML report links each cell to its runs)."""
+    from urllib.parse import quote
+
+    base = ui_base(tracking_uri)
+
+    def link(run_ids: tuple[str, ...]) -> str:
+        filt = f"attributes.run_id IN ({', '.join(repr(r) for r in run_ids)})"
+        return f"{base}/#/experiments/{exp_id}/runs?searchFilter={quote(filt)}&workflowType=machine_learning"
+    return link
+
+
 def browse_hint(tracking_uri: str, exp_id: str | None, view: bool = True) -> str:
     """The line `run`, `report` and `status` end with: where a person looks at the runs."""
-    if local_store_path(tracking_uri) is None:  # a server has its own UI
-        return f"browse the runs:\n  {runs_link(tracking_uri, exp_id, view)}"
-    return f"browse the runs: `kd-sweep ui`, then\n  {runs_link(f'http://127.0.0.1:{DEFAULT_PORT}', exp_id, view)}"
+    how = "browse the runs:" if local_store_path(tracking_uri) is None else "browse the runs: `kd-sweep ui`, then"
+    return f"{how}\n  {runs_link(ui_base(tracking_uri), exp_id, view)}"
 
 
 def _port_taken(port: int) -> bool:

@@ -2,6 +2,7 @@
 import io
 import json
 import os
+import shutil
 
 import mlflow
 import pandas as pd
@@ -115,7 +116,7 @@ def test_the_printed_link_opens_the_sweeps_runs_in_kd_sweep_ui(quickstart):
         assert first.startswith("MLflow UI on sqlite:///") and first.strip().endswith(f"127.0.0.1:{port}{link}")
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as page:
             assert page.status == 200 and b"<html" in page.read().lower()
-        if shutil_which("chromium"):  # what a person sees at the link: the trials by name, not a collapsed parent
+        if shutil.which("chromium"):  # what a person sees at the link: the trials by name, not a collapsed parent
             dom = browse(f"http://127.0.0.1:{port}{link}", "mlflow_link")
             assert "λ=0.5 · s1" in dom and "scratch · mlp-64 · s0" in dom, dom[-2000:]
     finally:
@@ -201,7 +202,7 @@ def test_the_html_report_is_one_page_with_the_table_the_plot_and_links_to_each_c
     png = re.search(r'src="data:image/png;base64,([^"]+)"', page).group(1)
     assert base64.b64decode(png)[:8] == b"\x89PNG\r\n\x1a\n"  # the plot, inside the page
     assert "Cost per cell" in page and "<script" not in page and "http" not in page.split("<a href")[0]
-    if shutil_which("chromium"):
+    if shutil.which("chromium"):
         dom = browse((cwd / "site" / "report.html").as_uri(), "html_report")
         assert "mlp-256-256/mlp-64" in dom and "lambda=0.5" in dom
 
@@ -339,9 +340,3 @@ def browse(url: str, shot: str) -> str:
     subprocess.run([*args, f"--screenshot={png}", url], capture_output=True, timeout=120)
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     return subprocess.run([*args, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
-
-
-def shutil_which(name: str) -> str | None:
-    import shutil
-
-    return shutil.which(name)
