@@ -27,6 +27,19 @@ def test_loss_equals_hand_computation(lam, beta):
     assert terms["ss"].item() == pytest.approx(beta * lam * SS, rel=1e-6)
 
 
+@pytest.mark.parametrize("lam", [0.0, 0.5])
+def test_raw_terms_are_the_unweighted_values_whatever_the_weights(lam):
+    """What a curve compares across a sweep over lambda: the raw term does not move with the weight
+    (at lambda 0 the weighted ss is 0 but the raw one still says how far apart the spaces are)."""
+    terms = coss(**{"lambda": lam, "beta": 50.0, "scale": 2.0, "lambda_ce": 0.5})(
+        step(S, T, y=torch.tensor([0, 1]), s_logits=torch.tensor([[0.0, 0.0], [0.0, 0.0]])))
+    assert terms.raw["ss"].item() == pytest.approx(SS, rel=1e-6)
+    assert terms.raw["co"].item() == pytest.approx(CO, rel=1e-6)
+    assert terms.raw["ce"].item() == pytest.approx(math.log(2), rel=1e-6)
+    assert terms["ss"].item() == pytest.approx(2 * 50 * lam * SS, rel=1e-6)
+    assert terms["ce"].item() == pytest.approx(0.5 * math.log(2), rel=1e-6)
+
+
 def test_cifar_default_is_plain_cosine_times_50_and_imagenet_uses_temperatures():
     cifar = coss()(step(S, T))
     assert sum(cifar.values()).item() == pytest.approx(50 * (CO + SS), rel=1e-6)

@@ -61,6 +61,22 @@ def test_quickstart_trials_ran_and_logged(quickstart):
     assert "all trials finished" in res.stdout
 
 
+def test_each_loss_term_is_logged_weighted_and_raw(quickstart):
+    """The weighted term is what the loss adds; the raw one is comparable across lambda. Read back from
+    the store the quickstart wrote: at lambda 0 the weighted ss is 0 and the raw ss is not."""
+    cwd, res = quickstart
+    uri = f"sqlite:///{cwd}/mlflow.db"
+    parent = quickstart_parent(uri, res).info.run_id
+    students = [r for r in runs(uri) if r.data.tags.get("mlflow.parentRunId") == parent
+                and r.data.tags["kd.role"] == "student"]
+    assert len(students) == 6
+    for r in students:
+        lam, m = json.loads(r.data.tags["kd.cell"])["lambda"], r.data.metrics
+        assert m["train/raw/ss"] < 0 and m["train/raw/co"] < 0  # -mean cosine, beta 1
+        assert m["train/ss"] == pytest.approx(lam * m["train/raw/ss"], rel=1e-5, abs=1e-7)
+        assert m["train/co"] == pytest.approx(m["train/raw/co"], rel=1e-5)
+
+
 def test_runs_are_named_described_and_hold_only_what_decides_their_result(quickstart):
     """What a person sees of each run in the MLflow UI: a name that reads as the table does, a one-line
     description, params that are the knobs (not hashes, paths or resources: those are tags), and the

@@ -485,7 +485,8 @@ def train_epoch(members: list[Member], teacher: Backbone | None, data: ImageData
                 terms, finite = _step(m, x, y, idx, t_out, run_teacher if teacher is not None else None, epoch,
                                       autocast)
             if not finite:
-                bad = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items() if k != "loss")
+                bad = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items()
+                                if k != "loss" and not k.startswith("raw/"))
                 m.fail(f"loss is not finite at epoch {epoch}, step {steps[i] + 1} ({bad})", epoch)
                 continue
             for k, v in terms.items():
@@ -517,9 +518,11 @@ def _step(m: Member, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, t_out:
 
     with autocast():
         step = Step(x, y, idx, run_student(x), t_out, run_student, run_teacher, epoch)
-        terms = {k: v.float() for k, v in m.method(step).items()}
+        weighted = m.method(step)
+        terms = {k: v.float() for k, v in weighted.items()}
     loss = sum(terms.values())
-    out = {**{k: v.detach() for k, v in terms.items()}, "loss": loss.detach()}
+    out = {**{k: v.detach() for k, v in terms.items()},
+           **{f"raw/{k}": v.detach().float() for k, v in weighted.raw.items()}, "loss": loss.detach()}
     if not torch.isfinite(loss):
         return out, False
     m.opt.zero_grad(set_to_none=True)

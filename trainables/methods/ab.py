@@ -24,7 +24,7 @@ from torch import nn
 
 from ..registry import METHODS
 from .at import as_map, check_pairs, map_shape, stage_pairs
-from .base import DataInfo, Knobs, Method, ModelInfo, Step
+from .base import DataInfo, Knobs, Method, ModelInfo, Step, Term, weighted
 from .fitnet import ConvReg
 
 if TYPE_CHECKING:
@@ -115,8 +115,8 @@ class AB(Method):
         t = [as_map(f.detach()) for _, f in pairs]
         return ab_loss(s, t, self.knobs.margin)
 
-    def distill(self, step: Step) -> dict[str, torch.Tensor]:
-        return {"ab": self.knobs.weight * self.loss(step.s.maps, step.t.maps)}
+    def distill(self, step: Step) -> dict[str, Term]:
+        return {"ab": weighted(self.knobs.weight, self.loss(step.s.maps, step.t.maps))}
 
     def pretrain(self, ctx: "Context") -> dict[str, float]:
         if self.knobs.init_epochs == 0:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ..registry import METHODS
-from .base import DataInfo, Knobs, Method, ModelInfo, Step
+from .base import DataInfo, Knobs, Method, ModelInfo, Step, Term, weighted
 
 T = TypeVar("T")
 
@@ -105,7 +105,7 @@ class AT(Method):
         super().__init__(knobs, student, teacher, data)
         check_pairs("at", student, teacher)
 
-    def distill(self, step: Step) -> dict[str, torch.Tensor]:
+    def distill(self, step: Step) -> dict[str, Term]:
         pairs = stage_pairs(step.s.maps, step.t.maps)
         loss = sum(at_loss(s, t.detach(), self.knobs.p) for s, t in pairs)
-        return {"at": self.knobs.weight * loss}
+        return {"at": weighted(self.knobs.weight, loss)}

@@ -41,7 +41,7 @@ from pydantic import Field
 from torch import nn
 
 from ..registry import METHODS
-from .base import DataInfo, Knobs, Method, ModelInfo, Step
+from .base import DataInfo, Knobs, Method, ModelInfo, Step, Term, weighted
 
 if TYPE_CHECKING:
     from ..trial import Context
@@ -145,7 +145,7 @@ class Autoencoder(Method):
             x = 2 * (x * std + mean) - 1
         return x.flatten(1)
 
-    def distill(self, step: Step) -> dict[str, torch.Tensor]:
+    def distill(self, step: Step) -> dict[str, Term]:
         x = step.x
         if self.decoder is None:
             self.build_decoder(x.shape[1:]).to(x.device)
@@ -153,4 +153,4 @@ class Autoencoder(Method):
             raise ValueError(f"autoencoder: the decoder was built for inputs {self.input_shape}, the batch has"
                              f" {tuple(x.shape[1:])}")
         recon = self.decoder(step.s.feature)
-        return {"recon": self.knobs.weight * F.mse_loss(recon, self.target(x).to(recon.dtype))}
+        return {"recon": weighted(self.knobs.weight, F.mse_loss(recon, self.target(x).to(recon.dtype)))}

@@ -4,13 +4,14 @@ A method is one file: a `Method` subclass with a `Knobs` model, registered in ME
 calls, in order: `__init__` (build learnable modules: projectors, regressors...), `setup(ctx)` once
 per trial (neighbour pools, anchor sets, memory banks), `pretrain(ctx)` once before training (FT's
 paraphraser, AB/FSP's initialisation), then per step `batch_indices` and `forward(step)`.
-`distill` returns named terms (each logged on its own); the base applies `scale` and adds `ce` and
-`kd`. Modules a method adds are its attributes: they train with the student and are dropped after.
+`distill` returns named terms, each `weighted(weight, raw)`; the base applies `scale`, adds `ce` and
+`kd`, and the trainer logs each term weighted (`train/<name>`, what the loss adds up) and raw
+(`train/raw/<name>`, comparable across a sweep over its weight). Modules a method adds are its attributes: they train with the student and are dropped after.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +58,29 @@ class Step:
     student: Callable[[torch.Tensor], Output]           # extra forwards, with gradient (anchors...)
     teacher: Callable[[torch.Tensor], Output] | None    # extra forwards, no gradient
     epoch: int
+
+
+class Term(NamedTuple):
+    weight: float
+    raw: torch.Tensor
+
+
+def weighted(weight: float, raw: torch.Tensor) -> Term:
+    """A loss term as its weight and its unweighted value: the loss adds weight * raw, and both are
+    logged, so a curve read across a sweep over the weight compares like with like."""
+    return Term(float(weight), raw)
+
+
+class Terms(dict):
+    """The weighted terms (name -> tensor, what the loss sums), with the unweighted ones in `raw`."""
+
+    def __init__(self):
+        super().__init__()
+        self.raw: dict[str, torch.Tensor] = {}
+
+    def add(self, name: str, weight: float, raw: torch.Tensor) -> None:
+        self[name] = weight * raw
+        self.raw[name] = raw
 
 
 class Method(nn.Module):
@@ -109,16 +133,18 @@ class Method(nn.Module):
         """The dataset indices that make up a step's batch, given the step's sampled indices."""
         return idx
 
-    def distill(self, step: Step) -> dict[str, torch.Tensor]:
+    def distill(self, step: Step) -> dict[str, Term]:
         raise NotImplementedError
 
-    def forward(self, step: Step) -> dict[str, torch.Tensor]:
+    def forward(self, step: Step) -> Terms:
         k = self.knobs
-        terms = {name: k.scale * v for name, v in self.distill(step).items()}
+        terms = Terms()
+        for name, term in self.distill(step).items():
+            terms.add(name, k.scale * term.weight, term.raw)
         if k.lambda_ce > 0:
-            terms["ce"] = k.lambda_ce * F.cross_entropy(step.s.logits, step.y)
+            terms.add("ce", k.lambda_ce, F.cross_entropy(step.s.logits, step.y))
         if k.lambda_kd > 0:
-            terms["kd"] = k.lambda_kd * kd_loss(step.s.logits, step.t.logits, k.kd_T)
+            terms.add("kd", k.lambda_kd, kd_loss(step.s.logits, step.t.logits, k.kd_T))
         return terms
 
 

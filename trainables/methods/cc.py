@@ -29,7 +29,7 @@ from pydantic import Field
 from torch import nn
 
 from ..registry import METHODS
-from .base import DataInfo, Knobs, Method, ModelInfo, Step
+from .base import DataInfo, Knobs, Method, ModelInfo, Step, Term, weighted
 
 
 class CCKnobs(Knobs):
@@ -68,12 +68,12 @@ class CC(Method):
         self.embed_s = nn.Linear(student.feature_dim, knobs.embed_dim)
         self.embed_t = nn.Linear(teacher.feature_dim, knobs.embed_dim)
 
-    def distill(self, step: Step) -> dict[str, torch.Tensor]:
+    def distill(self, step: Step) -> dict[str, Term]:
         k = self.knobs
         e_s, e_t = self.embed_s(step.s.feature), self.embed_t(step.t.feature.detach())
         if k.form == "repdistiller":
-            return {"cc": k.weight * repdistiller_correlation(e_s, e_t)}
+            return {"cc": weighted(k.weight, repdistiller_correlation(e_s, e_t))}
         c_s = correlation_matrix(e_s, k.rbf_gamma, k.taylor_order)
         c_t = correlation_matrix(e_t, k.rbf_gamma, k.taylor_order)
         b = c_s.shape[0]
-        return {"cc": k.weight * (c_t - c_s).pow(2).sum() / (b * b)}
+        return {"cc": weighted(k.weight, (c_t - c_s).pow(2).sum() / (b * b))}

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..neighbours import neighbour_pools, sample_neighbours
 from ..registry import METHODS
-from .base import DataInfo, Knobs, Method, ModelInfo, Step
+from .base import DataInfo, Knobs, Method, ModelInfo, Step, Term, weighted
 
 EPS = 1e-8
 
@@ -90,8 +90,8 @@ class CoSS(Method):
             return idx
         return sample_neighbours(self.pools, idx, self.knobs.k, gen)
 
-    def distill(self, step: Step) -> dict[str, torch.Tensor]:
+    def distill(self, step: Step) -> dict[str, Term]:
         a_s, z_t = self.proj(step.s.feature), step.t.feature
         co = similarity_term(z_t, a_s, self.tau_t, self.tau_s)
         ss = similarity_term(z_t.T, a_s.T, self.tau_t, self.tau_s)
-        return {"co": self.beta * self.knobs.lambda_co * co, "ss": self.beta * self.knobs.lam * ss}
+        return {"co": weighted(self.beta * self.knobs.lambda_co, co), "ss": weighted(self.beta * self.knobs.lam, ss)}

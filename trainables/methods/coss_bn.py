@@ -13,7 +13,7 @@ from pydantic import Field
 from torch import nn
 
 from ..registry import METHODS
-from .base import DataInfo, Knobs, Method, ModelInfo, Step
+from .base import DataInfo, Knobs, Method, ModelInfo, Step, Term, weighted
 
 
 class CoSSBNKnobs(Knobs):
@@ -30,6 +30,6 @@ class CoSSBN(Method):
         self.proj = nn.Linear(d_s, d_t) if d_s != d_t else nn.Identity()
         self.bn = nn.BatchNorm1d(d_t, affine=True)
 
-    def distill(self, step: Step) -> dict[str, torch.Tensor]:
+    def distill(self, step: Step) -> dict[str, Term]:
         z = self.bn(self.proj(step.s.feature))
-        return {"bn": self.knobs.weight * F.mse_loss(z, step.t.feature.detach())}
+        return {"bn": weighted(self.knobs.weight, F.mse_loss(z, step.t.feature.detach()))}

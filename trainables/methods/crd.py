@@ -19,7 +19,7 @@ from pydantic import Field
 from torch import nn
 
 from ..registry import METHODS
-from .base import DataInfo, Knobs, Method, ModelInfo, Step
+from .base import DataInfo, Knobs, Method, ModelInfo, Step, Term, weighted
 
 NCE_EPS = 1e-7   # the CRD code's eps in Eq. 18
 # Score against the whole bank (one matmul, then gather) when it is at most this many times the
@@ -103,7 +103,7 @@ class CRD(Method):
             z.fill_(out.detach().mean().item() * self.n_data)
         return out / z
 
-    def distill(self, step: Step) -> dict[str, torch.Tensor]:
+    def distill(self, step: Step) -> dict[str, Term]:
         k = self.knobs
         s = self.embed_s(step.s.feature)
         t = self.embed_t(step.t.feature.detach())  # embed_t learns; the teacher does not
@@ -115,5 +115,5 @@ class CRD(Method):
         with torch.no_grad():  # out of place: the old banks may be saved for the backward pass
             self.memory_s = momentum_update(self.memory_s, pos, s, k.nce_m)
             self.memory_t = momentum_update(self.memory_t, pos, t, k.nce_m)
-        return {"crd_s": k.weight * nce_loss(out_s, self.n_data),
-                "crd_t": k.weight * nce_loss(out_t, self.n_data)}
+        return {"crd_s": weighted(k.weight, nce_loss(out_s, self.n_data)),
+                "crd_t": weighted(k.weight, nce_loss(out_t, self.n_data))}

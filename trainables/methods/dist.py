@@ -21,7 +21,7 @@ from pydantic import Field
 from torch import nn
 
 from ..registry import METHODS
-from .base import DataInfo, Knobs, Method, ModelInfo, Step
+from .base import DataInfo, Knobs, Method, ModelInfo, Step, Term, weighted
 
 EPS = 1e-8
 
@@ -63,7 +63,7 @@ class DIST(Method):
     def uses_teacher_logits(cls, knobs: DISTKnobs) -> bool:
         return knobs.target == "logits" or super().uses_teacher_logits(knobs)
 
-    def distill(self, step: Step) -> dict[str, torch.Tensor]:
+    def distill(self, step: Step) -> dict[str, Term]:
         k = self.knobs
         if k.target == "logits":
             s = (step.s.logits / k.T).softmax(1)
@@ -73,4 +73,4 @@ class DIST(Method):
             s, t = self.proj(step.s.feature), step.t.feature.detach()
             factor = k.weight
         inter, intra = relation_terms(s, t)
-        return {"inter": factor * k.beta * inter, "intra": factor * k.gamma * intra}
+        return {"inter": weighted(factor * k.beta, inter), "intra": weighted(factor * k.gamma, intra)}

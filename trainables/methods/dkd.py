@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ..registry import METHODS
-from .base import Knobs, Method, Step
+from .base import Knobs, Method, Step, Term, weighted
 
 
 class DKDKnobs(Knobs):
@@ -53,8 +53,8 @@ class DKD(Method):
     def uses_labels(cls, knobs: DKDKnobs) -> bool:
         return True
 
-    def distill(self, step: Step) -> dict[str, torch.Tensor]:
+    def distill(self, step: Step) -> dict[str, Term]:
         k = self.knobs
         tckd, nckd = dkd_terms(step.s.logits, step.t.logits.detach(), step.y, k.T)
         w = k.weight * (min(step.epoch / k.warmup, 1.0) if k.warmup > 0 else 1.0)
-        return {"tckd": w * k.alpha * tckd, "nckd": w * k.beta * nckd}
+        return {"tckd": weighted(w * k.alpha, tckd), "nckd": weighted(w * k.beta, nckd)}

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..registry import METHODS
 from .at import as_map, map_shape
-from .base import DataInfo, Knobs, Method, ModelInfo, Step
+from .base import DataInfo, Knobs, Method, ModelInfo, Step, Term, weighted
 
 
 class ConvReg(nn.Module):
@@ -77,7 +77,7 @@ class FitNet(Method):
         self.t_layer = hint_index(knobs, teacher, "teacher")
         self.regressor = ConvReg(student.map_shapes[self.s_layer], teacher.map_shapes[self.t_layer])
 
-    def distill(self, step: Step) -> dict[str, torch.Tensor]:
+    def distill(self, step: Step) -> dict[str, Term]:
         s = self.regressor(step.s.maps[self.s_layer])
         t = as_map(step.t.maps[self.t_layer].detach())
-        return {"fitnet": self.knobs.weight * F.mse_loss(s, t)}
+        return {"fitnet": weighted(self.knobs.weight, F.mse_loss(s, t))}

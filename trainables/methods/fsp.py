@@ -29,7 +29,7 @@ from torch import nn
 from ..registry import METHODS
 from .ab import match_maps_stage
 from .at import as_map, map_shape, match_size
-from .base import DataInfo, Knobs, Method, ModelInfo, Step
+from .base import DataInfo, Knobs, Method, ModelInfo, Step, Term, weighted
 
 if TYPE_CHECKING:
     from ..trial import Context
@@ -81,8 +81,8 @@ class FSP(Method):
         t = [f.detach() for f in t_maps[-self.n:]]
         return fsp_loss(s, t)
 
-    def distill(self, step: Step) -> dict[str, torch.Tensor]:
-        return {"fsp": self.knobs.weight * self.loss(step.s.maps, step.t.maps)}
+    def distill(self, step: Step) -> dict[str, Term]:
+        return {"fsp": weighted(self.knobs.weight, self.loss(step.s.maps, step.t.maps))}
 
     def pretrain(self, ctx: "Context") -> dict[str, float]:
         if self.knobs.init_epochs == 0:

@@ -26,7 +26,7 @@ from torch import nn
 from ..registry import METHODS
 from .ab import run_stage
 from .at import as_map, map_shape, match_size
-from .base import DataInfo, Knobs, Method, ModelInfo, Step
+from .base import DataInfo, Knobs, Method, ModelInfo, Step, Term, weighted
 
 if TYPE_CHECKING:
     from ..trial import Context
@@ -95,11 +95,11 @@ class FT(Method):
         self.paraphraser = Paraphraser(c_t, k).requires_grad_(False)  # trained only in `pretrain`
         self.translator = translator(c_s, k)
 
-    def distill(self, step: Step) -> dict[str, torch.Tensor]:
+    def distill(self, step: Step) -> dict[str, Term]:
         with torch.no_grad():
             f_t = self.paraphraser.encoder(as_map(step.t.maps[-1]))
         f_s = self.translator(as_map(step.s.maps[-1]))
-        return {"ft": self.knobs.weight * ft_loss(f_s, f_t, self.knobs.factor)}
+        return {"ft": weighted(self.knobs.weight, ft_loss(f_s, f_t, self.knobs.factor))}
 
     def pretrain(self, ctx: "Context") -> dict[str, float]:
         if self.knobs.paraphraser_epochs == 0:

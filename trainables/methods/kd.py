@@ -7,11 +7,10 @@ common `lambda_kd` term (which, for this method, would only add a second copy of
 """
 from __future__ import annotations
 
-import torch
 from pydantic import Field
 
 from ..registry import METHODS
-from .base import Knobs, Method, Step, kd_loss
+from .base import Knobs, Method, Step, Term, kd_loss, weighted
 
 
 class KDKnobs(Knobs):
@@ -25,6 +24,6 @@ class KD(Method):
     Knobs = KDKnobs
     teacher_logits = True
 
-    def distill(self, step: Step) -> dict[str, torch.Tensor]:
+    def distill(self, step: Step) -> dict[str, Term]:
         k = self.knobs
-        return {"kl": k.weight * kd_loss(step.s.logits, step.t.logits.detach(), k.T)}
+        return {"kl": weighted(k.weight, kd_loss(step.s.logits, step.t.logits.detach(), k.T))}

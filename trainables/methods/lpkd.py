@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ..registry import METHODS
-from .base import Knobs, Method, Step
+from .base import Knobs, Method, Step, Term, weighted
 
 EPS = 1e-12
 
@@ -94,9 +94,9 @@ class LPKD(Method):
     def uses_teacher_logits(cls, knobs: LPKDKnobs) -> bool:
         return knobs.soft_weight > 0 or super().uses_teacher_logits(knobs)
 
-    def distill(self, step: Step) -> dict[str, torch.Tensor]:
+    def distill(self, step: Step) -> dict[str, Term]:
         k = self.knobs
-        terms = {"lp": k.weight * lp_loss(step.s.feature, step.t.feature.detach(), k.k, k.sigma2, k.reduction)}
+        terms = {"lp": weighted(k.weight, lp_loss(step.s.feature, step.t.feature.detach(), k.k, k.sigma2, k.reduction))}
         if k.soft_weight > 0:
-            terms["soft"] = k.soft_weight * soft_cross_entropy(step.s.logits, step.t.logits.detach(), k.T)
+            terms["soft"] = weighted(k.soft_weight, soft_cross_entropy(step.s.logits, step.t.logits.detach(), k.T))
         return terms

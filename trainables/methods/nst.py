@@ -22,7 +22,7 @@ from pydantic import Field
 
 from ..registry import METHODS
 from .at import as_map, check_pairs, match_size, stage_pairs
-from .base import DataInfo, Knobs, Method, ModelInfo, Step
+from .base import DataInfo, Knobs, Method, ModelInfo, Step, Term, weighted
 
 
 class NSTKnobs(Knobs):
@@ -50,6 +50,6 @@ class NST(Method):
         super().__init__(knobs, student, teacher, data)
         check_pairs("nst", student, teacher)
 
-    def distill(self, step: Step) -> dict[str, torch.Tensor]:
+    def distill(self, step: Step) -> dict[str, Term]:
         pairs = stage_pairs(step.s.maps, step.t.maps)
-        return {"nst": self.knobs.weight * sum(nst_loss(s, t.detach()) for s, t in pairs)}
+        return {"nst": weighted(self.knobs.weight, sum(nst_loss(s, t.detach()) for s, t in pairs))}

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ..registry import METHODS
-from .base import Knobs, Method, Step
+from .base import Knobs, Method, Step, Term, weighted
 
 EPS = 1e-7
 
@@ -37,5 +37,5 @@ def pkt_loss(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 class PKT(Method):
     Knobs = PKTKnobs
 
-    def distill(self, step: Step) -> dict[str, torch.Tensor]:
-        return {"pkt": self.knobs.weight * pkt_loss(step.s.feature, step.t.feature.detach())}
+    def distill(self, step: Step) -> dict[str, Term]:
+        return {"pkt": weighted(self.knobs.weight, pkt_loss(step.s.feature, step.t.feature.detach()))}

@@ -15,7 +15,7 @@ from pydantic import Field
 from torch import nn
 
 from ..registry import METHODS
-from .base import DataInfo, Knobs, Method, ModelInfo, Step, kd_loss
+from .base import DataInfo, Knobs, Method, ModelInfo, Step, Term, kd_loss, weighted
 
 MLP_HIDDEN = 1024    # the CIFAR-100 projector's hidden width (paper, "Classification on CIFAR100")
 BN_EPS = 1e-4        # "we removed the affine parameters and set eps = 0.0001"
@@ -88,7 +88,7 @@ class Recipe(Method):
         self.proj = make_projector(knobs.projector, student.feature_dim, d_t)
         self.norm = make_norm(knobs.norm, d_t)
 
-    def distill(self, step: Step) -> dict[str, torch.Tensor]:
+    def distill(self, step: Step) -> dict[str, Term]:
         k = self.knobs
         a = self.norm(self.proj(step.s.feature))
         b = self.norm(step.t.feature.detach())  # the teacher is a target only
@@ -96,7 +96,7 @@ class Recipe(Method):
             rep = logsum_distance(a, b, k.alpha)
         else:
             rep = F.mse_loss(a, b)
-        terms = {"rep": k.weight * rep}
+        terms = {"rep": weighted(k.weight, rep)}
         if k.lambda_kl > 0:
-            terms["kl"] = k.lambda_kl * kd_loss(step.s.logits, step.t.logits.detach(), 1.0)
+            terms["kl"] = weighted(k.lambda_kl, kd_loss(step.s.logits, step.t.logits.detach(), 1.0))
         return terms

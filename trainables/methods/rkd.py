@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ..registry import METHODS
-from .base import Knobs, Method, Step
+from .base import Knobs, Method, Step, Term, weighted
 
 EPS = 1e-12
 
@@ -54,7 +54,7 @@ def rkd_terms(s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 class RKD(Method):
     Knobs = RKDKnobs
 
-    def distill(self, step: Step) -> dict[str, torch.Tensor]:
+    def distill(self, step: Step) -> dict[str, Term]:
         k = self.knobs
         dist, angle = rkd_terms(step.s.feature, step.t.feature.detach())
-        return {"dist": k.weight * k.w_dist * dist, "angle": k.weight * k.w_angle * angle}
+        return {"dist": weighted(k.weight * k.w_dist, dist), "angle": weighted(k.weight * k.w_angle, angle)}

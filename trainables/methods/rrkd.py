@@ -24,7 +24,7 @@ from pydantic import Field
 
 from ..evaluate import extract
 from ..registry import METHODS
-from .base import DataInfo, Knobs, Method, ModelInfo, Step
+from .base import DataInfo, Knobs, Method, ModelInfo, Step, Term, weighted
 
 if TYPE_CHECKING:
     from ..trial import Context
@@ -172,8 +172,8 @@ class RRKD(Method):
             raise RuntimeError(f"rrkd anchors={self.knobs.anchors!r}: setup(ctx) has not chosen the anchors")
         return step.student(self.anchor_x).feature, step.teacher(self.anchor_x).feature.detach()
 
-    def distill(self, step: Step) -> dict[str, torch.Tensor]:
+    def distill(self, step: Step) -> dict[str, Term]:
         a_s, a_t = self.anchor_features(step)
         v_s = relative(step.s.feature, a_s)
         v_t = relative(step.t.feature.detach(), a_t)  # the teacher is a target only
-        return {"rrkd": self.knobs.weight * rrkd_loss(v_s, v_t, self.knobs.distance)}
+        return {"rrkd": weighted(self.knobs.weight, rrkd_loss(v_s, v_t, self.knobs.distance))}

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ..registry import METHODS
-from .base import Knobs, Method, Step
+from .base import Knobs, Method, Step, Term, weighted
 
 
 class SPKnobs(Knobs):
@@ -46,9 +46,9 @@ class SP(Method):
     Knobs = SPKnobs
     needs_maps = True
 
-    def distill(self, step: Step) -> dict[str, torch.Tensor]:
+    def distill(self, step: Step) -> dict[str, Term]:
         if self.knobs.at == "pooled":
             f_s, f_t = step.s.feature, step.t.feature
         else:
             f_s, f_t = step.s.maps[-1], step.t.maps[-1]
-        return {"sp": self.knobs.weight * sp_loss(f_s, f_t.detach())}
+        return {"sp": weighted(self.knobs.weight, sp_loss(f_s, f_t.detach()))}

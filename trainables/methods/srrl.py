@@ -25,7 +25,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from ..registry import METHODS
-from .base import DataInfo, Knobs, Method, ModelInfo, Step
+from .base import DataInfo, Knobs, Method, ModelInfo, Step, Term, weighted
 
 if TYPE_CHECKING:
     from ..trial import Context
@@ -92,13 +92,13 @@ class SRRL(Method):
         if fc.bias is not None:
             self.head_bias.copy_(fc.bias.detach())
 
-    def distill(self, step: Step) -> dict[str, torch.Tensor]:
+    def distill(self, step: Step) -> dict[str, Term]:
         k = self.knobs
         f = self.connector(step.s.feature)
         terms = {}
         if k.lambda_fm > 0:
-            terms["fm"] = k.weight * k.lambda_fm * F.mse_loss(f, step.t.feature.detach())
+            terms["fm"] = weighted(k.weight * k.lambda_fm, F.mse_loss(f, step.t.feature.detach()))
         if self.use_sr:
             sr = F.mse_loss(F.linear(f, self.head_weight, self.head_bias), step.t.logits.detach())
-            terms["sr"] = k.weight * k.lambda_sr * sr
+            terms["sr"] = weighted(k.weight * k.lambda_sr, sr)
         return terms

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..registry import METHODS
 from .at import as_map, check_pairs, map_shape, match_size, stage_pairs
-from .base import DataInfo, Knobs, Method, ModelInfo, Step
+from .base import DataInfo, Knobs, Method, ModelInfo, Step, Term, weighted
 
 EPS = 1e-5  # the variance floor of the authors' code
 
@@ -64,10 +64,10 @@ class VID(Method):
     def variances(self) -> list[torch.Tensor]:
         return [F.softplus(a) + EPS for a in self.log_scales]
 
-    def distill(self, step: Step) -> dict[str, torch.Tensor]:
+    def distill(self, step: Step) -> dict[str, Term]:
         loss = 0.0
         pairs = stage_pairs(step.s.maps, step.t.maps)
         for (s, t), reg, var in zip(pairs, self.regressors, self.variances()):
             s, t = match_size(as_map(s), as_map(t.detach()))
             loss = loss + gaussian_nll(reg(s), t, var)
-        return {"vid": self.knobs.weight * loss}
+        return {"vid": weighted(self.knobs.weight, loss)}
