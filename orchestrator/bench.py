@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from .flops import matmul_peak, training_flops
+
 PAIRS = [("resnet32x4", "resnet8x4"), ("resnet56", "resnet20")]
 BATCH = 64
 WARMUP = 5  # steps plain_loop.py leaves out of its rate
@@ -68,37 +70,8 @@ def plain_loop_rate(script: Path, root: str, teacher: str, student: str, steps: 
 
 
 def flops_per_image(teacher: str, student: str, device: str) -> float:
-    """Teacher forward + student forward and backward, per image (torch's FLOP counter)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from trainables.models import build_model
-
-    t = build_model(teacher, 100, 3, 32).to(device).eval()
-    s = build_model(student, 100, 3, 32).to(device).train()
-    x = torch.randn(2, 3, 32, 32, device=device)  # 2: BatchNorm in training mode needs a batch
-    with FlopCounterMode(display=False) as fc:
-        with torch.no_grad():
-            t(x)
-        s(x).feature.sum().backward()
-    return fc.get_total_flops() / 2
-
-
-def matmul_peak(device: str, n: int = 2048, reps: int = 10, tries: int = 5) -> float:
-    """FLOP/s of an n x n fp32 matmul: the best of `tries` timings (a peak, not an average)."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-    a @ b
-    best = 0.0
-    for _ in range(tries):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        if device == "cuda":
-            torch.cuda.synchronize()
-        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t0))
-    return best
+    """Teacher forward + student forward and backward, per CIFAR-100 image."""
+    return training_flops((student, {}), (teacher, {}), 100, 3, 32, device)
 
 
 BARE = """\

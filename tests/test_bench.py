@@ -10,6 +10,17 @@ def test_flops_per_image_match_the_reference_loop(teacher, student, gflops):
     assert flops_per_image(teacher, student, "cpu") / 1e9 == pytest.approx(gflops, rel=0.02)
 
 
+def test_training_flops_of_an_mlp_equal_the_hand_count():
+    """digits-shaped input (1x8x8 = 64): student 64->16 (+ head 16->10), teacher 64->32 (+ head 32->10).
+    Forward: 2*64*16 + 2*16*10 = 2368; the backward of the feature reaches the first layer's weight only
+    (the input needs no gradient): 2*64*16 = 2048. Teacher forward: 2*64*32 + 2*32*10 = 4736."""
+    from orchestrator.flops import training_flops
+
+    student, teacher = ("mlp", {"hidden": [16]}), ("mlp", {"hidden": [32]})
+    assert training_flops(student, None, 10, 1, 8) == 2368 + 2048
+    assert training_flops(student, teacher, 10, 1, 8) == 2368 + 2048 + 4736
+
+
 def test_the_driver_and_the_trial_actor_start_without_torchvision():
     """Every `kd-sweep` command and every Ray trial actor imports these; torchvision (~2 s on 2 cores)
     is imported only where a torchvision dataset or model is built."""

@@ -60,6 +60,34 @@ def test_a_dry_run_creates_no_store(tmp_path, monkeypatch):
     assert "trial" in res.output and list(tmp_path.iterdir()) == []
 
 
+def test_a_dry_run_with_no_earlier_run_estimates_from_the_models_flops(tmp_path, monkeypatch):
+    """No store yet: every trial is costed from its backbones' FLOPs x images x epochs, so doubling the
+    epochs doubles the arithmetic; the lines keep to 100 columns."""
+    import re
+
+    from .conftest import SWEEPS
+
+    monkeypatch.chdir(tmp_path)
+
+    def dry(epochs: int) -> tuple[str, float]:
+        res = CliRunner().invoke(app, ["run", str(SWEEPS / "quickstart.yaml"), "--dry-run", "--tracking-uri",
+                                       f"sqlite:///{tmp_path}/mlflow.db", "--set", f"train.epochs={epochs}",
+                                       "--set", f"teacher_train.epochs={epochs}"])
+        assert res.exit_code == 0, res.output
+        assert all(len(line) <= 100 for line in res.output.splitlines()), res.output
+        text = " ".join(res.output.split())
+        assert "0 finished earlier; 9 not run before (1 teacher(s) to train)" in text
+        assert "per image (teacher forward, student forward and backward" in text
+        assert "x 1438 images x epochs" in text and "half this machine's measured fp32 matmul peak" in text
+        n, unit = re.search(r"epochs = ([\d.]+) (\w)FLOP", text).groups()
+        return text, float(n) * {"k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}[unit]
+
+    _, one = dry(10)
+    _, two = dry(20)
+    assert two == pytest.approx(2 * one, rel=2e-3)
+    assert list(tmp_path.iterdir()) == []
+
+
 class _FailingClient:
     """An MLflow client whose store fails as a read-only sqlite file does, counting the calls made."""
 
