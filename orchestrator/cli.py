@@ -123,7 +123,7 @@ def report(
                                          " a search sweep's default is its own metric"),
     fmt: Fmt = typer.Option(Fmt.md, "--format", metavar="FORMAT",
                             help="md, latex (booktabs), csv, or html (one self-contained page: the table, its"
-                                 " notes, the plot, the cost with --cost, each cell linked to its MLflow runs)"),
+                                 " notes, the plot, the cost, each cell linked to its MLflow runs)"),
     out: Optional[str] = typer.Option(None, "--out", "-o", metavar="FILE",
                                       help="write the report to FILE (folders are made) instead of stdout"),
     best_over: Optional[str] = typer.Option(

@@ -1,6 +1,6 @@
 """`kd-sweep report --format html`: one self-contained page (no file beside it, nothing fetched): the
 table with its marks, the published numbers and verdicts with `--paper`, the notes, the plot as an
-embedded PNG, the cost with `--cost`, and each cell linked to its runs in the MLflow UI."""
+embedded PNG, the cost, and each cell linked to its runs in the MLflow UI."""
 from __future__ import annotations
 
 import base64

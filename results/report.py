@@ -64,15 +64,16 @@ def compose(tags: dict, run_id: str, runs: pd.DataFrame, metric: str = "linear_t
             frame = cost_columns(frame, table, runs)
         return frame.to_csv(index=False), table, col
     if fmt == "html":
-        return html_page(tags, run_id, runs, table, col, cost, link, axis), table, col
+        return html_page(tags, run_id, runs, table, col, link, axis), table, col
     text = render(table, fmt, caption(tags, run_id, runs, col))
     if cost:
         text += "\n" + render_cost(table, runs, fmt)
     return text, table, col
 
 
-def html_page(tags: dict, run_id: str, runs: pd.DataFrame, table: pd.DataFrame, col: str, cost: bool, link,
+def html_page(tags: dict, run_id: str, runs: pd.DataFrame, table: pd.DataFrame, col: str, link,
               axis: str | None) -> str:
+    """The page carries the cost whatever `--cost` says: a page is read whole, not piped on."""
     from .html import render_html
     from .plot import plot
     from .table import ReportError
@@ -85,4 +86,4 @@ def html_page(tags: dict, run_id: str, runs: pd.DataFrame, table: pd.DataFrame, 
     metric = col.removeprefix("eval/")
     return render_html(table, f"{tags.get('kd.sweep', '')}: {metric}", caption(tags, run_id, runs, col),
                        link or (lambda ids: None), figure, f"{metric} against the swept knob, per pair.",
-                       render_cost(table, runs, "md") if cost else None, smoke)
+                       render_cost(table, runs, "md"), smoke)
