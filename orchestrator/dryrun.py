@@ -10,12 +10,13 @@ import textwrap
 
 from mlflow import MlflowClient
 
+from trainables.config import cell_label
+
 from .flops import matmul_peak, training_flops
 from .progress import WIDTH
 from .runner import Plan, preflight
 from .spec import Sweep
 from .tracking import store_exists
-from .trials import cell_label
 
 
 def say(text: str, indent: str = "") -> None:
@@ -140,8 +141,8 @@ def dry_run(sweep: Sweep, file: str, tracking_uri: str) -> None:
                                    json.dumps(c["labels"]["cell"], sort_keys=True)) not in by_cell]
     untimed += [c for c in plan.teachers if c["config_hash"] not in done and not c.get("init")]
     teachers = sum(c["role"] == "teacher" for c in untimed)
-    head = f"{reused} finished earlier" + (
-        f", {known} estimated from earlier runs at {total * share / 3600:.2f} {unit}-hours" if known else "")
+    head = (f"{reused} finished earlier, {known} estimated from earlier runs at {total * share / 3600:.2f}"
+            f" {unit}-hours")
     if untimed:
         hours, unit, how = flop_estimate(untimed, plan, sweep)
         head += (f"; {len(untimed)} not run before{f' ({teachers} teacher(s) to train)' if teachers else ''}:"

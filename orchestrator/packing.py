@@ -17,9 +17,9 @@ import math
 import os
 from collections.abc import Callable
 
+from trainables.config import digest, knobs_of
 from trainables.methods import method_class
 
-from .trials import digest
 
 MAX_AUTO = 8
 MEMORY_USE = 0.7  # of a trial's device share: the teacher, the allocator's slack and the data live there too
@@ -32,7 +32,7 @@ def pack_key(cfg: dict) -> str | None:
     if cfg["role"] != "student" or not cfg.get("teacher"):
         return None
     cls = method_class(cfg["method"])
-    knobs = cls.Knobs.model_validate(cfg["knobs"])
+    knobs = knobs_of(cfg)
     return digest({
         "teacher": cfg["teacher"], "dataset": cfg["dataset"], "seed": cfg["seed"],
         "batch_size": cfg["train"]["batch_size"], "epochs": cfg["train"]["epochs"],
@@ -97,7 +97,7 @@ def student_bytes(cfg: dict, data) -> int:
     from trainables.trial import make_model
 
     cls = method_class(cfg["method"])
-    model = make_model(cfg["student"], data, with_head=cls.student_needs_head(cls.Knobs.model_validate(cfg["knobs"])))
+    model = make_model(cfg["student"], data, with_head=cls.student_needs_head(knobs_of(cfg)))
     params = {p.data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}
 

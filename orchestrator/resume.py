@@ -12,7 +12,8 @@ import json
 import os
 import socket
 
-from .trials import digest
+from trainables.config import digest
+
 
 DRIVER_TAG = "kd.driver"
 

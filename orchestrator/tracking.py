@@ -19,9 +19,10 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 
 from results.collect import search_all
+from trainables.config import cell_label
 from trainables.tune_trial import FAILED, MEMBERS, REUSED
 
-from .trials import cell_label, describe, flat_params, trial_members, trial_name
+from .trials import describe, flat_params, trial_members, trial_name
 
 KD_VERSION = "0.1.0"
 # Per-epoch names the trainable reports; everything else in a Tune result is Ray's bookkeeping.

@@ -1,4 +1,5 @@
-"""A validated sweep becomes a list of trial configs: plain dicts, one per teacher, cell x pair x seed.
+"""A validated sweep becomes a list of trial configs (`trainables.config.TrialConfig`), one per teacher,
+cell x pair x seed.
 
 Each config carries a content hash of everything that decides its result (`config_hash`). Teachers
 are keyed by theirs, so every later sweep with the same teacher config reuses the trained one.
@@ -9,21 +10,12 @@ import hashlib
 import json
 from typing import Any
 
+from trainables.config import RESULT_VERSION, cell_label, config_hash, digest, materialize
 from trainables.methods import method_class
 
 from .spec import Pair, Sweep, TeacherSpec
 
-# Bump when a change to the trainables changes what the same config produces: old runs then stop
-# matching and are neither reused as teachers nor counted as the same trial.
-# 2: the `autoencoder` objective's decoder gained the RRKD notebook's ReLU/Dropout on the code and Tanh
-#    output (its teachers' weights hash names the method, not its knobs), `lpkd`'s defaults became the
-#    notebook's, and `cc`/`vid`/`nst` follow RepDistiller (issue 13).
-RESULT_VERSION = 2
 TEACHER_SEED = 0
-
-
-def digest(obj: Any, n: int = 16) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
 
 
 def file_digest(path: str) -> str:
@@ -32,21 +24,6 @@ def file_digest(path: str) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()[:16]
-
-
-# Knobs the papers write as Greek letters: run names read as the papers' tables do.
-SYMBOLS = {"lambda": "λ", "alpha": "α", "beta": "β", "gamma": "γ", "tau": "τ", "sigma2": "σ²", "delta": "δ"}
-
-
-def cell_label(cell: dict) -> str:
-    """A grid cell as a person reads it: `λ=0.5`, `kd`, `λ=0.5 k=10`; empty for no cell."""
-    parts = []
-    for k, v in cell.items():
-        if k == "method":
-            parts.append(str(v))
-        else:
-            parts.append(f"{SYMBOLS.get(k, k)}={v:.4g}" if isinstance(v, float) else f"{SYMBOLS.get(k, k)}={v}")
-    return " ".join(parts)
 
 
 def run_label(role: str, method: str, cell: dict, pair: str, student: str, seed: int, with_pair: bool) -> str:
@@ -90,16 +67,6 @@ def _curve(sweep: Sweep) -> dict:
     return {"eval_every": sweep.eval.every, "eval_every_knn": knn}
 
 
-def _hash(cfg: dict) -> str:
-    """Everything that decides the result; not where files lie, the sweep's name, the resources or
-    whether the models are compiled (the same arithmetic, fused: equal within float rounding)."""
-    skip = ("sweep", "resources", "name", "config_hash", "labels", "init", "compile", "eval_every", "eval_every_knn")
-    keep = {k: v for k, v in cfg.items() if k not in skip}
-    keep["dataset"] = {k: v for k, v in cfg["dataset"].items() if k not in ("root", "download")}
-    keep["result_version"] = RESULT_VERSION
-    return digest(keep)
-
-
 def teacher_trial(sweep: Sweep, spec: TeacherSpec, dataset: dict, checkpoint_digest: str | None,
                   head: bool = True) -> dict:
     """A teacher has two keys. `weights_hash` names its weights (model, data, schedule, or the file
@@ -123,7 +90,7 @@ def teacher_trial(sweep: Sweep, spec: TeacherSpec, dataset: dict, checkpoint_dig
         "seed": TEACHER_SEED, "weights_hash": weights_hash, "deterministic": sweep.deterministic, **_compile(sweep),
         "resources": sweep.resources.model_dump(), **_precision(sweep),
     }
-    cfg["config_hash"] = _hash(cfg)
+    cfg["config_hash"] = config_hash(cfg)
     cfg["init"] = None
     cfg["labels"] = {"teacher": spec.label, "student": spec.label, "pair": spec.label, "cell": {},
                      "run": f"teacher {spec.label}"}
@@ -181,7 +148,7 @@ def _student(sweep: Sweep, pair: Pair, dataset: dict, method: str, knobs: dict, 
         "deterministic": sweep.deterministic, "resources": sweep.resources.model_dump(), **_precision(sweep),
         **_compile(sweep), **_curve(sweep),
     }
-    cfg["config_hash"] = _hash(cfg)
+    cfg["config_hash"] = config_hash(cfg)
     cfg["labels"] = {"teacher": pair.teacher.label if teacher_hash else "", "student": pair.student.label,
                      "pair": pair.label if role == "student" else pair.student.label, "cell": cell,
                      "pair_index": index,  # the table's rows follow the file, not the runs' order
@@ -189,24 +156,6 @@ def _student(sweep: Sweep, pair: Pair, dataset: dict, method: str, knobs: dict, 
     cell_name = "_".join(f"{k}={v}" for k, v in cell.items()) or method
     cfg["name"] = f"{role}_{cell_name}_s{seed}_{cfg['config_hash'][:6]}"
     return cfg
-
-
-def materialize(config: dict) -> dict:
-    """The trial config inside a Tune config. A searched trial's sampled knobs (`config["search"]`) go
-    into its knobs, cell, name and hash; the trainable and the driver's callback both call this, so
-    they agree on what the trial is."""
-    cfg, picked = config["trial"], config.get("search")
-    if not picked:
-        return cfg
-    picked = {k: (v.item() if hasattr(v, "item") else v) for k, v in picked.items()}  # numpy scalars
-    knobs = method_class(cfg["method"]).Knobs.model_validate({**cfg["knobs"], **picked}).model_dump(by_alias=True)
-    out = {**cfg, "knobs": knobs}
-    out["config_hash"] = _hash({k: v for k, v in out.items() if k != "config_hash"})
-    run = f"{cell_label(picked)} · s{cfg['seed']}"
-    out["labels"] = {**cfg["labels"], "cell": picked, "run": run}
-    cell_name = "_".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in picked.items())
-    out["name"] = f"{cfg['role']}_{cell_name}_s{cfg['seed']}_{out['config_hash'][:6]}"
-    return out
 
 
 def trial_members(config: dict) -> list[dict]:

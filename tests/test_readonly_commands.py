@@ -76,7 +76,7 @@ def test_a_dry_run_with_no_earlier_run_estimates_from_the_models_flops(tmp_path,
         assert res.exit_code == 0, res.output
         assert all(len(line) <= 100 for line in res.output.splitlines()), res.output
         text = " ".join(res.output.split())
-        assert "0 finished earlier; 9 not run before (1 teacher(s) to train)" in text
+        assert "0 finished earlier, 0 estimated from earlier runs at 0.00 CPU-hours; 9 not run before (1 teacher(s) to train)" in text
         assert "per image (teacher forward, student forward and backward" in text
         assert "x 1438 images x epochs" in text and "half this machine's measured fp32 matmul peak" in text
         n, unit = re.search(r"epochs = ([\d.]+) (\w)FLOP", text).groups()

@@ -2,7 +2,8 @@
 
 `fit` and `fit_pack` know nothing of Ray: they take a report callback and optional states to resume
 from. `trainables.tune_trial` adapts them to Ray Tune (a checkpoint per epoch).
-The config is the plain dict `orchestrator.trials` builds; every number that matters is in it.
+The config is a `trainables.config.TrialConfig`, the plain dict `orchestrator.trials` builds; every
+number that matters is in it.
 """
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from .config import knobs_of
 from .datasets import ImageData, load_dataset, train_batches
 from .evaluate import classifier_top1, evaluate, knn_curve_point
 from .methods import method_class
-from .methods.base import DataInfo, Method, ModelInfo, Step
+from .methods.base import Context, DataInfo, Method, ModelInfo, NonFiniteLoss, Step
 from .models import Backbone, Output, build_model
 
 Report = Callable[[dict[str, float], dict[str, Any], dict[str, torch.Tensor] | None], None]
@@ -29,14 +31,6 @@ Report = Callable[[dict[str, float], dict[str, Any], dict[str, torch.Tensor] | N
 
 LOADER_ARGS = ("download", "verify_checksum", "augment", "val_split", "val_seed", "train_fraction", "max_train",
                "max_test", "image_size", "train_split", "train_split_seed", "normalize")
-
-
-class NonFiniteLoss(RuntimeError):
-    """Deterministic given the config: the trial is failed for good, never retried."""
-
-    def __init__(self, msg: str, epoch: int | None = None):
-        super().__init__(msg)
-        self.epoch = epoch
 
 
 class InjectedFault(RuntimeError):
@@ -107,27 +101,6 @@ def model_info(model: Backbone, data: ImageData, preact: bool) -> ModelInfo:
     out = model(x, with_maps=True, preact=preact)
     model.train(was)
     return ModelInfo(out.feature.shape[1], [tuple(m.shape[1:]) for m in out.maps], model.num_classes)
-
-
-@dataclass
-class Context:
-    """What a method's `setup` and `pretrain` hooks may use."""
-    cfg: dict
-    data: ImageData
-    student: Backbone
-    teacher: Backbone | None
-    device: torch.device
-    seed: int
-    batch_size: int
-
-    workers: int = 0
-
-    def batches(self, epoch: int):
-        """(x, y, idx) of one shuffled, augmented epoch; a function of (seed, epoch) alone."""
-        gen = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + epoch)
-        order = list(train_batches(self.data.num_train, self.batch_size, gen))
-        for idx, x, y in self.data.epoch(order, gen, self.workers):
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), idx
 
 
 def load_teacher(cfg: dict, data: ImageData, state: dict[str, torch.Tensor], device: torch.device) -> Backbone:
@@ -379,7 +352,7 @@ def _member(cfg: dict, data: ImageData, teacher: Backbone | None, device: torch.
     if after_teacher is not None:
         after_teacher.restore()
     cls = method_class(cfg["method"])
-    knobs = cls.Knobs.model_validate(cfg["knobs"])
+    knobs = knobs_of(cfg)
     student = make_model(cfg["student"], data, with_head=cls.student_needs_head(knobs)).to(device)
     student.to(memory_format=torch.channels_last)
     if init_state is not None:

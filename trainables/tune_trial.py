@@ -1,7 +1,7 @@
 """`fit` and `fit_pack` as a Ray Tune trainable: a report and a checkpoint per epoch.
 
 A Tune config's "trial" is one trial config, or a pack (`{"pack": [configs], "name": ...}`, built by
-`orchestrator.packing`): students trained on one teacher forward. A pack reports each student's
+the driver): students trained on one teacher forward. A pack reports each student's
 metrics under MEMBERS, keyed by config hash, and checkpoints every student's state in one folder;
 the driver's callback turns that back into one MLflow run per student.
 """
@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .config import materialize
 from .trial import MemberReport, NonFiniteLoss, device_name, fit, fit_pack, member_key
 
 FAILED = "kd_failed"  # a result key: the trial (or a pack's student) failed for good (the value says why)
@@ -69,8 +70,6 @@ def tune_trainable(config: dict, teachers: dict[str, dict[str, torch.Tensor]] | 
     search samples its configs here, so only here can it see that one of them was run before."""
     import ray
     from ray import tune
-
-    from orchestrator.trials import materialize
 
     logging.getLogger("ray").setLevel(logging.WARNING)  # one INFO line per checkpoint otherwise
     teachers = teachers or {}

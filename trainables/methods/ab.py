@@ -16,62 +16,15 @@ AB whatever its -b), so `weight` defaults to 0. The "ab" term is still returned 
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Iterable
 
 import torch
 from pydantic import Field
 from torch import nn
 
 from ..registry import METHODS
-from .at import as_map, check_pairs, map_shape, stage_pairs
-from .base import DataInfo, Knobs, Method, ModelInfo, Step, Term, weighted
-from .fitnet import ConvReg
-
-if TYPE_CHECKING:
-    from ..trial import Context
-
-
-def run_stage(ctx: "Context", params: Iterable[torch.Tensor], epochs: int,
-              batch_loss: Callable[[torch.Tensor], torch.Tensor], lr: float | None = None) -> float:
-    """A stage before distillation: SGD (the trial's momentum and weight decay; its lr unless `lr` is
-    given) over `params` for `epochs` passes of `ctx.batches`, minimising `batch_loss(x)`. Stage epoch e
-    draws ctx.batches(-e), so its order and augmentation differ from those of main epoch e.
-    Returns the last epoch's mean loss."""
-    from ..trial import NonFiniteLoss
-
-    tr = ctx.cfg["train"]
-    opt = torch.optim.SGD(list(params), lr=lr if lr is not None else tr["lr"], momentum=tr["momentum"],
-                          weight_decay=tr["weight_decay"])
-    mean = float("nan")
-    for e in range(1, epochs + 1):
-        total, steps = torch.zeros((), device=ctx.device), 0
-        for x, _, _ in ctx.batches(-e):
-            loss = batch_loss(x)
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"pre-training loss is not finite at stage epoch {e}, step {steps + 1}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.detach()
-            steps += 1
-        mean = float(total) / max(steps, 1)
-    return mean
-
-
-def match_maps_stage(method, ctx: "Context", epochs: int) -> float:
-    """AB's and FSP's initialisation: train the student and the method's connectors so that
-    `method.loss(student maps, teacher maps)` falls, before distillation proper."""
-    ctx.student.train()
-    ctx.teacher.eval()
-    method.train()
-
-    def batch_loss(x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            t = ctx.teacher(x, with_maps=True, preact=method.preact)
-        return method.loss(ctx.student(x, with_maps=True, preact=method.preact).maps, t.maps)
-
-    params = [p for p in list(ctx.student.parameters()) + list(method.connectors.parameters()) if p.requires_grad]
-    return run_stage(ctx, params, epochs, batch_loss)
+from ._maps import ConvReg, as_map, check_pairs, map_shape, stage_pairs
+from ._stage import match_maps_stage
+from .base import Context, DataInfo, Knobs, Method, ModelInfo, Step, Term, weighted
 
 
 class ABKnobs(Knobs):
@@ -118,7 +71,7 @@ class AB(Method):
     def distill(self, step: Step) -> dict[str, Term]:
         return {"ab": weighted(self.knobs.weight, self.loss(step.s.maps, step.t.maps))}
 
-    def pretrain(self, ctx: "Context") -> dict[str, float]:
+    def pretrain(self, ctx: Context) -> dict[str, float]:
         if self.knobs.init_epochs == 0:
             return {}
         return {"ab_init_loss": match_maps_stage(self, ctx, self.knobs.init_epochs)}

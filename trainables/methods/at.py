@@ -8,76 +8,17 @@ output, not the stem) as in the CRD benchmark code (RepDistiller distiller_zoo/A
 On an MLP a hidden layer (b, h) is the map (b, h, 1, 1): one position, so the attention map is 1 for
 every sample (0 for an all-zero layer) and the loss is degenerate (0, no gradient): AT has nothing to
 say about a map without spatial extent.
-
-This module also holds the map helpers the other map-based methods share (`map_shape`, `as_map`,
-`match_size`, `stage_pairs`).
 """
 from __future__ import annotations
-
-from typing import Sequence, TypeVar
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
 from ..registry import METHODS
+from ._maps import as_map, check_pairs, match_size, stage_pairs
 from .base import DataInfo, Knobs, Method, ModelInfo, Step, Term, weighted
 
-T = TypeVar("T")
-
-
-# --- map helpers shared by the map-based methods -------------------------------------------------
-
-def map_shape(shape: Sequence[int]) -> tuple[int, int, int]:
-    """A stage map's shape without the batch dim as (C, H, W); an MLP's (h,) is (h, 1, 1)."""
-    if len(shape) == 3:
-        return int(shape[0]), int(shape[1]), int(shape[2])
-    if len(shape) == 1:
-        return int(shape[0]), 1, 1
-    raise ValueError(f"a stage map is (C, H, W) or (h,), got shape {tuple(shape)}")
-
-
-def as_map(f: torch.Tensor) -> torch.Tensor:
-    """(b, C, H, W) as is; an MLP's hidden layer (b, h) as (b, h, 1, 1)."""
-    if f.dim() == 4:
-        return f
-    if f.dim() == 2:
-        return f[:, :, None, None]
-    raise ValueError(f"a stage map is (b, C, H, W) or (b, h), got shape {tuple(f.shape)}")
-
-
-def match_size(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Average-pool the larger of two maps down to the other's spatial size (as CRD's losses do)."""
-    h, w = min(a.shape[2], b.shape[2]), min(a.shape[3], b.shape[3])
-    if a.shape[2:] != (h, w):
-        a = F.adaptive_avg_pool2d(a, (h, w))
-    if b.shape[2:] != (h, w):
-        b = F.adaptive_avg_pool2d(b, (h, w))
-    return a, b
-
-
-def stage_maps(maps: Sequence[T]) -> list[T]:
-    """CRD's feat[1:-1]: every stage output except the stem (maps[0]); a model with one map keeps it."""
-    return list(maps[1:]) if len(maps) > 1 else list(maps)
-
-
-def stage_pairs(s: Sequence[T], t: Sequence[T]) -> list[tuple[T, T]]:
-    """(student, teacher) pairs of stage maps (shapes or tensors). When the two models have different
-    numbers of stages (an MLP pair, say) the deepest ones are paired: last with last, and so on."""
-    s, t = stage_maps(s), stage_maps(t)
-    n = min(len(s), len(t))
-    return list(zip(s[len(s) - n:], t[len(t) - n:]))
-
-
-def check_pairs(name: str, student: ModelInfo, teacher: ModelInfo) -> int:
-    n = len(stage_pairs(student.map_shapes, teacher.map_shapes))
-    if n == 0:
-        raise ValueError(f"method {name!r} needs stage maps from both models (student has "
-                         f"{len(student.map_shapes)}, teacher {len(teacher.map_shapes)})")
-    return n
-
-
-# --- AT --------------------------------------------------------------------------------------------
 
 class ATKnobs(Knobs):
     weight: float = Field(1000.0, ge=0, description="base weight: 1000 as the CoSS supplement and"

@@ -33,7 +33,7 @@ a method made without a trial (the unit tests) builds its decoder from the first
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Literal, Sequence
+from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -41,10 +41,8 @@ from pydantic import Field
 from torch import nn
 
 from ..registry import METHODS
-from .base import DataInfo, Knobs, Method, ModelInfo, Step, Term, weighted
+from .base import Context, DataInfo, Knobs, Method, ModelInfo, Step, Term, weighted
 
-if TYPE_CHECKING:
-    from ..trial import Context
 
 
 class AutoencoderKnobs(Knobs):
@@ -118,7 +116,7 @@ class Autoencoder(Method):
         self.in_mean = torch.tensor(mean, dtype=torch.float32).flatten()
         self.in_std = torch.tensor(std, dtype=torch.float32).flatten()
 
-    def setup(self, ctx: "Context") -> None:
+    def setup(self, ctx: Context) -> None:
         data = ctx.data
         if self.knobs.output == "tanh":
             if getattr(data, "mean", None) is None or getattr(data, "std", None) is None:

@@ -11,17 +11,15 @@ paraphraser, AB/FSP's initialisation), then per step `batch_indices` and `forwar
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, ClassVar, NamedTuple
+from typing import Callable, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from ..models import Output
-
-if TYPE_CHECKING:
-    from ..trial import Context
+from ..datasets import ImageData, train_batches
+from ..models import Backbone, Output
 
 
 class Knobs(BaseModel):
@@ -46,6 +44,35 @@ class DataInfo:
     name: str
     num_classes: int
     num_train: int
+
+
+class NonFiniteLoss(RuntimeError):
+    """Deterministic given the config: the trial is failed for good, never retried."""
+
+    def __init__(self, msg: str, epoch: int | None = None):
+        super().__init__(msg)
+        self.epoch = epoch
+
+
+@dataclass
+class Context:
+    """What a method's `setup` and `pretrain` hooks may use."""
+    cfg: dict
+    data: ImageData
+    student: Backbone
+    teacher: Backbone | None
+    device: torch.device
+    seed: int
+    batch_size: int
+
+    workers: int = 0
+
+    def batches(self, epoch: int):
+        """(x, y, idx) of one shuffled, augmented epoch; a function of (seed, epoch) alone."""
+        gen = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + epoch)
+        order = list(train_batches(self.data.num_train, self.batch_size, gen))
+        for idx, x, y in self.data.epoch(order, gen, self.workers):
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), idx
 
 
 @dataclass
@@ -116,10 +143,10 @@ class Method(nn.Module):
 
     # --- hooks --------------------------------------------------------------------------------
 
-    def setup(self, ctx: "Context") -> None:
+    def setup(self, ctx: Context) -> None:
         """Once per trial, before training (also after a resume): derived data, no learning."""
 
-    def pretrain(self, ctx: "Context") -> dict[str, float]:
+    def pretrain(self, ctx: Context) -> dict[str, float]:
         """A stage before distillation; runs once (not again after a resume). Returns its metrics."""
         return {}
 

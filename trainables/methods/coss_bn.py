@@ -7,7 +7,6 @@ all b x d_t entries (the supplement: (1/b) sum_i D(Z_i^s, X_i^t) with D the mean
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn

@@ -9,45 +9,12 @@ The hint map is index len(maps) // 2 of each model's maps (2 of CRD's four; on a
 """
 from __future__ import annotations
 
-from typing import Sequence
-
-import torch
 import torch.nn.functional as F
 from pydantic import Field
-from torch import nn
 
 from ..registry import METHODS
-from .at import as_map, map_shape
+from ._maps import ConvReg, as_map
 from .base import DataInfo, Knobs, Method, ModelInfo, Step, Term, weighted
-
-
-class ConvReg(nn.Module):
-    """CRD's ConvReg: maps a (C_s, H_s, W_s) map to (C_t, H_t, W_t), conv -> BN (-> ReLU).
-
-    H_s = 2 H_t: 3x3 conv, stride 2; 2 H_s = H_t: 4x4 transposed conv, stride 2; H_s >= H_t: a conv with
-    kernel (1 + H_s - H_t, 1 + W_s - W_t) (1x1 when sizes agree). CRD raises for any other smaller
-    student map; here a transposed conv with kernel (1 + H_t - H_s, 1 + W_t - W_s) covers it.
-    """
-
-    def __init__(self, s_shape: Sequence[int], t_shape: Sequence[int], relu: bool = True):
-        super().__init__()
-        (sc, sh, sw), (tc, th, tw) = map_shape(s_shape), map_shape(t_shape)
-        if (sh, sw) == (2 * th, 2 * tw):
-            self.conv = nn.Conv2d(sc, tc, 3, stride=2, padding=1)
-        elif (2 * sh, 2 * sw) == (th, tw):
-            self.conv = nn.ConvTranspose2d(sc, tc, 4, stride=2, padding=1)
-        elif sh >= th and sw >= tw:
-            self.conv = nn.Conv2d(sc, tc, (1 + sh - th, 1 + sw - tw))
-        elif sh <= th and sw <= tw:
-            self.conv = nn.ConvTranspose2d(sc, tc, (1 + th - sh, 1 + tw - sw))
-        else:
-            raise ValueError(f"no conv regressor from a {sh}x{sw} map to a {th}x{tw} one")
-        self.bn = nn.BatchNorm2d(tc)
-        self.relu = relu
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.bn(self.conv(as_map(x)))
-        return torch.relu(x) if self.relu else x
 
 
 class FitNetKnobs(Knobs):

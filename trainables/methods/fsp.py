@@ -20,19 +20,16 @@ A model needs two maps at least: an MLP with one hidden layer cannot be a FSP st
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 
 import torch
 from pydantic import Field
 from torch import nn
 
 from ..registry import METHODS
-from .ab import match_maps_stage
-from .at import as_map, map_shape, match_size
-from .base import DataInfo, Knobs, Method, ModelInfo, Step, Term, weighted
+from ._maps import as_map, map_shape, match_size
+from ._stage import match_maps_stage
+from .base import Context, DataInfo, Knobs, Method, ModelInfo, Step, Term, weighted
 
-if TYPE_CHECKING:
-    from ..trial import Context
 
 
 class FSPKnobs(Knobs):
@@ -84,7 +81,7 @@ class FSP(Method):
     def distill(self, step: Step) -> dict[str, Term]:
         return {"fsp": weighted(self.knobs.weight, self.loss(step.s.maps, step.t.maps))}
 
-    def pretrain(self, ctx: "Context") -> dict[str, float]:
+    def pretrain(self, ctx: Context) -> dict[str, float]:
         if self.knobs.init_epochs == 0:
             return {}
         return {"fsp_init_loss": match_maps_stage(self, ctx, self.knobs.init_epochs)}

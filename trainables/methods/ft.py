@@ -16,7 +16,7 @@ Tap: the last stage map (CRD's feat[-2]).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,12 +24,10 @@ from pydantic import Field
 from torch import nn
 
 from ..registry import METHODS
-from .ab import run_stage
-from .at import as_map, map_shape, match_size
-from .base import DataInfo, Knobs, Method, ModelInfo, Step, Term, weighted
+from ._maps import as_map, map_shape, match_size
+from ._stage import run_stage
+from .base import Context, DataInfo, Knobs, Method, ModelInfo, Step, Term, weighted
 
-if TYPE_CHECKING:
-    from ..trial import Context
 
 
 class FTKnobs(Knobs):
@@ -101,7 +99,7 @@ class FT(Method):
         f_s = self.translator(as_map(step.s.maps[-1]))
         return {"ft": weighted(self.knobs.weight, ft_loss(f_s, f_t, self.knobs.factor))}
 
-    def pretrain(self, ctx: "Context") -> dict[str, float]:
+    def pretrain(self, ctx: Context) -> dict[str, float]:
         if self.knobs.paraphraser_epochs == 0:
             return {}
         ctx.teacher.eval()

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ..registry import METHODS
-from .at import as_map, check_pairs, match_size, stage_pairs
+from ._maps import as_map, check_pairs, match_size, stage_pairs
 from .base import DataInfo, Knobs, Method, ModelInfo, Step, Term, weighted
 
 

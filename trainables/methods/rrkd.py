@@ -16,7 +16,7 @@ method); the fixed sets are chosen once per trial in `setup` from the training s
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,10 +24,8 @@ from pydantic import Field
 
 from ..evaluate import extract
 from ..registry import METHODS
-from .base import DataInfo, Knobs, Method, ModelInfo, Step, Term, weighted
+from .base import Context, DataInfo, Knobs, Method, ModelInfo, Step, Term, weighted
 
-if TYPE_CHECKING:
-    from ..trial import Context
 
 EPS = 1e-8           # row(): L2 normalisation (SPEC §1 notation)
 LOG_EPS = 1e-8       # inside the log of L_D (paper §4: epsilon = 1e-8)
@@ -120,7 +118,7 @@ def fit_probe(features: torch.Tensor, y: torch.Tensor, num_classes: int) -> torc
         return head(features)
 
 
-def teacher_probs(ctx: "Context", scorer: str) -> torch.Tensor:
+def teacher_probs(ctx: Context, scorer: str) -> torch.Tensor:
     """The teacher's class probabilities on the training set under the evaluation transform."""
     features, logits = extract(ctx.teacher, ctx.data, "train")
     if scorer == "probe" or logits is None:
@@ -148,7 +146,7 @@ class RRKD(Method):
         self.register_buffer("anchor_idx", None, persistent=False)
         self.register_buffer("anchor_x", None, persistent=False)
 
-    def setup(self, ctx: "Context") -> None:
+    def setup(self, ctx: Context) -> None:
         k = self.knobs
         if k.anchors == "in_batch":
             return

@@ -17,7 +17,6 @@ feature matching through the connector, and then the method reads no teacher log
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -25,10 +24,8 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from ..registry import METHODS
-from .base import DataInfo, Knobs, Method, ModelInfo, Step, Term, weighted
+from .base import Context, DataInfo, Knobs, Method, ModelInfo, Step, Term, weighted
 
-if TYPE_CHECKING:
-    from ..trial import Context
 
 
 class SRRLKnobs(Knobs):
@@ -81,7 +78,7 @@ class SRRL(Method):
         self.register_buffer("head_weight", torch.zeros(n, teacher.feature_dim), persistent=False)
         self.register_buffer("head_bias", torch.zeros(n), persistent=False)
 
-    def setup(self, ctx: "Context") -> None:
+    def setup(self, ctx: Context) -> None:
         if not self.use_sr:
             return
         fc = getattr(ctx.teacher, "fc", None)

@@ -22,7 +22,7 @@ from pydantic import Field
 from torch import nn
 
 from ..registry import METHODS
-from .at import as_map, check_pairs, map_shape, match_size, stage_pairs
+from ._maps import as_map, check_pairs, map_shape, match_size, stage_pairs
 from .base import DataInfo, Knobs, Method, ModelInfo, Step, Term, weighted
 
 EPS = 1e-5  # the variance floor of the authors' code
