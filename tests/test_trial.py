@@ -306,3 +306,19 @@ def test_compile_runs_the_models_through_torch_compile_with_the_same_numbers(pla
     for k in ("train/loss", "eval/classifier_top1"):
         assert b[k] == pytest.approx(a[k], rel=1e-3, abs=0.5), k
     assert set(compiled["model"]) == set(plain["model"])  # no _orig_mod. prefixes in the weights
+
+
+def test_ray_stopping_a_finished_actor_prints_no_traceback_but_other_ignored_errors_still_show(monkeypatch):
+    """Ray's SIGTERM handler raises SystemExit wherever the actor is; inside a GC callback Python would
+    print "Exception ignored in: WeakSet..." to the driver. Only that is silenced."""
+    import types
+
+    from trainables import tune_trial
+
+    seen = []
+    monkeypatch.setattr("sys.__unraisablehook__", seen.append)
+    tune_trial._quiet_stop(types.SimpleNamespace(exc_value=SystemExit(1)))
+    assert seen == []
+    other = types.SimpleNamespace(exc_value=ValueError("x"))
+    tune_trial._quiet_stop(other)
+    assert seen == [other]

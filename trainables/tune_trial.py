@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import tempfile
 from typing import Any
 
@@ -64,6 +65,15 @@ def _save(d: str, state: dict[str, Any], epoch: int, ident: dict[str, Any]) -> N
         json.dump({"epoch": epoch, "state_bytes": os.path.getsize(path), **ident}, f, default=str)
 
 
+def _quiet_stop(unraisable) -> None:
+    """Ray stops a finished trial's actor with SIGTERM, whose handler raises SystemExit wherever the
+    worker is; landing in a garbage-collector callback, Python reports it as "Exception ignored in:
+    WeakSet..." and Ray forwards those lines to the driver's terminal. The stop is intended: say nothing."""
+    if isinstance(unraisable.exc_value, SystemExit):
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def tune_trainable(config: dict, teachers: dict[str, dict[str, torch.Tensor]] | None = None,
                    finished: dict[str, tuple[str, dict[str, float]]] | None = None) -> None:
     """`finished`: config hash -> (run id, final metrics) of trials that earlier sweeps finished. A
@@ -72,6 +82,7 @@ def tune_trainable(config: dict, teachers: dict[str, dict[str, torch.Tensor]] | 
     from ray import tune
 
     logging.getLogger("ray").setLevel(logging.WARNING)  # one INFO line per checkpoint otherwise
+    sys.unraisablehook = _quiet_stop
     teachers = teachers or {}
     node = ray.get_runtime_context().get_node_id()
     if "pack" in config["trial"]:
