@@ -79,6 +79,12 @@ def flop_estimate(cfgs: list[dict], plan: Plan, sweep: Sweep, repeat: int = 1) -
     return total / rate / 3600, unit, how
 
 
+def _cell_key(cfg: dict) -> tuple:
+    """The cell a trial belongs to, as earlier runs' tags name it (kd.dataset, kd.pair, kd.method, kd.cell)."""
+    return (cfg["dataset"]["name"], cfg["labels"]["pair"], cfg["method"],
+            json.dumps(cfg["labels"]["cell"], sort_keys=True))
+
+
 def dry_run(sweep: Sweep, file: str, tracking_uri: str) -> None:
     # The checks `run` makes, data included: a dry run that passes where the run would stop misleads.
     plan = preflight(sweep, file, os.path.dirname(os.path.abspath(file)))
@@ -118,8 +124,7 @@ def dry_run(sweep: Sweep, file: str, tracking_uri: str) -> None:
     total, known, reused = 0.0, 0, 0
     cells: dict[tuple, dict] = {}  # one line per pair x cell that earlier runs say something about
     for cfg in plan.students:
-        key = (cfg["dataset"]["name"], cfg["labels"]["pair"], cfg["method"],
-               json.dumps(cfg["labels"]["cell"], sort_keys=True))
+        key = _cell_key(cfg)
         line = cells.setdefault(key, {"label": f"{cell_label(cfg['labels']['cell']) or cfg['role']}"
                                                f" · {cfg['labels']['pair']}", "reused": 0, "est": 0})
         if cfg["config_hash"] in done:
@@ -137,8 +142,7 @@ def dry_run(sweep: Sweep, file: str, tracking_uri: str) -> None:
         if notes:
             say(f"{line['label']}: {'; '.join(notes)}", "  ")
     todo = [c for c in plan.students if c["config_hash"] not in done]
-    untimed = [c for c in todo if (c["dataset"]["name"], c["labels"]["pair"], c["method"],
-                                   json.dumps(c["labels"]["cell"], sort_keys=True)) not in by_cell]
+    untimed = [c for c in todo if _cell_key(c) not in by_cell]
     untimed += [c for c in plan.teachers if c["config_hash"] not in done and not c.get("init")]
     teachers = sum(c["role"] == "teacher" for c in untimed)
     head = (f"{reused} finished earlier, {known} estimated from earlier runs at {total * share / 3600:.2f}"
