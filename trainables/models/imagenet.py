@@ -29,17 +29,16 @@ names (so torchvision and MoCo checkpoints load), except the classifier, which b
   torchvision's weights need).
   These three: no preact maps (`preact` returns the same maps), no dropout before `fc`.
 
-`weights`: None (fresh initialisation), a local file (a state dict, or a dict holding one under
-'state_dict' or 'model'; read with `torch.load(..., weights_only=True)`), or a torchvision weights name
-such as "IMAGENET1K_V1" or "DEFAULT", used only if torchvision's file is already in the local torch hub
-cache ($TORCH_HOME/hub/checkpoints): nothing is ever downloaded. The body must match the file exactly;
-the classifier is loaded when its shape fits, dropped when the model has none, and otherwise left at its
-initialisation with a warning (fine-tuning an ImageNet model on other classes).
+`weights`: None (fresh initialisation), a local file (read as teacher checkpoints are, by
+`trainables.checkpoints`: a state dict, or a dict holding one under 'model' or 'state_dict'), or a
+torchvision weights name such as "IMAGENET1K_V1" or "DEFAULT", used only if torchvision's file is already
+in the local torch hub cache ($TORCH_HOME/hub/checkpoints): nothing is ever downloaded. The body must
+match the file exactly; the classifier is loaded when its shape fits, dropped when the model has none,
+and otherwise left at its initialisation with a warning (fine-tuning an ImageNet model on other classes).
 """
 from __future__ import annotations
 
 import os
-import pickle
 import urllib.parse
 import warnings
 from pathlib import Path
@@ -47,6 +46,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..checkpoints import load_into, read_state_dict
 from ..registry import MODELS
 from .base import Backbone, Output
 from .state_keys import ForeignKeys
@@ -81,39 +81,18 @@ class TorchvisionBackbone(ForeignKeys, Backbone):
         return Output(feature, logits, maps)
 
     def load_weights(self, weights: str) -> None:
-        path = Path(weights) if Path(weights).is_file() else cached_torchvision_weights(self.arch, weights)
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError) as e:
-            first = str(e).strip().splitlines()[0]
-            raise ValueError(f"{path} is not a weights-only checkpoint ({first})") from None
-        for key in ("state_dict", "model"):
-            if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-        if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
-            raise ValueError(f"{path} holds no state dict (expected tensors, or a dict with 'state_dict' or"
-                             " 'model')")
-        state = self.adapt_state_dict(obj)
-        own = self.state_dict()
-        for k, v in own.items():
-            if k.startswith("fc.") or k.endswith("num_batches_tracked"):
-                continue  # BatchNorm fills a missing counter itself (old torchvision files have none)
-            if k not in state:
-                raise ValueError(f"{path}: missing key {k!r} for {self.arch}")
-            if state[k].shape != v.shape:
-                raise ValueError(f"{path}: key {k!r} has shape {tuple(state[k].shape)}, {self.arch} here"
-                                 f" expects {tuple(v.shape)} (in_channels?)")
-        extra = [k for k in state if k not in own and not k.startswith("fc.")]
-        if extra:
-            raise ValueError(f"{path}: unexpected key {extra[0]!r} (is this file for another model?)")
-        head = {k: v for k, v in own.items() if k.startswith("fc.")}
-        if head and not all(k in state and state[k].shape == v.shape for k, v in head.items()):
-            warnings.warn(f"{path}: the classifier does not fit {self.arch} with {self.num_classes} classes;"
-                          " it keeps its fresh initialisation", stacklevel=3)
-            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-            state.update(head)
-        self.load_state_dict(state)
+        path = weights if os.path.isfile(weights) else str(cached_torchvision_weights(self.arch, weights))
+        load_into(self, self._fit_head(self.adapt_state_dict(read_state_dict(path)), path), path)
+
+    def _fit_head(self, state: dict[str, torch.Tensor], path: str) -> dict[str, torch.Tensor]:
+        """STATE with this model's own classifier where the file's does not fit (other classes, or a
+        MoCo projector): fine-tuning an ImageNet body on another task is the point of `weights=`."""
+        head = {k: v for k, v in self.state_dict().items() if k.startswith("fc.")}
+        if all(k in state and state[k].shape == v.shape for k, v in head.items()):
+            return state
+        warnings.warn(f"{path}: the classifier does not fit {self.arch} with {self.num_classes} classes;"
+                      " it keeps its fresh initialisation", stacklevel=4)
+        return {**{k: v for k, v in state.items() if not k.startswith("fc.")}, **head}
 
 
 def cached_torchvision_weights(arch: str, name: str) -> Path:
