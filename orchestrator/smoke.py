@@ -7,23 +7,14 @@ runs go to the experiment `<name>-smoke`, tagged kd.smoke, and `report` never mi
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
-from trainables.datasets import DatasetMissing, load_dataset
-from trainables.datasets.synthetic import SMOKE
+from trainables.datasets import DatasetMissing, load_dataset, smoke_of
 from trainables.methods import method_class
 
-from .spec import Sweep, check_method_knobs, resolve_path
-
-# Per split; ImageNet-sized models on 224-pixel images need fewer.
-SMOKE_IMAGES = {"imagenet": (12, 6)}
-DEFAULT_IMAGES = (128, 64)
-SMOKE_BATCH = {"imagenet": 4}  # else 32
-# ImageNet-sized models at 224 pixels outgrow a 24 GB machine two trials at a time; 64 still runs every
-# layer (ViT-B/16: 4 x 4 patches) at a twelfth of the memory and time.
-SMOKE_IMAGE_SIZE = {"imagenet": 64}
-FAST_KNOBS = {"init_epochs": 1, "paraphraser_epochs": 1}  # the methods' own pre-stages
+from .spec import Sweep, SpecError, check_method_knobs, resolve_path
 
 
 def smoke_root(name: str) -> Path:
@@ -31,32 +22,38 @@ def smoke_root(name: str) -> Path:
 
 
 def smoke_sweep(sweep: Sweep, base: str) -> tuple[Sweep, str]:
-    """The smoke version of SWEEP, and a line saying what data it uses."""
+    """The smoke version of SWEEP, and a line saying what data it uses. What is particular to a dataset
+    (its writer, image counts, batch) comes from its registration (`trainables.datasets.Smoke`), what is
+    particular to a method from the method (`Method.smoke_knobs`)."""
+    here = f"{sweep.name} (--smoke)"
     raw = sweep.model_dump(mode="json", by_alias=True)
     ds = raw["dataset"]
-    n_train, n_test = SMOKE_IMAGES.get(ds["name"], DEFAULT_IMAGES)
+    facts = smoke_of(ds["name"])
+    n_train, n_test = facts.images
     try:
         load_dataset(ds["name"], resolve_path(ds["root"], None), download=False,
                      verify_checksum=ds["verify_checksum"])
         where = f"the real {ds['name']} under {ds['root']}, {n_train}/{n_test} images"
-    except DatasetMissing:
+    except DatasetMissing as e:
+        if facts.write is None:
+            raise SpecError(here, "dataset", f"{e}. Dataset {ds['name']!r} registers no smoke data writer"
+                            " (`register_dataset(..., smoke=Smoke(write=...))`), so --smoke needs the real data"
+                            " too") from None
         root = smoke_root(ds["name"])
         if not root.exists():
-            writer, w_train, w_test = SMOKE[ds["name"]]
-            writer(root, w_train, w_test)
+            facts.write(root, *facts.written)
         ds.update(root=str(root), verify_checksum=False, download=False)
         where = f"a generated {ds['name']} (random pixels, real on-disk format) under {root}"
     ds.update(max_train=n_train, max_test=n_test, train_fraction=1.0, val_split=0.0)
-    if ds["name"] in SMOKE_IMAGE_SIZE:
-        ds["image_size"] = SMOKE_IMAGE_SIZE[ds["name"]]
+    if facts.image_size is not None:
+        ds["image_size"] = facts.image_size
 
     raw["name"] = f"{sweep.name}-smoke"
     raw["seeds"] = raw["seeds"][:1]
     for sched in ("train", "teacher_train"):
         if raw.get(sched):
-            # Small batches too: two ImageNet-sized trials at batch 256 outgrow a 24 GB machine.
             raw[sched].update(epochs=min(raw[sched]["epochs"], 1), milestones=[],
-                              batch_size=min(raw[sched]["batch_size"], SMOKE_BATCH.get(ds["name"], 32)))
+                              batch_size=min(raw[sched]["batch_size"], facts.batch_size))
     # A teacher trained for a few steps keeps BatchNorm statistics near their initial values, and its
     # features blow up in eval mode (FT's paraphraser then overflows): re-estimate them.
     raw["teacher_train"] = {**(raw.get("teacher_train") or raw["train"]), "bn_recalibrate": True}
@@ -72,42 +69,57 @@ def smoke_sweep(sweep: Sweep, base: str) -> tuple[Sweep, str]:
         for role in ("teacher", "student"):
             if pair.get(role) and not _weights_here(pair[role]):
                 pair[role]["options"].pop("weights")  # pretrained weights not here: random init
-    _cap_neighbours(raw, sweep, pool=max(1, n_train // 4))
-    for m in sweep.methods:
-        fields = method_class(m).Knobs.model_fields
-        fast = {k: v for k, v in FAST_KNOBS.items() if k in fields}
-        if fast:
-            if len(sweep.methods) > 1 or m in raw["knobs"]:
-                raw["knobs"].setdefault(m, {}).update(fast)
-            else:
-                raw["knobs"].update(fast)
+    _method_knobs(raw, sweep, n_train)
     if raw.get("search"):
         raw["search"]["n_trials"] = min(raw["search"]["n_trials"], 2)
     if raw.get("scheduler"):
         raw["scheduler"]["grace_period"] = 1
     smoke = Sweep.model_validate(raw)
-    check_method_knobs(smoke, f"{sweep.name} (--smoke)")
+    # Not a repeat of load_sweep's check: building a Sweep checks no method knob, and the values set here
+    # (a method's smoke_knobs) may break one (k beyond k_pool): a SpecError, not a trial's traceback.
+    check_method_knobs(smoke, here)
     return smoke, where
 
 
-def _cap_neighbours(raw: dict, sweep: Sweep, pool: int) -> None:
-    """CoSS's neighbour pools need more images than a smoke set has: cap k_pool, and k to it."""
+def _method_knobs(raw: dict, sweep: Sweep, n_train: int) -> None:
+    """Each method's `smoke_knobs`, on the knobs the sweep fixes for it, on the grid and on the cells."""
+    knobs = raw["knobs"]
+    shared = sweep.shared_knobs()
+    several = len(sweep.methods) > 1
     for m in sweep.methods:
-        if "k_pool" not in method_class(m).Knobs.model_fields:
-            continue
-        own = raw["knobs"] if len(sweep.methods) == 1 else raw["knobs"].setdefault(m, {})
-        shared = raw["knobs"]
-        own["k_pool"] = min(own.get("k_pool", shared.get("k_pool", 31)), pool)
-        for knobs in (shared, own):
-            if "k" in knobs:
-                knobs["k"] = min(knobs["k"], pool)
-        if len(sweep.methods) > 1:
-            shared.pop("k_pool", None)
-    if "k" in raw["grid"]:
-        raw["grid"]["k"] = list(dict.fromkeys(min(k, pool) for k in raw["grid"]["k"]))
+        own = knobs.get(m) if isinstance(knobs.get(m), dict) else None
+        given = {**shared, **(own or {})}
+        # Only what changes: a sweep the method leaves alone dumps as it was (its resume key stays).
+        changed = {k: v for k, v in method_class(m).smoke_knobs(given, n_train).items()
+                   if k not in given or given[k] != v}
+        if changed:
+            (knobs.setdefault(m, {}) if several or own is not None else knobs).update(changed)
+    for axis, values in raw["grid"].items():
+        if axis != "method":
+            new = [_smoke_value(sweep.methods, axis, v, n_train) for v in values]
+            if new != values:
+                raw["grid"][axis] = _unique(new)
+    grid_methods = raw["grid"].get("method") or [sweep.method]
     for cell in raw["cells"]:
-        if "k" in cell:
-            cell["k"] = min(cell["k"], pool)
+        for k, v in cell.items():
+            if k != "method":
+                cell[k] = _smoke_value([cell["method"]] if "method" in cell else grid_methods, k, v, n_train)
+    raw["cells"] = _unique(raw["cells"])
+
+
+def _smoke_value(methods: list[str], knob: str, value, n_train: int):
+    """One grid or cell value of KNOB as the methods that take it want it in a smoke run."""
+    for m in methods:
+        value = method_class(m).smoke_knobs({knob: value}, n_train).get(knob, value)
+    return value
+
+
+def _unique(values: list) -> list:
+    """Without repeats (a smoke value may equal another: k 10 and 15 both held to 3), in order."""
+    seen: dict[str, object] = {}
+    for v in values:
+        seen.setdefault(json.dumps(v, sort_keys=True), v)
+    return list(seen.values())
 
 
 def _weights_here(spec: dict) -> bool:

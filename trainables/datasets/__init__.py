@@ -1,14 +1,27 @@
 """Dataset registry: `load_dataset(name, root, ...)` returns an in-memory `ImageData`."""
 from __future__ import annotations
 
+import importlib
 import os
+import pkgutil
 
 from ..registry import DATASETS
-from . import cifar, digits, imagenet, mnist, svhn  # noqa: F401  (registration side effect)
 from .base import AUGMENTATIONS, MAX_VAL_SPLIT, DatasetMissing, ImageData, check_options, eval_batches, train_batches
+from .registration import Smoke, register_dataset, smoke_of
 
-__all__ = ["AUGMENTATIONS", "DATASETS", "DatasetMissing", "ImageData", "MAX_VAL_SPLIT", "eval_batches", "load_dataset",
-           "train_batches"]
+__all__ = ["AUGMENTATIONS", "DATASETS", "DatasetMissing", "ImageData", "MAX_VAL_SPLIT", "Smoke", "eval_batches",
+           "load_dataset", "register_dataset", "smoke_of", "train_batches"]
+
+
+def import_dataset_modules() -> None:
+    """Imports every public module of this package: a dataset module registers itself on import, so a new
+    dataset needs no edit here (the others, base, views..., register nothing; `_`-prefixed ones are skipped)."""
+    for m in pkgutil.iter_modules(__path__):
+        if not m.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{m.name}")
+
+
+import_dataset_modules()
 
 
 def load_dataset(name: str, root: str, download: bool = False, verify_checksum: bool = True,

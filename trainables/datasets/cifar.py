@@ -8,9 +8,10 @@ import os
 import numpy as np
 import torch
 
-from ..registry import DATASETS
 from .base import DatasetMissing, ImageData, configure, missing_part, open_or_download  # noqa: F401
 from .pickles import load_data_pickle
+from .registration import Smoke, register_dataset
+from .synthetic import write_cifar10, write_cifar100
 
 CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
 CIFAR100_STD = (0.2675, 0.2565, 0.2761)
@@ -72,7 +73,7 @@ def _read_cifar(release: str, what: str, size: str, root: str, download: bool,
         by_hand=f"extract {official.filename} under {root} yourself")
 
 
-@DATASETS.register("cifar100")
+@register_dataset("cifar100", smoke=Smoke(write_cifar100))
 def load_cifar100(root: str, download: bool = False, verify_checksum: bool = True, augment: str | None = None,
                   val_split: float = 0.0, val_seed: int = 0) -> ImageData:
     (train_x, train_y), (test_x, test_y) = _read_cifar(
@@ -82,7 +83,7 @@ def load_cifar100(root: str, download: bool = False, verify_checksum: bool = Tru
                      augment, val_split, val_seed)
 
 
-@DATASETS.register("cifar10")
+@register_dataset("cifar10", smoke=Smoke(write_cifar10))
 def load_cifar10(root: str, download: bool = False, verify_checksum: bool = True, augment: str | None = None,
                  val_split: float = 0.0, val_seed: int = 0) -> ImageData:
     """CIFAR-10; by default RandomCrop(32, padding=4) + flip, as CIFAR-100 (the CRD/RepDistiller recipe)."""

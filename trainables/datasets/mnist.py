@@ -8,8 +8,9 @@ import zlib
 
 import torch
 
-from ..registry import DATASETS
 from .base import ImageData, configure, missing_part, open_or_download
+from .registration import Smoke, register_dataset
+from .synthetic import write_mnist
 
 # The normalisation of PyTorch's own MNIST example (pytorch/examples, mnist/main.py).
 MNIST_MEAN = (0.1307,)
@@ -64,7 +65,7 @@ def _same_content(raw: str, gz: str) -> bool:
     return c == crc
 
 
-@DATASETS.register("mnist")
+@register_dataset("mnist", smoke=Smoke(write_mnist))
 def load_mnist(root: str, download: bool = False, verify_checksum: bool = True, augment: str | None = None,
                val_split: float = 0.0, val_seed: int = 0) -> ImageData:
     """MNIST 1x28x28; no augmentation by default (PyTorch's MNIST example trains on the plain images)."""

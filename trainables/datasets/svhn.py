@@ -7,8 +7,9 @@ import os
 import numpy as np
 import torch
 
-from ..registry import DATASETS
 from .base import ImageData, configure, missing_part, open_or_download
+from .registration import Smoke, register_dataset
+from .synthetic import write_svhn
 
 # Per-channel statistics of the SVHN training set, as DeepCore (PatrickZH/DeepCore, deepcore/datasets/svhn.py)
 # normalises it.
@@ -37,7 +38,7 @@ def _split(ds) -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.from_numpy(np.asarray(ds.labels, dtype=np.int64))
 
 
-@DATASETS.register("svhn")
+@register_dataset("svhn", smoke=Smoke(write_svhn))
 def load_svhn(root: str, download: bool = False, verify_checksum: bool = True, augment: str | None = None,
               val_split: float = 0.0, val_seed: int = 0) -> ImageData:
     """SVHN train/test (not `extra`). By default RandomCrop(32, padding=4) without flip: mirrored digits are

@@ -1,5 +1,6 @@
 """Small datasets in the real on-disk formats (random pixels): what tests read through the real
-loaders, and what `kd-sweep run --smoke` trains on when the real dataset is not on this machine."""
+loaders, and what `kd-sweep run --smoke` trains on when the real dataset is not on this machine (each
+dataset's registration names its writer: `Smoke(write=...)`)."""
 from __future__ import annotations
 
 import gzip
@@ -114,9 +115,3 @@ def write_imagefolder(root: Path, n_train: int, n_test: int, classes: int = 3, s
                 h, w = rng.integers(40, 90, 2)
                 Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(d / f"{c}_{i}.JPEG")
     return Path(root)
-
-
-# What `--smoke` writes for each dataset when the real one is missing: (writer, train, test images).
-SMOKE = {"cifar100": (write_cifar100, 200, 100), "cifar10": (write_cifar10, 200, 100),
-         "svhn": (write_svhn, 200, 100), "mnist": (write_mnist, 200, 100),
-         "imagenet": (write_imagefolder, 24, 12)}

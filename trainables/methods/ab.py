@@ -54,6 +54,7 @@ class AB(Method):
     Knobs = ABKnobs
     needs_maps = True
     preact = True  # the authors and CRD read the stage outputs before their last ReLU
+    smoke_limits = {"init_epochs": 1}
 
     def __init__(self, knobs: ABKnobs, student: ModelInfo, teacher: ModelInfo, data: DataInfo):
         super().__init__(knobs, student, teacher, data)

@@ -11,7 +11,7 @@ paraphraser, AB/FSP's initialisation), then per step `batch_indices` and `forwar
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar, NamedTuple
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -116,6 +116,9 @@ class Method(nn.Module):
     needs_maps: ClassVar[bool] = False   # ask the models for their stage maps
     preact: ClassVar[bool] = False       # ...taken before the last ReLU of each stage
     teacher_logits: ClassVar[bool] = False  # the method itself reads the teacher's logits
+    # Largest values `kd-sweep run --smoke` gives these knobs (a pre-stage's epochs): a smoke run is a
+    # pipeline check of a minute or so, and a 30-epoch pre-stage would be most of it.
+    smoke_limits: ClassVar[dict[str, int]] = {}
 
     def __init__(self, knobs: Knobs, student: ModelInfo, teacher: ModelInfo | None, data: DataInfo):
         super().__init__()
@@ -149,6 +152,14 @@ class Method(nn.Module):
     def pretrain(self, ctx: Context) -> dict[str, float]:
         """A stage before distillation; runs once (not again after a resume). Returns its metrics."""
         return {}
+
+    @classmethod
+    def smoke_knobs(cls, knobs: dict[str, Any], n_train: int) -> dict[str, Any]:
+        """The knob values `--smoke` sets for this method, training on `n_train` images, given values the
+        sweep gives it (`knobs`, by the names the sweep uses: its fixed knobs, or one grid value, or one
+        cell; any knob may be absent). By default each of `smoke_limits`, its value or default held to it."""
+        given = {**{f.alias or n: f.default for n, f in cls.Knobs.model_fields.items()}, **knobs}
+        return {k: min(given[k], top) for k, top in cls.smoke_limits.items()}
 
     @classmethod
     def batch_key(cls, knobs: Knobs) -> object:

@@ -82,6 +82,16 @@ class CoSS(Method):
             self.pools = neighbour_pools(ctx.teacher, ctx.data, self.knobs.k_pool, key).to(ctx.device)
 
     @classmethod
+    def smoke_knobs(cls, knobs: dict, n_train: int) -> dict:
+        """A smoke set is too small for pools of 31 neighbours: k_pool at most a quarter of its images (set
+        even where the sweep leaves the default), and k, where the sweep gives it, within that."""
+        pool = max(1, n_train // 4)
+        out = {"k_pool": min(knobs.get("k_pool", CoSSKnobs.model_fields["k_pool"].default), pool)}
+        if "k" in knobs:
+            out["k"] = min(knobs["k"], pool)
+        return out
+
+    @classmethod
     def batch_key(cls, knobs: CoSSKnobs) -> object:
         return {"k": knobs.k, "k_pool": knobs.k_pool} if knobs.k > 0 else None
 
@@ -91,7 +101,8 @@ class CoSS(Method):
         return sample_neighbours(self.pools, idx, self.knobs.k, gen)
 
     def distill(self, step: Step) -> dict[str, Term]:
-        a_s, z_t = self.proj(step.s.feature), step.t.feature
+        # The teacher is a fixed target: detached, so the loss never reaches it however the caller ran it.
+        a_s, z_t = self.proj(step.s.feature), step.t.feature.detach()
         co = similarity_term(z_t, a_s, self.tau_t, self.tau_s)
         ss = similarity_term(z_t.T, a_s.T, self.tau_t, self.tau_s)
         return {"co": weighted(self.beta * self.knobs.lambda_co, co), "ss": weighted(self.beta * self.knobs.lam, ss)}

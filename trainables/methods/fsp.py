@@ -60,6 +60,7 @@ def connector(c_in: int, c_out: int) -> nn.Module:
 class FSP(Method):
     Knobs = FSPKnobs
     needs_maps = True
+    smoke_limits = {"init_epochs": 1}
 
     def __init__(self, knobs: FSPKnobs, student: ModelInfo, teacher: ModelInfo, data: DataInfo):
         super().__init__(knobs, student, teacher, data)

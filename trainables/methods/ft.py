@@ -83,6 +83,7 @@ def ft_loss(f_s: torch.Tensor, f_t: torch.Tensor, kind: str = "flatten") -> torc
 class FT(Method):
     Knobs = FTKnobs
     needs_maps = True
+    smoke_limits = {"paraphraser_epochs": 1}
 
     def __init__(self, knobs: FTKnobs, student: ModelInfo, teacher: ModelInfo, data: DataInfo):
         super().__init__(knobs, student, teacher, data)
