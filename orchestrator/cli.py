@@ -263,6 +263,18 @@ def bench(
     run_bench(typer.echo, Path(plain_loop) if plain_loop else None, steps, faiss_n)
 
 
+@app.command()
+def down() -> None:
+    """Stop the local Ray cluster `kd-sweep run` keeps warm between sweeps (it also stops by itself
+    after KD_SWEEP_KEEP_WARM idle seconds, default 900; KD_SWEEP_KEEP_WARM=0: no warm cluster)."""
+    from .cluster import state_dir, stop
+
+    if stop():
+        typer.echo("stopped the warm local Ray cluster")
+    else:
+        typer.echo(f"no warm local Ray cluster is running ({state_dir()})")
+
+
 class Kind(str, Enum):
     methods = "methods"
     models = "models"

@@ -10,6 +10,7 @@ import textwrap
 
 from mlflow import MlflowClient
 
+from results.mlflow_schema import WALL_METRIC, Status, Tag, all_runs, cell_tag, experiments, holds_result, status_is
 from trainables.config import cell_label
 
 from .flops import matmul_peak, training_flops
@@ -81,8 +82,7 @@ def flop_estimate(cfgs: list[dict], plan: Plan, sweep: Sweep, repeat: int = 1) -
 
 def _cell_key(cfg: dict) -> tuple:
     """The cell a trial belongs to, as earlier runs' tags name it (kd.dataset, kd.pair, kd.method, kd.cell)."""
-    return (cfg["dataset"]["name"], cfg["labels"]["pair"], cfg["method"],
-            json.dumps(cfg["labels"]["cell"], sort_keys=True))
+    return (cfg["dataset"]["name"], cfg["labels"]["pair"], cfg["method"], cell_tag(cfg["labels"]["cell"]))
 
 
 def dry_run(sweep: Sweep, file: str, tracking_uri: str) -> None:
@@ -91,14 +91,14 @@ def dry_run(sweep: Sweep, file: str, tracking_uri: str) -> None:
     history = []
     if store_exists(tracking_uri):  # a dry run writes nothing, not even an empty store
         client = MlflowClient(tracking_uri)
-        exps = [e.experiment_id for e in client.search_experiments()]
-        history = client.search_runs(exps, "attributes.status = 'FINISHED'", max_results=5000) if exps else []
-    done = {r.data.tags.get("kd.config_hash") for r in history if r.data.tags.get("kd.state") in ("done", "reused")}
+        exps = experiments(client)
+        history = all_runs(client, exps, status_is(Status.FINISHED)) if exps else []
+    done = {r.data.tags.get(Tag.CONFIG_HASH) for r in history if holds_result(r)}
     by_cell: dict[tuple, list[float]] = {}
     for r in history:
-        t, wall = r.data.tags, r.data.metrics.get("cost/wall_s")
+        t, wall = r.data.tags, r.data.metrics.get(WALL_METRIC)
         if wall is not None:
-            key = (t.get("kd.dataset"), t.get("kd.pair"), t.get("kd.method"), t.get("kd.cell"))
+            key = (t.get(Tag.DATASET), t.get(Tag.PAIR), t.get(Tag.METHOD), t.get(Tag.CELL))
             by_cell.setdefault(key, []).append(wall)
 
     gpu = sweep.resources.gpu

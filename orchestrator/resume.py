@@ -15,15 +15,13 @@ import socket
 from trainables.config import digest
 
 
-DRIVER_TAG = "kd.driver"
-
-
 def sweep_key(resolved: dict, smoke: bool) -> str:
     """Two `kd-sweep run`s continue one another only when they resolve to the same sweep."""
     return digest({"sweep": resolved, "smoke": smoke})
 
 
 def driver_tag() -> str:
+    """The parent run's `kd.driver`: which process on which machine drives it."""
     return json.dumps({"host": socket.gethostname(), "pid": os.getpid()})
 
 

@@ -16,21 +16,21 @@ from dataclasses import dataclass, field
 
 import torch
 import yaml
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from results.mlflow_schema import SMOKE_SUFFIX, Param, Role, Status, Tag, cell_of, holds_result, smoke_tags
 from trainables.checkpoints import CheckpointError, load_into, read_state_dict
 from trainables.datasets import DatasetMissing, load_dataset
 from trainables.models import build_model
 
 from .progress import Progress
-from .resume import (DRIVER_TAG, SweepLock, SweepLocked, checkpoint_bytes, driver_alive, driver_tag, latest_checkpoints,
+from .resume import (SweepLock, SweepLocked, checkpoint_bytes, driver_alive, driver_tag, latest_checkpoints,
                      prune_checkpoints, sweep_key)
 from .spec import SpecError, Sweep, resolve_path, search_metric
 from .sweep_summary import log_sweep_summary
 from .tracking import (Store, failure_reason, local_store_path, make_callback, store_exists, store_failure,
                        unreachable_server, unwritable_store)
-from . import packing
-from .ui import VIEW_TAG, browse_hint, has_view, sweep_view
+from . import cluster, packing
+from .ui import browse_hint, sweep_view
 from .trials import _dataset, evaluate_only, file_digest, student_trials, teacher_trial, trial_members, trial_name
 
 
@@ -171,9 +171,34 @@ class _AuthEnabledNote(logging.Filter):
 _AUTH_NOTE = _AuthEnabledNote()  # one instance: addFilter skips a filter it already has
 
 
-def _init_ray(address: str | None, sweep: Sweep, file: str) -> None:
+_LEASE: list = []  # this driver's hold on the warm local cluster, released by _shutdown_ray
+
+
+def _shutdown_ray() -> None:
     import ray
 
+    ray.shutdown()
+    while _LEASE:
+        _LEASE.pop().release()
+
+
+def _warm_lease(progress: Progress | None):
+    """The warm local cluster's lease, or None for a private Ray: warm clusters off, or Ray already
+    imported without token authentication (a cluster started by `ray start` wants it, and Ray reads
+    RAY_AUTH_MODE once, at import)."""
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode not in (None, "token") or ("ray" in sys.modules and mode != "token"):
+        return None
+    try:
+        held = cluster.lease(progress)
+    except cluster.ClusterError as e:
+        raise RunError(str(e)) from None
+    if held is not None:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    return held
+
+
+def _init_ray(address: str | None, sweep: Sweep, file: str, progress: Progress | None = None) -> None:
     logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_AUTH_NOTE)
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -189,11 +214,29 @@ def _init_ray(address: str | None, sweep: Sweep, file: str) -> None:
     env = {"MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2")}
     if os.environ.get("KD_SWEEP_FAULT"):  # tests of retry and resume: the workers must see it too
         env["KD_SWEEP_FAULT"] = os.environ["KD_SWEEP_FAULT"]
-    kwargs["runtime_env"] = {"env_vars": env}
-    if not address:
+    held = None if address else _warm_lease(progress)
+    import ray
+
+    if held is not None:
+        _LEASE.append(held)
+        # Its workers were started for another driver: they get this one's environment as a job's.
+        env = {**held.env_vars(), **env}
+        kwargs["runtime_env"] = {"env_vars": env}
+        try:
+            ray.init(address=held.address, **kwargs)
+        except Exception:  # noqa: BLE001 - stopped between our look and the join (`ray stop`): start anew
+            ray.shutdown()
+            _LEASE.pop().release()
+            cluster.stop()
+            _LEASE.append(held := _warm_lease(progress))
+            kwargs["runtime_env"] = {"env_vars": {**held.env_vars(), **env}}
+            ray.init(address=held.address, **kwargs)
+    elif not address:
+        kwargs["runtime_env"] = {"env_vars": env}
         # "local": a new instance of our own, even when `ray start` left a cluster on this machine.
         ray.init(address="local", **kwargs)
     else:
+        kwargs["runtime_env"] = {"env_vars": env}
         try:
             ray.init(address=address, **kwargs)
         except Exception as e:  # noqa: BLE001 - Ray raises several types here; all mean "not joined"
@@ -206,13 +249,13 @@ def _init_ray(address: str | None, sweep: Sweep, file: str) -> None:
     have = ray.cluster_resources()
     want = sweep.resources
     if want.gpu > 0 and have.get("GPU", 0) < min(want.gpu, 1):
-        ray.shutdown()
+        _shutdown_ray()
         raise SpecError(file, "resources.gpu",
                         f"each trial asks for {want.gpu:g} GPU and the Ray cluster has "
                         f"{have.get('GPU', 0):g}; run on a GPU cluster (--address) or set resources.gpu: 0"
                         " (e.g. --set resources.gpu=0) to train on CPU")
     if want.cpu > have.get("CPU", 0):
-        ray.shutdown()
+        _shutdown_ray()
         raise SpecError(file, "resources.cpu",
                         f"each trial asks for {want.cpu:g} CPUs and the Ray cluster has {have.get('CPU', 0):g}")
 
@@ -257,7 +300,7 @@ def check_storage(storage: str, file: str) -> None:
     if blind:
         import ray
 
-        ray.shutdown()
+        _shutdown_ray()
         raise SpecError(file, "storage",
                         f"{storage} is not visible from {len(blind)} of the cluster's {nodes} nodes"
                         f" ({', '.join(blind)}): trial checkpoints must be where every node sees them. Give a"
@@ -385,7 +428,7 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
                               f" {len(plan.students)} trial(s); nothing to run (`--rerun` runs them again)")
                 progress.note(f"table: `kd-sweep report {report_name(sweep.name, smoke)} --table`")
                 progress.note(browse_hint(tracking_uri, done.info.experiment_id,
-                                          has_view(store.client, done.info.experiment_id)))
+                                          store.has_view(done.info.experiment_id)))
                 return 0
         return _run_sweep(sweep, file, address, tracking_uri, smoke, rerun, resume, plan, storage_path, progress,
                           raw, key, lock, store)
@@ -406,13 +449,13 @@ def _run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, 
         beside Ray's start-up (~3 s), unless the completeness check made it already. It only reads:
         nothing is logged until both are up."""
         store = opened or Store(tracking_uri)
-        exp = store.client.get_experiment_by_name(sweep.name)
-        found = None if rerun or exp is None else store.find_resumable(exp.experiment_id, key)
-        return store, (exp.experiment_id if exp else None), found
+        exp_id = store.find_experiment(sweep.name)
+        found = None if rerun or exp_id is None else store.find_resumable(exp_id, key)
+        return store, exp_id, found
 
     with ThreadPoolExecutor(1) as pool:
         looked = pool.submit(look)
-        _init_ray(address, sweep, file)
+        _init_ray(address, sweep, file, progress)
     import ray
 
     try:
@@ -420,33 +463,32 @@ def _run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, 
         if resume and earlier is None:
             raise RunError(f"nothing to resume: no run of sweep {sweep.name!r} (as this file resolves now) stopped"
                            f" before its end in {tracking_uri}; `kd-sweep status {sweep.name}` shows its latest run")
-        if earlier is not None and (pid := driver_alive(earlier.data.tags.get(DRIVER_TAG))):
+        if earlier is not None and (pid := driver_alive(earlier.data.tags.get(Tag.DRIVER))):
             raise RunError(f"this sweep is being run by process {pid} (parent run {earlier.info.run_id}); wait"
                            " for it, or stop it and run again to continue")
         exp_id = exp_id or store.experiment(sweep.name)
         check_storage(storage_path, file)
         if earlier is not None:
             parent = earlier.info.run_id
-            attempt = int(earlier.data.tags.get("kd.attempt", "1")) + 1
-            store.client.update_run(parent, status="RUNNING")
-            paper = {k: v for k, v in parent_tags(sweep, smoke).items() if k == "kd.paper"}  # the file's latest notes
-            for k, v in {"kd.attempt": str(attempt), DRIVER_TAG: driver_tag(), **paper}.items():
-                store.client.set_tag(parent, k, v)
+            attempt = int(earlier.data.tags.get(Tag.ATTEMPT, "1")) + 1
+            store.reopen(parent)
+            paper = {k: v for k, v in parent_tags(sweep, smoke).items() if k == Tag.PAPER}  # the file's latest notes
+            store.set_tags(parent, {Tag.ATTEMPT: str(attempt), Tag.DRIVER: driver_tag(), **paper})
             lock.write(parent)
             progress.note(f"continuing parent run {parent[:8]} of sweep {sweep.name!r} (its driver stopped;"
                           f" attempt {attempt}): finished trials stay finished, unfinished ones resume")
         else:
             attempt = 1
             parent = store.start_parent(exp_id, sweep.name, yaml.safe_dump(raw, sort_keys=False),
-                                        len(plan.students), {**parent_tags(sweep, smoke), "kd.sweep_key": key,
-                                                             "kd.attempt": "1", DRIVER_TAG: driver_tag()})
+                                        len(plan.students), {**parent_tags(sweep, smoke), Tag.SWEEP_KEY: key,
+                                                             Tag.ATTEMPT: "1", Tag.DRIVER: driver_tag()})
             lock.write(parent)
-        store.client.set_experiment_tag(exp_id, VIEW_TAG, json.dumps(runs_view(sweep, parent)))
+        store.save_view(exp_id, runs_view(sweep, parent))
     except BaseException:
-        ray.shutdown()
+        _shutdown_ray()
         raise
-    smoke_tag = {"kd.smoke": str(smoke).lower()}
-    status = "FAILED"
+    smoke_tag = smoke_tags(smoke)
+    status = Status.FAILED
     callbacks: list = []
     on_term = signal.signal(signal.SIGTERM, _term_as_int) if threading.current_thread() is threading.main_thread() \
         else None
@@ -488,12 +530,12 @@ def _run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, 
                 weights[cfg["weights_hash"]] = _teacher_weights(store, run)
             teacher_runs[cfg["weights_hash"]] = run.info.run_id
         # The report's Teacher column reads the exact runs this sweep used.
-        store.client.set_tag(parent, "kd.teacher_runs", json.dumps(teacher_runs, sort_keys=True))
+        store.set_teacher_runs(parent, teacher_runs)
         if not plan.students:
             progress.note(f"teachers ready; MLflow: {tracking_uri} (experiment {sweep.name!r}). Later sweeps"
                           " with the same teacher model, data and teacher_train reuse them.")
             progress.note(browse_hint(tracking_uri, exp_id))
-            status = "FINISHED"
+            status = Status.FINISHED
             return 0
         prefix = f"{sweep.name}-{parent[:8]}"
         callback = make_callback(store, exp_id, parent, progress, smoke_tag)
@@ -527,7 +569,7 @@ def _run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, 
                 if (run := store.find_teacher("config_hash", cfg["config_hash"])) is not None:
                     teacher_runs[cfg["weights_hash"]] = run.info.run_id
             if deferred:
-                store.client.set_tag(parent, "kd.teacher_runs", json.dumps(teacher_runs, sort_keys=True))
+                store.set_teacher_runs(parent, teacher_runs)
             try:
                 log_sweep_summary(store, parent, sweep.name, smoke, search_metric(sweep))
             except Exception as e:  # noqa: BLE001 - the trials' runs are logged; only the parent's summary is missing
@@ -536,7 +578,7 @@ def _run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, 
                 progress.note(f"the parent run's table was not logged ({type(e).__name__}: {e});"
                               " `kd-sweep report` still prints it")
         failed = progress.summary()
-        status = "FAILED" if failed else "FINISHED"
+        status = Status.FAILED if failed else Status.FINISHED
         if (used := checkpoint_bytes(storage_path, sweep.name)) is not None:
             progress.note(f"epoch checkpoints: {used / 2**20:.1f} MB under {storage_path}"
                           f" (keep_checkpoints: {sweep.keep_checkpoints})")
@@ -545,7 +587,7 @@ def _run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, 
         progress.note(browse_hint(tracking_uri, exp_id))
         return 1 if failed else 0
     except (Interrupted, KeyboardInterrupt) as e:
-        status = "KILLED"
+        status = Status.KILLED
         stopped = sum(cb.close_unfinished() or 0 for cb in callbacks)
         never = max(0, e.unfinished - stopped) if isinstance(e, Interrupted) else 0
         progress.note(f"interrupted: {stopped} trial(s) stopped before their end"
@@ -561,7 +603,7 @@ def _run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, 
     finally:
         if on_term is not None:
             signal.signal(signal.SIGTERM, on_term)
-        ray.shutdown()
+        _shutdown_ray()
         if status is not None:
             store.finish(parent, status)
 
@@ -569,14 +611,14 @@ def _run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, 
 def report_name(name: str, smoke: bool) -> str:
     """What `kd-sweep report` takes for this run: a smoke run's sweep is `<name>-smoke`, and
     `report <name> --smoke` finds it."""
-    return f"{name.removesuffix('-smoke')} --smoke" if smoke else name
+    return f"{name.removesuffix(SMOKE_SUFFIX)} --smoke" if smoke else name
 
 
 def runs_view(sweep: Sweep, parent: str) -> dict:
     """The MLflow runs table a sweep's link opens on: its trials, its swept knobs, seed and scores."""
     axes = sweep.axes() or list(sweep.search.space if sweep.search else [])
-    params = ["method" if k == "method" else f"knobs.{k}" for k in axes]
-    tags = ["kd.seed", *(["kd.pair"] if sum(p.student is not None for p in sweep.pairs) > 1 else [])]
+    params = [Param.METHOD if k == "method" else Param.knob(k) for k in axes]
+    tags = [Tag.SEED, *([Tag.PAIR] if sum(p.student is not None for p in sweep.pairs) > 1 else [])]
     metrics = [f"eval/{p}_top1" for p in sweep.eval.protocols()]
     metrics += [m for m in ("eval/classifier_top1", "train/loss") if m not in metrics]
     return sweep_view(parent, metrics, params, tags)
@@ -594,15 +636,15 @@ def parent_tags(sweep: Sweep, smoke: bool) -> dict[str, str]:
     """What the report needs of the sweep as a whole: the seeds asked (a cell with fewer is marked),
     smoke or not, the dataset, and with `paper:` the tables it reproduces, the pairs it runs (a table
     split over two files counts only its own pairs) and its known deviations."""
-    tags = {"kd.seeds": json.dumps(sweep.seeds), "kd.smoke": str(smoke).lower(), "kd.dataset": sweep.dataset.name,
-            "kd.setting": sweep.setting}
+    tags = {Tag.SEEDS: json.dumps(sweep.seeds), **smoke_tags(smoke), Tag.DATASET: sweep.dataset.name,
+            Tag.SETTING: sweep.setting}
     if sweep.search:
-        tags["kd.search"] = json.dumps({**sweep.search.model_dump(mode="json"), "metric": search_metric(sweep)})
+        tags[Tag.SEARCH] = json.dumps({**sweep.search.model_dump(mode="json"), "metric": search_metric(sweep)})
     if sweep.paper is not None:
         # A teacher-only pair is its teacher's row (a teachers sweep's table).
         pairs = [{"pair": p.label, "teacher": p.teacher.label,
                   "student": p.student.label if p.student else p.teacher.label} for p in sweep.pairs]
-        tags["kd.paper"] = json.dumps({"tables": sweep.paper.tables, "pairs": pairs,
+        tags[Tag.PAPER] = json.dumps({"tables": sweep.paper.tables, "pairs": pairs,
                                        "deviations": sweep.paper.deviations})
     return tags
 
@@ -628,15 +670,13 @@ def _packed(configs: list[dict], sweep: Sweep, plan: Plan, progress: Progress) -
 def _searched(store: Store, exp_id: str, parent: str, metric: str) -> list[tuple[dict, float]]:
     """(sampled knobs, metric) of the search trials this parent run finished. Those a dead driver left
     running are closed as interrupted: the continued search samples afresh rather than resuming them."""
-    runs = store.client.search_runs(
-        [exp_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}' and tags.`kd.role` = 'student'", max_results=10000)
+    # Newest first, the order the sampler was told them in before: it decides what a seeded search samples.
+    runs = store.children(exp_id, parent, Role.STUDENT, newest_first=True)
     for r in runs:
-        if r.info.status == "RUNNING":
-            store.client.set_tag(r.info.run_id, "kd.state", "interrupted")
-            store.finish(r.info.run_id, "KILLED")
-    return [(json.loads(r.data.tags["kd.cell"]), r.data.metrics[metric]) for r in runs
-            if r.info.status == "FINISHED" and metric in r.data.metrics
-            and r.data.tags.get("kd.state") in ("done", "reused")]
+        if r.info.status == Status.RUNNING:
+            store.interrupt(r.info.run_id)
+    return [(cell_of(r.data.tags), r.data.metrics[metric]) for r in runs
+            if holds_result(r) and metric in r.data.metrics]
 
 
 def _students_to_run(students: list[dict], store: Store, exp_id: str, parent: str, tags: dict[str, str],
@@ -647,7 +687,7 @@ def _students_to_run(students: list[dict], store: Store, exp_id: str, parent: st
     todo, here, linked = [], 0, 0
     for cfg in students:
         runs = found.get(cfg["config_hash"], [])
-        if any(r.data.tags.get(MLFLOW_PARENT_RUN_ID) == parent for r in runs):
+        if any(r.data.tags.get(Tag.PARENT) == parent for r in runs):
             here += 1
         elif runs:
             store.link(exp_id, parent, cfg, runs[0], tags)

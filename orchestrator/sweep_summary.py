@@ -37,14 +37,13 @@ def log_sweep_summary(store, parent_id: str, sweep_name: str, smoke: bool, metri
             points += [Metric(f"{name}/mean", cell.mean, ts, 0), Metric(f"{name}/n", float(cell.n), ts, 0)]
             if not math.isnan(cell.std):
                 points.append(Metric(f"{name}/std", cell.std, ts, 0))
-    for i in range(0, len(points), 1000):
-        store.client.log_batch(parent_id, metrics=points[i:i + 1000])
+    store.log_metrics(parent_id, points)
     with tempfile.TemporaryDirectory() as d:
         with open(os.path.join(d, "table.md"), "w") as f:
             f.write(text)
-        store.client.log_artifact(parent_id, os.path.join(d, "table.md"))
+        store.log_file(parent_id, os.path.join(d, "table.md"))
         try:
             plot(table, col, os.path.join(d, "plot.png"))
         except ReportError:
             return  # nothing numeric swept (a method axis): the table is the summary
-        store.client.log_artifact(parent_id, os.path.join(d, "plot.png"))
+        store.log_file(parent_id, os.path.join(d, "plot.png"))

@@ -16,17 +16,16 @@ from pathlib import Path
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 
-from results.collect import search_all
+from results.mlflow_schema import (METRIC_PREFIXES, RESULT_TAGS, VIEW_TAG, WALL_METRIC, Role, State, Status, Tag,
+                                   all_runs, cell_tag, child_of, experiments, has_view, holds_result, latest_run,
+                                   link_name, run_name, status_is, tag_is, tag_is_not)
 from trainables.config import cell_label
 from trainables.tune_trial import FAILED, MEMBERS, REUSED
 
 from .trials import describe, flat_params, trial_members, trial_name
 
 KD_VERSION = "0.1.0"
-# Per-epoch names the trainable reports; everything else in a Tune result is Ray's bookkeeping.
-METRIC_PREFIXES = ("train/", "eval/", "pretrain/", "cost/", "curve/")
 
 METRIC_NOTE = ("eval/<protocol>_top1 is the last epoch (RepDistiller's convention); eval/classifier_top1_best is"
                " the best training epoch (mdistiller's) and eval/linear_top1_best the probe's best epoch;"
@@ -136,27 +135,27 @@ def git_commit() -> str | None:
 def trial_tags(cfg: dict) -> dict[str, str]:
     lab = cfg["labels"]
     tags = {
-        "kd.role": cfg["role"], "kd.sweep": cfg["sweep"], "kd.method": cfg["method"],
-        "kd.pair": lab["pair"], "kd.teacher": lab["teacher"], "kd.student": lab["student"],
-        "kd.seed": str(cfg["seed"]), "kd.cell": json.dumps(lab["cell"], sort_keys=True),
-        "kd.config_hash": cfg["config_hash"], "kd.dataset": cfg["dataset"]["name"], "kd.version": KD_VERSION,
+        Tag.ROLE: cfg["role"], Tag.SWEEP: cfg["sweep"], Tag.METHOD: cfg["method"],
+        Tag.PAIR: lab["pair"], Tag.TEACHER: lab["teacher"], Tag.STUDENT: lab["student"],
+        Tag.SEED: str(cfg["seed"]), Tag.CELL: cell_tag(lab["cell"]),
+        Tag.CONFIG_HASH: cfg["config_hash"], Tag.DATASET: cfg["dataset"]["name"], Tag.VERSION: KD_VERSION,
         # Which split the eval/* numbers are on: "val" numbers are for tuning, never for the paper.
-        "kd.eval_split": "val" if cfg["dataset"].get("val_split") else "test",
-        "kd.metrics": METRIC_NOTE,
-        "kd.pair_index": str(lab.get("pair_index", 0)),
-        "kd.cell_label": cell_label(lab["cell"]) or cfg["method"], "kd.trial": cfg["name"],
-        "kd.gpu": str(cfg["resources"]["gpu"]), "kd.cpu": str(cfg["resources"]["cpu"]),
-        "kd.data_fingerprint": str(cfg["dataset"].get("fingerprint", "")),
-        MLFLOW_RUN_NAME: lab.get("run", cfg["name"]),
-        MLFLOW_RUN_NOTE: f"{describe(cfg)}\n\n{METRIC_NOTE}.",
+        Tag.EVAL_SPLIT: "val" if cfg["dataset"].get("val_split") else "test",
+        Tag.METRICS: METRIC_NOTE,
+        Tag.PAIR_INDEX: str(lab.get("pair_index", 0)),
+        Tag.CELL_LABEL: cell_label(lab["cell"]) or cfg["method"], Tag.TRIAL: cfg["name"],
+        Tag.GPU: str(cfg["resources"]["gpu"]), Tag.CPU: str(cfg["resources"]["cpu"]),
+        Tag.DATA_FINGERPRINT: str(cfg["dataset"].get("fingerprint", "")),
+        Tag.RUN_NAME: run_name(cfg),
+        Tag.NOTE: f"{describe(cfg)}\n\n{METRIC_NOTE}.",
     }
     if cfg.get("teacher"):
-        tags["kd.teacher_hash"] = cfg["teacher"]["hash"]
+        tags[Tag.TEACHER_HASH] = cfg["teacher"]["hash"]
     if cfg.get("weights_hash"):
-        tags["kd.weights_hash"] = cfg["weights_hash"]
+        tags[Tag.WEIGHTS_HASH] = cfg["weights_hash"]
     commit = git_commit()
     if commit:
-        tags["kd.git_commit"] = commit
+        tags[Tag.GIT_COMMIT] = commit
     return tags
 
 
@@ -187,72 +186,140 @@ class Store:
         finally:
             os.close(fd)  # drops the lock
 
-    def experiment(self, name: str) -> str:
+    def find_experiment(self, name: str) -> str | None:
         exp = self.client.get_experiment_by_name(name)
-        return exp.experiment_id if exp else self.client.create_experiment(name)
+        return exp.experiment_id if exp else None
+
+    def experiment(self, name: str) -> str:
+        return self.find_experiment(name) or self.client.create_experiment(name)
+
+    def has_view(self, exp_id: str) -> bool:
+        return has_view(self.client, exp_id)
+
+    def save_view(self, exp_id: str, view: dict) -> None:
+        """The runs table the experiment's link opens on (ui.sweep_view)."""
+        self.client.set_experiment_tag(exp_id, VIEW_TAG, json.dumps(view))
 
     def start_parent(self, exp_id: str, sweep_name: str, resolved_yaml: str, n_trials: int,
                      tags: dict[str, str]) -> str:
         """`tags`: what the report needs of the sweep as a whole (kd.seeds, kd.smoke...)."""
         run = self.client.create_run(exp_id, run_name=f"{sweep_name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                     tags={"kd.role": "sweep", "kd.sweep": sweep_name, "kd.version": KD_VERSION,
-                                           "kd.n_trials": str(n_trials), **tags,
-                                           **({"kd.git_commit": c} if (c := git_commit()) else {})})
+                                     tags={Tag.ROLE: Role.SWEEP.value, Tag.SWEEP: sweep_name, Tag.VERSION: KD_VERSION,
+                                           Tag.N_TRIALS: str(n_trials), **tags,
+                                           **({Tag.GIT_COMMIT: c} if (c := git_commit()) else {})})
         run_id = run.info.run_id
         with tempfile.TemporaryDirectory() as d:
             p = Path(d, "sweep.yaml")
             p.write_text(resolved_yaml)
-            self.client.log_artifact(run_id, str(p))
+            self.log_file(run_id, str(p))
         return run_id
 
-    def finish(self, run_id: str, status: str = "FINISHED") -> None:
-        self.client.set_terminated(run_id, status)
+    def start_trial(self, exp_id: str, parent_id: str, cfg: dict, tags: dict[str, str],
+                    name: str | None = None) -> str:
+        """A trial's child run under PARENT: its tags (TAGS over trial_tags), its params and its config."""
+        run = self.client.create_run(exp_id, run_name=name, tags={Tag.PARENT: parent_id, **trial_tags(cfg), **tags})
+        params = [Param(k, v[:6000]) for k, v in flat_params(cfg).items()]
+        for i in range(0, len(params), 100):  # MLflow's cap on params per batch
+            self.client.log_batch(run.info.run_id, params=params[i:i + 100])
+        self.log_config(run.info.run_id, cfg)
+        return run.info.run_id
+
+    def reopen(self, run_id: str) -> None:
+        """A run its driver left unfinished goes on: RUNNING again."""
+        self.client.update_run(run_id, status=Status.RUNNING.value)
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def set_state(self, run_id: str, state: State, tags: dict[str, str] | None = None) -> None:
+        """A trial run's `kd.state`, and the tags that go with it (kd.error...) in the same request."""
+        self.set_tags(run_id, {Tag.STATE: State(state).value, **(tags or {})})
+
+    def set_teacher_runs(self, parent_id: str, runs: dict[str, str]) -> None:
+        """teacher weights hash -> run, on the parent: the report's Teacher column reads these exact runs."""
+        self.client.set_tag(parent_id, Tag.TEACHER_RUNS, json.dumps(runs, sort_keys=True))
+
+    def finish(self, run_id: str, status: Status = Status.FINISHED) -> None:
+        self.client.set_terminated(run_id, Status(status).value)
+
+    def interrupt(self, run_id: str) -> None:
+        """A trial its driver stopped before its end: KILLED, so no run stays RUNNING."""
+        self.set_state(run_id, State.INTERRUPTED)
+        self.finish(run_id, Status.KILLED)
+
+    def log_epoch(self, run_id: str, step: int, numbers: dict[str, float],
+                  tags: dict[str, str] | None = None) -> None:
+        ts = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, v, ts, step) for k, v in numbers.items()],
+                              tags=[RunTag(k, v) for k, v in (tags or {}).items()])
+
+    def logged_epochs(self, run_id: str) -> set[int]:
+        return {m.step for m in self.client.get_metric_history(run_id, WALL_METRIC)}
+
+    def log_weights(self, run_id: str, path: str, role: str) -> None:
+        """Trained weights as the run's `<role>/model.pt`, whatever the file is called here (a pack's
+        student's is `model_<hash>.pt`): later sweeps and the report find them by that name."""
+        if os.path.basename(path) == "model.pt":
+            self.log_file(run_id, path, role)
+            return
+        with tempfile.TemporaryDirectory() as t:
+            shutil.copyfile(path, os.path.join(t, "model.pt"))
+            self.log_file(run_id, os.path.join(t, "model.pt"), role)
+
+    def log_file(self, run_id: str, path: str, folder: str | None = None) -> None:
+        self.client.log_artifact(run_id, path, artifact_path=folder)
+
+    def log_metrics(self, run_id: str, points: list[Metric]) -> None:
+        """Metric points as they are (name, value, time, step)."""
+        for i in range(0, len(points), 1000):  # MLflow's cap on metrics per batch
+            self.client.log_batch(run_id, metrics=points[i:i + 1000])
+
+    def children(self, exp_id: str, parent_id: str, role: Role | None = None, newest_first: bool = False) -> list:
+        """The trials' runs of a parent run (of one role), the earliest first unless NEWEST_FIRST."""
+        filt = child_of(parent_id) + (f" and {tag_is(Tag.ROLE, role)}" if role else "")
+        return all_runs(self.client, [exp_id], filt, newest_first)
 
     def find_teacher(self, key: str, value: str):
-        """The latest finished teacher run whose `kd.<key>` tag is `value`, from any sweep; or None."""
-        runs = self.client.search_runs(
-            [e.experiment_id for e in self.client.search_experiments()],
-            filter_string=f"tags.`kd.role` = 'teacher' and tags.`kd.{key}` = '{value}'"
-                          " and attributes.status = 'FINISHED'",
-            order_by=["attributes.start_time DESC"], max_results=1)
-        return runs[0] if runs else None
+        """The latest finished teacher run whose `kd.<key>` tag (config_hash, weights_hash) is `value`, from
+        any sweep; or None."""
+        tag = {"config_hash": Tag.CONFIG_HASH, "weights_hash": Tag.WEIGHTS_HASH}[key]
+        return latest_run(self.client, experiments(self.client),
+                          f"{tag_is(Tag.ROLE, Role.TEACHER)} and {tag_is(tag, value)} and {status_is(Status.FINISHED)}")
+
+    def _latest_parent(self, exp_id: str, key: str):
+        """The latest parent run of this same sweep (as its file resolves now)."""
+        return latest_run(self.client, [exp_id], f"{tag_is(Tag.ROLE, Role.SWEEP)} and {tag_is(Tag.SWEEP_KEY, key)}")
 
     def complete_parent(self, name: str, key: str, students: set[str], teachers: set[str]):
         """The latest parent run of this same sweep when it finished every trial (FINISHED: nothing
         failed or was interrupted) and its children hold every student config now planned; or None."""
-        exp = self.client.get_experiment_by_name(name)
-        if exp is None:
+        exp_id = self.find_experiment(name)
+        if exp_id is None:
             return None
-        runs = self.client.search_runs(
-            [exp.experiment_id], filter_string=f"tags.`kd.role` = 'sweep' and tags.`kd.sweep_key` = '{key}'",
-            order_by=["attributes.start_time DESC"], max_results=1)
-        if not runs or runs[0].info.status != "FINISHED":
+        last = self._latest_parent(exp_id, key)
+        if last is None or last.info.status != Status.FINISHED:
             return None
-        kids = search_all(self.client, [exp.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{runs[0].info.run_id}'")
-        done = {r.data.tags.get("kd.config_hash") for r in kids
-                if r.info.status == "FINISHED" and r.data.tags.get("kd.state") in ("done", "reused")}
+        done = {r.data.tags.get(Tag.CONFIG_HASH) for r in self.children(exp_id, last.info.run_id) if holds_result(r)}
         if not students <= done or any(self.find_teacher("config_hash", h) is None for h in teachers):
             return None
-        return runs[0]
+        return last
 
     def find_resumable(self, exp_id: str, key: str):
         """The latest parent run of this same sweep whose driver stopped before the end (killed,
         Ctrl-C: status RUNNING or KILLED); or None."""
-        runs = self.client.search_runs(
-            [exp_id], filter_string=f"tags.`kd.role` = 'sweep' and tags.`kd.sweep_key` = '{key}'",
-            order_by=["attributes.start_time DESC"], max_results=1)
-        return runs[0] if runs and runs[0].info.status in ("RUNNING", "KILLED") else None
+        last = self._latest_parent(exp_id, key)
+        return last if last is not None and last.info.status in (Status.RUNNING, Status.KILLED) else None
 
     def find_finished(self, hashes: set[str]) -> dict[str, list]:
         """config hash -> the finished trial runs of it, from any sweep, the earliest first."""
         if not hashes:
             return {}
         found: dict[str, list] = {}
-        for r in search_all(self.client, self._experiments(),
-                            "attributes.status = 'FINISHED' and tags.`kd.role` != 'sweep'"
-                            " and tags.`kd.role` != 'teacher'"):
-            h = r.data.tags.get("kd.config_hash")
-            if h in hashes and r.data.tags.get("kd.state") in ("done", "reused"):
+        for r in all_runs(self.client, experiments(self.client),
+                          f"{status_is(Status.FINISHED)} and {tag_is_not(Tag.ROLE, Role.SWEEP)}"
+                          f" and {tag_is_not(Tag.ROLE, Role.TEACHER)}"):
+            h = r.data.tags.get(Tag.CONFIG_HASH)
+            if h in hashes and holds_result(r):
                 found.setdefault(h, []).append(r)
         return found
 
@@ -260,48 +327,41 @@ class Store:
         """config hash -> (run id, final metrics) of the finished trials, in any sweep, of CFG's method,
         pair and dataset: what a search may sample again."""
         out: dict[str, tuple[str, dict[str, float]]] = {}
-        for r in search_all(self.client, self._experiments(),
-                            f"attributes.status = 'FINISHED' and tags.`kd.method` = '{cfg['method']}'"
-                            f" and tags.`kd.pair` = '{cfg['labels']['pair']}'"
-                            f" and tags.`kd.dataset` = '{cfg['dataset']['name']}'"):
+        for r in all_runs(self.client, experiments(self.client),
+                          f"{status_is(Status.FINISHED)} and {tag_is(Tag.METHOD, cfg['method'])}"
+                          f" and {tag_is(Tag.PAIR, cfg['labels']['pair'])}"
+                          f" and {tag_is(Tag.DATASET, cfg['dataset']['name'])}"):
             t = r.data.tags
-            if t.get("kd.state") in ("done", "reused"):
-                out.setdefault(t["kd.config_hash"], (t.get("kd.reused_from") or r.info.run_id, dict(r.data.metrics)))
+            if holds_result(r):
+                out.setdefault(t[Tag.CONFIG_HASH], (t.get(Tag.REUSED_FROM) or r.info.run_id, dict(r.data.metrics)))
         return out
-
-    def _experiments(self) -> list[str]:
-        return [e.experiment_id for e in self.client.search_experiments()]
 
     def link(self, exp_id: str, parent_id: str, cfg: dict, source, tags: dict[str, str]) -> str:
         """A child run of PARENT standing for a trial that finished in an earlier sweep: its params, tags,
         every metric's whole history (the curves read as the original's), `kd.reused_from` naming the run
         that holds its weights, and a name that says it is a link."""
-        src_id = source.data.tags.get("kd.reused_from") or source.info.run_id
-        name = f"{cfg['labels'].get('run', cfg['name'])} (reused)"
-        run = self.client.create_run(exp_id, run_name=name, tags={
-            MLFLOW_PARENT_RUN_ID: parent_id, **trial_tags(cfg), **tags, "kd.state": "reused",
-            "kd.reused_from": src_id, MLFLOW_RUN_NAME: name,
-            **{k: v for k, v in source.data.tags.items() if k in ("kd.device", "kd.node")}})
-        params = [Param(k, v[:6000]) for k, v in flat_params(cfg).items()]
-        for i in range(0, len(params), 100):
-            self.client.log_batch(run.info.run_id, params=params[i:i + 100])
-        self.log_config(run.info.run_id, cfg)
-        self.copy_history(source.info.run_id, run.info.run_id, source.data.metrics)
-        self.finish(run.info.run_id, "FINISHED")
-        return run.info.run_id
+        src_id = source.data.tags.get(Tag.REUSED_FROM) or source.info.run_id
+        name = link_name(cfg)
+        run_id = self.start_trial(exp_id, parent_id, cfg, {
+            **tags, Tag.STATE: State.REUSED.value, Tag.REUSED_FROM: src_id, Tag.RUN_NAME: name,
+            **{k: v for k, v in source.data.tags.items() if k in RESULT_TAGS.values()}}, name)
+        self.copy_history(source.info.run_id, run_id, source.data.metrics)
+        self.finish(run_id, Status.FINISHED)
+        return run_id
 
-    def copy_history(self, src_id: str, dst_id: str, names) -> None:
-        """Every point of every metric in NAMES, with its step and time, from one run to another."""
-        points = [m for name in names for m in self.client.get_metric_history(src_id, name)]
-        for i in range(0, len(points), 1000):  # MLflow's cap on metrics per batch
-            self.client.log_batch(dst_id, metrics=points[i:i + 1000])
+    def copy_history(self, src_id: str, dst_id: str, names=None) -> None:
+        """Every point of every metric in NAMES (default: every metric SRC has), with its step and time,
+        from one run to another."""
+        if names is None:
+            names = self.client.get_run(src_id).data.metrics
+        self.log_metrics(dst_id, [m for name in names for m in self.client.get_metric_history(src_id, name)])
 
     def log_config(self, run_id: str, cfg: dict) -> None:
         """The whole resolved trial config (paths, hashes and resources included) as `config.json`."""
         with tempfile.TemporaryDirectory() as d:
             p = Path(d, "config.json")
             p.write_text(json.dumps({k: v for k, v in cfg.items() if k != "resume_from"}, indent=1, default=str))
-            self.client.log_artifact(run_id, str(p))
+            self.log_file(run_id, str(p))
 
     def download(self, run_id: str, artifact: str) -> str:
         return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact,
@@ -318,7 +378,7 @@ def member_result(result: dict, cfg: dict) -> dict | None:
     if MEMBERS not in result:
         return result
     r = result[MEMBERS].get(cfg["config_hash"])
-    return None if r is None else {**r, **{k: result[k] for k in ("device", "node") if k in result}}
+    return None if r is None else {**r, **{k: result[k] for k in RESULT_TAGS if k in result}}
 
 
 def _unless_store_failed(handler):
@@ -373,20 +433,12 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
             key = cfg["config_hash"]
             if key in self.runs:
                 return self.runs[key]
-            found = store.client.search_runs(
-                [exp_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_id}'"
-                                        f" and tags.`kd.config_hash` = '{key}'", max_results=1)
+            found = latest_run(store.client, [exp_id], f"{child_of(parent_id)} and {tag_is(Tag.CONFIG_HASH, key)}")
             if found:
-                run_id = found[0].info.run_id
-                store.client.update_run(run_id, status="RUNNING")
+                run_id = found.info.run_id
+                store.reopen(run_id)
             else:
-                run = store.client.create_run(exp_id, tags={MLFLOW_PARENT_RUN_ID: parent_id, **trial_tags(cfg),
-                                                             **(tags or {})})
-                run_id = run.info.run_id
-                params = [Param(k, v[:6000]) for k, v in flat_params(cfg).items()]
-                for i in range(0, len(params), 100):
-                    store.client.log_batch(run_id, params=params[i:i + 100])
-                store.log_config(run_id, cfg)
+                run_id = store.start_trial(exp_id, parent_id, cfg, tags or {})
             self.runs[key] = run_id
             return run_id
 
@@ -401,8 +453,7 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
                 if cfg.get("resume_from"):
                     self._log_checkpoint_epoch(cfg, run_id)
                 if len(members) > 1:  # which trial trained it, and beside how many others
-                    store.client.log_batch(run_id, tags=[RunTag("kd.pack", trial_name(trial.config)),
-                                                         RunTag("kd.pack_size", str(len(members)))])
+                    store.set_tags(run_id, {Tag.PACK: trial_name(trial.config), Tag.PACK_SIZE: str(len(members))})
                 if progress:
                     progress.started(cfg)
 
@@ -410,8 +461,7 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
             """Epochs a killed driver logged for a trial this driver resumes: never logged twice."""
             key = cfg["config_hash"]
             if key not in self.logged:
-                self.logged[key] = ({m.step for m in store.client.get_metric_history(run_id, "cost/wall_s")}
-                                    if cfg.get("resume_from") else set())
+                self.logged[key] = store.logged_epochs(run_id) if cfg.get("resume_from") else set()
             return self.logged[key]
 
         def _log_checkpoint_epoch(self, cfg: dict, run_id: str) -> None:
@@ -427,8 +477,7 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
             metrics = _numbers(metrics)  # as on_trial_result logs them: the per-epoch names only
             logged = self._logged_before(cfg, run_id)
             if metrics and step not in logged:
-                ts = int(time.time() * 1000)
-                store.client.log_batch(run_id, metrics=[Metric(k, v, ts, step) for k, v in metrics.items()])
+                store.log_epoch(run_id, step, metrics)
                 logged.add(step)
 
         @_unless_store_failed
@@ -439,14 +488,11 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
                     continue
                 run_id = self._run_for(cfg)
                 step = int(r.get("epoch", 0))
-                ts = int(time.time() * 1000)
-                metrics = [Metric(k, v, ts, step) for k, v in _numbers(r).items()]
-                if step in self._logged_before(cfg, run_id) or REUSED in r:
-                    metrics = []
-                tags = [RunTag(f"kd.{k}", str(r[k])) for k in ("device", "node") if k in r]
+                numbers = {} if step in self._logged_before(cfg, run_id) or REUSED in r else _numbers(r)
+                tags = {tag: str(r[k]) for k, tag in RESULT_TAGS.items() if k in r}
                 if FAILED in r:
-                    tags += [RunTag("kd.failed_epoch", str(step))]
-                store.client.log_batch(run_id, metrics=metrics, tags=tags)
+                    tags[Tag.FAILED_EPOCH] = str(step)
+                store.log_epoch(run_id, step, numbers, tags)
                 self.last[cfg["config_hash"]] = r
                 if FAILED in r:  # failed for good inside the trainable (a non-finite loss): not retried
                     self._failed(cfg, r[FAILED])
@@ -465,20 +511,18 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
             last = self.last.get(cfg["config_hash"]) or member_result(trial.last_result or {}, cfg) or {}
             if (source := last.get(REUSED)):  # a searched config run before: linked
                 if source == run_id:
-                    store.client.set_tag(run_id, "kd.state", "done")
+                    store.set_state(run_id, State.DONE)
                 else:  # as Store.link: the original's curves, and a name that says it is a link
-                    store.copy_history(source, run_id, store.client.get_run(source).data.metrics)
-                    store.client.log_batch(run_id, tags=[RunTag("kd.state", "reused"), RunTag("kd.reused_from", source),
-                                                         RunTag(MLFLOW_RUN_NAME,
-                                                                f"{cfg['labels'].get('run', cfg['name'])} (reused)")])
-                self._close(cfg, run_id, "FINISHED")
+                    store.copy_history(source, run_id)
+                    store.set_state(run_id, State.REUSED, {Tag.REUSED_FROM: source, Tag.RUN_NAME: link_name(cfg)})
+                self._close(cfg, run_id, Status.FINISHED)
                 if progress:
                     progress.completed(cfg)
                 return
             epoch = int(last.get("epoch", 0))
             if epoch < cfg["train"]["epochs"]:  # the scheduler (ASHA) stopped it: not a finished trial
-                store.client.set_tag(run_id, "kd.state", "stopped_early")
-                self._close(cfg, run_id, "KILLED")
+                store.set_state(run_id, State.STOPPED_EARLY)
+                self._close(cfg, run_id, Status.KILLED)
                 if progress:
                     progress.stopped_early(cfg, epoch)
                 return
@@ -486,14 +530,10 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
             if ckpt is not None:
                 with ckpt.as_directory() as d:
                     model = os.path.join(d, model_file)
-                    if os.path.exists(model) and model_file == "model.pt":
-                        store.client.log_artifact(run_id, model, artifact_path=cfg["role"])
-                    elif os.path.exists(model):  # a pack's student: its weights are <role>/model.pt too
-                        with tempfile.TemporaryDirectory() as t:
-                            shutil.copyfile(model, os.path.join(t, "model.pt"))
-                            store.client.log_artifact(run_id, os.path.join(t, "model.pt"), artifact_path=cfg["role"])
-            store.client.set_tag(run_id, "kd.state", "done")
-            self._close(cfg, run_id, "FINISHED")
+                    if os.path.exists(model):
+                        store.log_weights(run_id, model, cfg["role"])
+            store.set_state(run_id, State.DONE)
+            self._close(cfg, run_id, Status.FINISHED)
             if progress:
                 progress.completed(cfg)
 
@@ -513,19 +553,18 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
             (kd.state interrupted), so no run stays RUNNING; a continued sweep reopens them."""
             open_runs = [(key, run_id) for key, run_id in self.runs.items() if key not in self.closed]
             for key, run_id in open_runs:
-                store.client.set_tag(run_id, "kd.state", "interrupted")
-                store.finish(run_id, "KILLED")
+                store.interrupt(run_id)
                 self.closed.add(key)
             return len(open_runs)
 
-        def _close(self, cfg: dict, run_id: str, status: str) -> None:
+        def _close(self, cfg: dict, run_id: str, status: Status) -> None:
             self.closed.add(cfg["config_hash"])
             store.finish(run_id, status)
 
         def _failed(self, cfg: dict, reason: str) -> None:
             run_id = self._run_for(cfg)
-            store.client.log_batch(run_id, tags=[RunTag("kd.state", "failed"), RunTag("kd.error", reason[:5000])])
-            self._close(cfg, run_id, "FAILED")
+            store.set_state(run_id, State.FAILED, {Tag.ERROR: reason[:5000]})
+            self._close(cfg, run_id, Status.FAILED)
             if progress:
                 progress.failed(cfg, reason)
 

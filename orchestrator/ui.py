@@ -11,21 +11,22 @@ import subprocess
 import sys
 import time
 
+from results.mlflow_schema import VIEW_KEY, Tag, child_of
+from results.mlflow_schema import has_view  # noqa: F401 - cli.py imports it from here
+
 from .tracking import local_store_path
 
 DEFAULT_PORT = 5000
 # MLflow's UI loads a saved runs-table view from the experiment tag `mlflow.sharedViewState.<key>` when
-# a link names the key (its "share view" button writes the same). kd-sweep writes one per sweep.
-VIEW_KEY = "kd-sweep"
-VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+# a link names the key (its "share view" button writes the same). kd-sweep writes one per sweep (VIEW_TAG).
 
 
 def sweep_view(parent_id: str, metrics: list[str], params: list[str], tags: list[str]) -> dict:
     """The runs table of one `kd-sweep run`: its trials by name (`scratch`, `teacher`, then `λ=0 · s0`,
     `λ=0 · s1`...), the swept knobs, seed and scores as columns. Sorted by anything but start time, the
     UI lists them flat; by start time it folds them under the parent run."""
-    return {"searchFilter": f"tags.`mlflow.parentRunId` = '{parent_id}'",
-            "orderByKey": "tags.`mlflow.runName`", "orderByAsc": True,
+    return {"searchFilter": child_of(parent_id),
+            "orderByKey": f"tags.`{Tag.RUN_NAME}`", "orderByAsc": True,
             "selectedColumns": [*(f"params.`{p}`" for p in params), *(f"tags.`{t}`" for t in tags),
                                 *(f"metrics.`{m}`" for m in metrics)]}
 
@@ -38,10 +39,6 @@ def runs_link(base_url: str, exp_id: str | None, view: bool = True) -> str:
         return f"{base}/#/experiments"
     shared = f"viewStateShareKey={VIEW_KEY}&" if view else ""
     return f"{base}/#/experiments/{exp_id}/runs?{shared}workflowType=machine_learning"
-
-
-def has_view(client, exp_id: str) -> bool:
-    return VIEW_TAG in client.get_experiment(exp_id).tags
 
 
 def ui_base(tracking_uri: str) -> str:

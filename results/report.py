@@ -8,12 +8,13 @@ import pandas as pd
 
 from .compare import attach_published
 from .cost import cost_columns, render_cost
+from .mlflow_schema import Tag
 from .table import build, csv_frame, render
 
 
 def seeds_asked(tags: dict) -> list | None:
     try:
-        seeds = json.loads(tags.get("kd.seeds") or "null")
+        seeds = json.loads(tags.get(Tag.SEEDS) or "null")
     except json.JSONDecodeError:
         return None
     return seeds if isinstance(seeds, list) and seeds else None
@@ -22,15 +23,15 @@ def seeds_asked(tags: dict) -> list | None:
 def paper_scope(tags: dict) -> dict | None:
     """The sweep file's `paper:` block as the parent run recorded it (kd.paper), or None."""
     try:
-        scope = json.loads(tags.get("kd.paper") or "null")
+        scope = json.loads(tags.get(Tag.PAPER) or "null")
     except json.JSONDecodeError:
         return None
     return scope if isinstance(scope, dict) else None
 
 
 def dataset_of(tags: dict, runs: pd.DataFrame) -> str | None:
-    if tags.get("kd.dataset"):
-        return tags["kd.dataset"]
+    if tags.get(Tag.DATASET):
+        return tags[Tag.DATASET]
     names = runs["dataset"].dropna().unique() if "dataset" in runs else []
     return str(names[0]) if len(names) == 1 else None
 
@@ -38,8 +39,8 @@ def dataset_of(tags: dict, runs: pd.DataFrame) -> str | None:
 def caption(tags: dict, run_id: str, runs: pd.DataFrame, col: str) -> str:
     split = "held-out validation split" if (runs.get("eval_split", pd.Series(dtype=object)) == "val").any() \
         else "test split"
-    smoke = "SMOKE RUN (a pipeline check, not for a paper). " if tags.get("kd.smoke") == "true" else ""
-    return (f"{smoke}{tags.get('kd.sweep', '')}: {col.removeprefix('eval/')} (%) on the {split}, mean ± std"
+    smoke = "SMOKE RUN (a pipeline check, not for a paper). " if tags.get(Tag.SMOKE) == "true" else ""
+    return (f"{smoke}{tags.get(Tag.SWEEP, '')}: {col.removeprefix('eval/')} (%) on the {split}, mean ± std"
             f" (seeds) over finished runs; best student per row in bold. Run {run_id[:8]}.")
 
 
@@ -78,12 +79,12 @@ def html_page(tags: dict, run_id: str, runs: pd.DataFrame, table: pd.DataFrame, 
     from .plot import plot
     from .table import ReportError
 
-    smoke = tags.get("kd.smoke") == "true"
+    smoke = tags.get(Tag.SMOKE) == "true"
     try:
         figure = plot(table, col, axis=axis, smoke=smoke)
     except ReportError:
         figure = None  # nothing numeric swept: the table is the whole report
     metric = col.removeprefix("eval/")
-    return render_html(table, f"{tags.get('kd.sweep', '')}: {metric}", caption(tags, run_id, runs, col),
+    return render_html(table, f"{tags.get(Tag.SWEEP, '')}: {metric}", caption(tags, run_id, runs, col),
                        link or (lambda ids: None), figure, f"{metric} against the swept knob, per pair.",
                        render_cost(table, runs, "md"), smoke)

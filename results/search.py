@@ -7,6 +7,7 @@ import math
 
 import pandas as pd
 
+from .mlflow_schema import Role, State, Status, Tag
 from .table import latex_escape, markdown
 
 TOP = 10
@@ -15,17 +16,18 @@ TOP = 10
 def trials_frame(runs: pd.DataFrame, spec: dict, metric: str) -> pd.DataFrame:
     """A row per searched trial: its knobs, the metric (NaN unless it finished), its state; best first."""
     space = list(spec["space"])
-    students = runs[runs["role"] == "student"]
+    students = runs[runs["role"] == Role.STUDENT]
     rows = []
     for _, r in students.iterrows():
         cell = r["cell"] if isinstance(r["cell"], dict) else {}
         value = r.get(metric)
-        finished = r["status"] == "FINISHED" and value is not None and not pd.isna(value)
+        finished = r["status"] == Status.FINISHED and value is not None and not pd.isna(value)
         tag = r.get("state")
-        if tag == "interrupted":  # its driver died mid-search; the continued search sampled others
+        if tag == State.INTERRUPTED:  # its driver died mid-search; the continued search sampled others
             continue
-        state = {"FINISHED": "done", "KILLED": "stopped early", "FAILED": "failed"}.get(r["status"], r["status"].lower())
-        if tag == "reused":
+        state = {Status.FINISHED: "done", Status.KILLED: "stopped early", Status.FAILED: "failed"}.get(
+            r["status"], r["status"].lower())
+        if tag == State.REUSED:
             state = "reused"
         rows.append({**{k: cell.get(k) for k in space}, metric: value if finished else math.nan, "state": state,
                      "run": r["run_id"][:8]})
@@ -65,7 +67,7 @@ def _fmt(v) -> str:
 
 
 def render_search(tags: dict, runs: pd.DataFrame, fmt: str, metric: str | None = None) -> tuple[str, pd.DataFrame]:
-    spec = json.loads(tags["kd.search"])
+    spec = json.loads(tags[Tag.SEARCH])
     metric = metric or spec["metric"]
     frame = trials_frame(runs, spec, metric)
     if metric not in runs.columns:
@@ -82,7 +84,7 @@ def render_search(tags: dict, runs: pd.DataFrame, fmt: str, metric: str | None =
     if body and frame[metric].notna().any():
         body[0][len(spec["space"]) + 1] = (rf"\textbf{{{body[0][len(spec['space']) + 1]}}}" if fmt == "latex"
                                            else f"**{body[0][len(spec['space']) + 1]}**")
-    title = (f"{tags.get('kd.sweep', '?')}: {spec.get('algorithm', 'optuna')} search, {len(frame)} of"
+    title = (f"{tags.get(Tag.SWEEP, '?')}: {spec.get('algorithm', 'optuna')} search, {len(frame)} of"
              f" {spec['n_trials']} trials ({n_done} finished), best {TOP} by {name} ({spec.get('mode', 'max')})")
     imp_line = ("importance (Optuna, PED-ANOVA over the finished trials): "
                 + ", ".join(f"{k} {v:.2f}" for k, v in imp.items())) if imp else \

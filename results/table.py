@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from .mlflow_schema import Status
+
 TEACHER, SCRATCH = "Teacher", "Scratch"
 FEWER, FAILED = "†", "‡"  # fewer finished seeds than asked; failed trials in the cell
 FEWER_NOTE = f"{FEWER} fewer finished seeds than the sweep asked for, shown as (finished/asked)."
@@ -125,10 +127,10 @@ def _stats(values: list[float]) -> tuple[float, float]:
 def _cell(grp: pd.DataFrame, col: str, asked: int | None, axis: str | None = None,
           expected: frozenset = frozenset()) -> Cell:
     """One cell from its runs (any status): finished ones averaged over seeds, the rest counted."""
-    failed = int((grp["status"] == "FAILED").sum())
+    failed = int((grp["status"] == Status.FAILED).sum())
     if asked is None:
         asked = int(grp["seed"].nunique()) or None
-    ok = grp[(grp["status"] == "FINISHED") & grp[col].notna()]
+    ok = grp[(grp["status"] == Status.FINISHED) & grp[col].notna()]
     chosen = []
     if axis is None:
         values = ok[col].astype(float).tolist()
@@ -162,7 +164,7 @@ def build(runs: pd.DataFrame, metric: str, seeds: list | None = None,
     if col not in runs.columns:
         have = sorted(c.removeprefix("eval/") for c in runs.columns if c.startswith("eval/"))
         raise KeyError(f"no metric {metric!r} in these runs (metrics: {', '.join(have) or 'none'})")
-    done = runs[runs["status"] == "FINISHED"]
+    done = runs[runs["status"] == Status.FINISHED]
     students = runs[runs["role"] == "student"]
     if best_over is not None and best_over not in axes(runs):
         raise ReportError(f"no axis {best_over!r} to take the best over in this sweep"
@@ -200,7 +202,7 @@ def build(runs: pd.DataFrame, metric: str, seeds: list | None = None,
         pairs.sort(key=lambda p: (first[p] if pd.notna(first[p]) else math.inf))
     table = pd.DataFrame(index=pd.Index(pairs, name="pair"), columns=[TEACHER, SCRATCH, *columns], dtype=object)
     for (pair, label), grp in students.groupby([students["pair"], labels], sort=False):
-        if (grp["status"] == "FINISHED").any() and grp[col].isna().all():
+        if (grp["status"] == Status.FINISHED).any() and grp[col].isna().all():
             continue  # finished runs that do not score this metric (no classifier): no column for it
         axis = best_over if label in expected else None
         table.loc[pair, label] = _cell(grp, col, asked, axis, frozenset(expected.get(label, ())))

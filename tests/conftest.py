@@ -16,6 +16,23 @@ def cifar_root(tmp_path_factory) -> Path:
     return write_cifar100(tmp_path_factory.mktemp("cifar"), n_train=128, n_test=64)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def warm_cluster(tmp_path_factory):
+    """One warm local Ray for the whole session, as a user's sweeps share one: the first sweep starts it,
+    the others join it (a Ray start and stop less per sweep), and it stops at the end."""
+    from orchestrator import cluster
+
+    folder = tmp_path_factory.mktemp("ray-cluster")
+    old = os.environ.get("KD_SWEEP_CLUSTER")
+    os.environ["KD_SWEEP_CLUSTER"] = str(folder)
+    yield folder
+    cluster.stop(folder)
+    if old is None:
+        os.environ.pop("KD_SWEEP_CLUSTER", None)
+    else:
+        os.environ["KD_SWEEP_CLUSTER"] = old
+
+
 def kd_sweep(*args: str, cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """The real CLI in a subprocess, in its own working directory (its own MLflow store)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:  # a type only: the model zoo (imagenet's `weights=`) imports this module
-    from .models import Backbone
+    from .models.base import Backbone
 
 # A file holding both wrappers is read through 'model' first: that is RepDistiller's and mdistiller's
 # format, the teacher files sweeps load, and the order the runner always had, so no teacher file that
