@@ -150,7 +150,7 @@ def packing_cost(root: str, device: str, cpus: int, steps: int, lambdas=(0.25, 0
     """(epoch seconds of the λ grid as separate trials, summed; of the same grid packed; whole-trial
     seconds apart; packed): resnet32x4->resnet8x4, CoSS, the second of two epochs of `steps` batches."""
     from trainables.models import build_model
-    from trainables.trial import fit, fit_pack
+    from trainables.trial import fit_pack
 
     from .runner import preflight
     from .spec import Sweep
@@ -158,17 +158,17 @@ def packing_cost(root: str, device: str, cpus: int, steps: int, lambdas=(0.25, 0
     raw = {**_sweep(root, "resnet32x4", "resnet8x4", steps * BATCH, 2, device, cpus), "grid": {"lambda": list(lambdas)}}
     cfgs = preflight(Sweep.model_validate(raw), "bench", root).students
     t_state = build_model("resnet32x4", 100, 3, 32).state_dict()
-    apart_epoch = apart_wall = 0.0
-    for cfg in cfgs:
+
+    def trial(members: list[dict]) -> tuple[float, float]:
+        """(its last epoch's seconds, the whole trial's)."""
         epochs: list[float] = []
         t0 = time.perf_counter()
-        fit(cfg, lambda m, s, f: epochs.append(m["train/epoch_s"]), t_state)
-        apart_wall += time.perf_counter() - t0
-        apart_epoch += epochs[-1]
-    epochs = []
-    t0 = time.perf_counter()
-    fit_pack(cfgs, lambda e, out: epochs.append(next(iter(out.values())).metrics["train/epoch_s"]), t_state)
-    return apart_epoch, epochs[-1], apart_wall, time.perf_counter() - t0
+        fit_pack(members, lambda e, out: epochs.append(next(iter(out.values())).metrics["train/epoch_s"]), t_state)
+        return epochs[-1], time.perf_counter() - t0
+
+    apart = [trial([cfg]) for cfg in cfgs]
+    packed = trial(cfgs)
+    return sum(e for e, _ in apart), packed[0], sum(w for _, w in apart), packed[1]
 
 
 def faiss_time(n: int, dim: int = 2048, k: int = 31) -> float:

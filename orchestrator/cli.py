@@ -38,7 +38,7 @@ def _fail(msg: str, code: int) -> None:
 def existing_store(uri: str) -> str:
     """Commands that only read (report, status) never create a store: MLflow would make an empty
     sqlite file (and its folders) at the path and then find no runs in it."""
-    from results.collect import NoRuns
+    from results.mlflow_schema import NoRuns
 
     from .tracking import local_store_path, store_exists
 
@@ -141,7 +141,8 @@ def report(
                                                help="MLflow store (default: sqlite:///mlflow.db here)"),
 ) -> None:
     """Print the table of a sweep's latest run: pairs x swept values, mean ± std (n) over seeds."""
-    from results.collect import NoRuns, sweep_runs
+    from results.collect import sweep_runs
+    from results.mlflow_schema import NoRuns
     from results.report import compose
     from results.table import ReportError
 
@@ -192,7 +193,9 @@ def report(
 def _browse(uri: str, exp_id: str) -> None:
     """The link to the runs, on stderr: stdout may be a table piped into a file."""
     from .tracking import Store
-    from .ui import browse_hint, has_view
+    from results.mlflow_schema import has_view
+
+    from .ui import browse_hint
 
     from mlflow.exceptions import MlflowException
 
@@ -210,7 +213,7 @@ def status(
                                                help="MLflow store (default: sqlite:///mlflow.db here)"),
 ) -> None:
     """Each trial of a sweep's latest run: done, reused, running (epoch, ETA), failed (why), pending."""
-    from results.collect import NoRuns
+    from results.mlflow_schema import NoRuns
 
     from .status import show
     from .tracking import resolve_tracking_uri
@@ -230,10 +233,10 @@ def ui(
 ) -> None:
     """Start the MLflow UI on 127.0.0.1 for the store `run` logs to, and print the link that opens the
     sweep's runs (for a server store, print the link to its own UI). Ctrl-C stops it."""
-    from results.collect import NoRuns, latest_parent
+    from results.mlflow_schema import NoRuns, has_view, latest_parent
 
     from .tracking import Store, resolve_tracking_uri
-    from .ui import has_view, serve
+    from .ui import serve
 
     try:
         uri = existing_store(resolve_tracking_uri(tracking_uri))

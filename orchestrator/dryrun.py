@@ -167,11 +167,11 @@ def packing_preview(sweep: Sweep, todo: list[dict]) -> str:
 
     have = {"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()}
     slots = packing.slots(have, sweep.resources.cpu, sweep.resources.gpu)
-    units = packing.plan(todo, sweep.pack, slots)
-    sizes = [len(u["pack"]) for u in units if "pack" in u]
+    trials = packing.trials(todo, sweep.pack, slots)
+    sizes = [len(t["pack"]) for t in trials if len(t["pack"]) > 1]
     if not sizes:
         return f"pack: {sweep.pack}: no two of these students share a trial here ({slots} trial slot(s))"
-    return (f"pack: {sweep.pack}: here ({slots} trial slot(s)) the {len(todo)} students would run as {len(units)}"
+    return (f"pack: {sweep.pack}: here ({slots} trial slot(s)) the {len(todo)} students would run as {len(trials)}"
             f" trial(s), {len(sizes)} of them packs of {'/'.join(map(str, sizes))} sharing a teacher forward"
             f"{' (before the memory check)' if sweep.pack == 'auto' else ''}")
 

@@ -10,6 +10,10 @@ it gets alone.
 take turns on one device, so packing idle slots away would only make the sweep longer), then to
 what fits in a trial's share of device memory, at most MAX_AUTO. `pack: N` packs up to N whatever
 the cluster; `pack: off` runs one trial per student.
+
+Every Tune trial is a pack (`trainables.config.PackConfig`): a student that trains alone, or a
+teacher, is a pack of one, so the trainable, its checkpoints and the driver's callback have one shape
+to know.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import math
 import os
 from collections.abc import Callable
 
-from trainables.config import digest, knobs_of
+from trainables.config import PackConfig, digest, knobs_of
 from trainables.methods import method_class
 
 
@@ -43,19 +47,20 @@ def pack_key(cfg: dict) -> str | None:
         "resume_from": cfg.get("resume_from")})
 
 
-def plan(configs: list[dict], pack: str | int, slots: int,
-         room: Callable[[dict], int] | None = None) -> list[dict]:
-    """Tune's "trial" values for CONFIGS: a config where a student trains alone, `{"pack": [...], "name":
-    ...}` where several share a trial. `slots`: trials the cluster runs at once; `room(cfg)`: how many
-    students like CFG fit in a trial's device share (pack: auto)."""
+def trials(configs: list[dict], pack: str | int, slots: int,
+           room: Callable[[dict], int] | None = None) -> list[PackConfig]:
+    """Tune's "trial" values for CONFIGS, in the grid's order (a pack where its first student was):
+    students that may share a teacher forward packed together, every other config a pack of one.
+    `slots`: trials the cluster runs at once; `room(cfg)`: how many students like CFG fit in a trial's
+    device share (pack: auto)."""
     if pack in ("off", 1):
-        return list(configs)
+        return alone(configs)
     groups: dict[str, list[dict]] = {}
     for cfg in configs:
         if (key := pack_key(cfg)) is not None:
             groups.setdefault(key, []).append(cfg)
     packable = sum(len(g) for g in groups.values())
-    first: dict[str, dict] = {}  # config hash of a unit's first student -> the unit
+    first: dict[str, PackConfig] = {}  # config hash of a pack's first student -> the pack
     for members in groups.values():
         if isinstance(pack, int):
             size = pack
@@ -66,14 +71,28 @@ def plan(configs: list[dict], pack: str | int, slots: int,
         n = math.ceil(len(members) / max(1, size))
         for i in range(n):  # n packs of near-equal size
             chunk = members[i * len(members) // n:(i + 1) * len(members) // n]
-            first[chunk[0]["config_hash"]] = chunk[0] if len(chunk) == 1 else make_pack(chunk)
-    # In the grid's order: a unit where its first student was.
-    return [first[c["config_hash"]] if pack_key(c) is not None else c for c in configs
+            first[chunk[0]["config_hash"]] = make_pack(chunk)
+    return [first[c["config_hash"]] if pack_key(c) is not None else make_pack([c]) for c in configs
             if pack_key(c) is None or c["config_hash"] in first]
 
 
-def make_pack(members: list[dict]) -> dict:
+def plan(configs: list[dict], pack: str | int, slots: int,
+         room: Callable[[dict], int] | None = None) -> list[dict]:
+    """`trials` with a lone student as its bare config: the grouping at a glance (the planner's tests)."""
+    return [t["pack"][0] if len(t["pack"]) == 1 else t for t in trials(configs, pack, slots, room)]
+
+
+def alone(configs: list[dict]) -> list[PackConfig]:
+    """Every config a trial of its own (teachers; a search or a scheduler decides on each student alone)."""
+    return [make_pack([c]) for c in configs]
+
+
+def make_pack(members: list[dict]) -> PackConfig:
+    """The trial of MEMBERS: alone, a student keeps its own name (its Tune trial and folder read as before
+    packing); several share one that says how many, of which method and seed."""
     lead = members[0]
+    if len(members) == 1:
+        return {"pack": members, "name": lead["name"]}
     methods = sorted({c["method"] for c in members})
     tag = methods[0] if len(methods) == 1 else "mixed"
     name = f"pack{len(members)}_{tag}_s{lead['seed']}_{digest([c['config_hash'] for c in members])[:6]}"

@@ -58,6 +58,8 @@ def latest_checkpoints(storage: str, prefix: str, notes: list[str] | None = None
     newest, with a line in NOTES."""
     from pyarrow import fs as pafs
 
+    from trainables.tune_trial import checkpoint_members
+
     fs, base = _filesystem(storage)
     scheme = storage.split("://", 1)[0] + "://" if "://" in storage else ""
 
@@ -83,7 +85,7 @@ def latest_checkpoints(storage: str, prefix: str, notes: list[str] | None = None
                     with fs.open_input_stream(f"{ck.path}/epoch.json") as f:
                         info = json.loads(f.read())
                     epoch = int(info["epoch"])
-                    keys = info.get("members") or [info["config_hash"]]  # a pack's checkpoint holds several
+                    keys = list(checkpoint_members(info))  # a trial's checkpoint may hold several
                     want = info.get("state_bytes")
                 except (OSError, ValueError, KeyError, TypeError) as e:
                     if notes is not None:

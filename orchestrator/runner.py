@@ -1,7 +1,7 @@
 """`kd-sweep run`: pre-flight checks, teachers first, then the students, all as Ray Tune trials.
 
-Reading order: `preflight` (nothing started yet) -> `run_sweep` (MLflow parent, Ray, two Tuner
-phases) -> `_fit_phase` (one Tuner) -> summary and exit code.
+Reading order: `preflight.preflight` (nothing started yet) -> `run_sweep` (the lock, MLflow's parent
+run, `ray_session._init_ray`, two Tuner phases) -> `_fit_phase` (one Tuner) -> summary and exit code.
 """
 from __future__ import annotations
 
@@ -12,30 +12,25 @@ import signal
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import torch
 import yaml
 
 from results.mlflow_schema import SMOKE_SUFFIX, Param, Role, Status, Tag, cell_of, holds_result, smoke_tags
-from trainables.checkpoints import CheckpointError, load_into, read_state_dict
-from trainables.datasets import DatasetMissing, load_dataset
-from trainables.models import build_model
+from trainables.config import PackConfig
 
 from .progress import Progress
 from .resume import (SweepLock, SweepLocked, checkpoint_bytes, driver_alive, driver_tag, latest_checkpoints,
                      prune_checkpoints, sweep_key)
-from .spec import SpecError, Sweep, resolve_path, search_metric
+from .spec import Sweep, resolve_path, search_metric
 from .sweep_summary import log_sweep_summary
 from .tracking import (Store, failure_reason, local_store_path, make_callback, store_exists, store_failure,
                        unreachable_server, unwritable_store)
-from . import cluster, packing
+from . import packing
+from .preflight import Plan, preflight
+from .ray_session import RunError, _init_ray, _shutdown_ray, check_storage
 from .ui import browse_hint, sweep_view
-from .trials import _dataset, evaluate_only, file_digest, student_trials, teacher_trial, trial_members, trial_name
-
-
-class RunError(Exception):
-    """The sweep is valid but cannot run here (no cluster to join...): one line, exit 1."""
+from .trials import evaluate_only, trial_name
 
 
 class StoreFailed(RunError):
@@ -66,254 +61,12 @@ def _term_as_int(signum, frame) -> None:
     os.kill(os.getpid(), signal.SIGINT)
 
 
-@dataclass
-class Plan:
-    dataset: dict
-    teachers: list[dict]                                  # one per distinct teacher config
-    pair_teacher: dict[int, str]                          # pair index -> teacher weights hash
-    students: list[dict]
-    given: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # weights hash -> checkpoint
-    data: object = None  # the loaded dataset: packing measures the students on it
-
-
-def preflight(sweep: Sweep, file: str, base: str) -> Plan:
-    """Everything that can be wrong with the inputs, found before Ray or MLflow start."""
-    root = resolve_path(sweep.dataset.root, None)
-    try:
-        data = load_dataset(sweep.dataset.name, root, **sweep.dataset.loader_args())
-    except DatasetMissing as e:
-        raise SpecError(file, "dataset", str(e)) from None
-    except ValueError as e:  # an option this dataset cannot take (a per-channel list of the wrong length)
-        raise SpecError(file, "dataset", str(e)) from None
-    dataset = _dataset(sweep, root, data.fingerprint())
-    teachers: dict[str, dict] = {}
-    pair_teacher: dict[int, str] = {}
-    given: dict[str, dict[str, torch.Tensor]] = {}
-    headless: set[int] = set()
-    for i, pair in enumerate(sweep.pairs):
-        for role in ("teacher", "student"):
-            spec = getattr(pair, role)
-            if spec is None or (role == "teacher" and spec.checkpoint):
-                continue
-            try:  # the models build here: a missing weights file or a bad option fails now, not in a trial
-                build_model(spec.model, data.num_classes, data.in_channels, data.image_size, **spec.options)
-            except (FileNotFoundError, ValueError, TypeError, RuntimeError) as e:
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                raise SpecError(file, f"pairs.{i}.{role}", f"model {spec.model!r} does not build with"
-                                f" {spec.options or 'its defaults'}: {first}") from None
-        spec = pair.teacher
-        digest, state, head = None, None, True
-        if spec.checkpoint:
-            path = resolve_path(spec.checkpoint, base)
-            if os.path.isdir(path):
-                raise SpecError(file, f"pairs.{i}.teacher.checkpoint", f"{path} is a folder: give the checkpoint file")
-            if not os.path.isfile(path):
-                raise SpecError(file, f"pairs.{i}.teacher.checkpoint",
-                                f"{path} does not exist (give a RepDistiller/mdistiller file or a state dict,"
-                                " or drop `checkpoint:` and kd-sweep trains the teacher)")
-            try:
-                state, head = read_teacher(spec, data, path)
-            except CheckpointError as e:
-                raise SpecError(file, f"pairs.{i}.teacher.checkpoint", str(e)) from None
-            digest = file_digest(path)
-            if not head:
-                check_headless_teacher(sweep, i, file)
-        cfg = teacher_trial(sweep, spec, dataset, digest, head)
-        teachers.setdefault(cfg["config_hash"], cfg)
-        pair_teacher[i] = cfg["weights_hash"]
-        if state is not None:
-            given[cfg["weights_hash"]] = state
-        if not cfg["student"].get("head", True):
-            headless.add(i)
-            if head:  # trained label-free: no classifier to give the students' methods
-                check_headless_teacher(sweep, i, file)
-    students = student_trials(sweep, dataset, pair_teacher, frozenset(headless))
-    return Plan(dataset, list(teachers.values()), pair_teacher, students, given, data)
-
-
-def read_teacher(spec, data, path: str) -> tuple[dict[str, torch.Tensor], bool]:
-    """The checkpoint's weights, loaded into the model to check them, and whether it has a classifier.
-    A file without `fc.weight` (a MoCo encoder, whose `fc` is a projection MLP) is a headless teacher:
-    its pooled feature is the target, as in CoSS's ImageNet runs."""
-    state = read_state_dict(path)
-    model = build_model(spec.model, data.num_classes, data.in_channels, data.image_size, **spec.options)
-    if hasattr(model, "adapt_state_dict"):
-        state = model.adapt_state_dict(state)
-    if "fc.weight" in state:
-        return load_into(model, state, path), True
-    headless = build_model(spec.model, 0, data.in_channels, data.image_size, **spec.options)
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    return load_into(headless, state, path), False
-
-
-def check_headless_teacher(sweep: Sweep, i: int, file: str) -> None:
-    from trainables.methods import method_class
-
-
-    for cell in sweep.all_cells():
-        method = cell.get("method", sweep.method)
-        cls = method_class(method)
-        if cls.uses_teacher_logits(cls.Knobs.model_validate(sweep.knobs_for(method, cell))):
-            raise SpecError(file, f"pairs.{i}.teacher.checkpoint",
-                            f"this teacher has no classifier (a file without fc.weight, or trained label-free), and method {method!r}"
-                            " needs the teacher's logits with these knobs")
-
-
-class _AuthEnabledNote(logging.Filter):
-    """Ray enables token authentication on a new local cluster and says so at every start: no news for
-    kd-sweep's own loopback cluster. (Asking for it with RAY_AUTH_MODE=token after Ray is imported
-    breaks the start: Ray reads its config at import.) Its other auth warnings still show."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
-
-
-_AUTH_NOTE = _AuthEnabledNote()  # one instance: addFilter skips a filter it already has
-
-
-_LEASE: list = []  # this driver's hold on the warm local cluster, released by _shutdown_ray
-
-
-def _shutdown_ray() -> None:
-    import ray
-
-    ray.shutdown()
-    while _LEASE:
-        _LEASE.pop().release()
-
-
-def _warm_lease(progress: Progress | None):
-    """The warm local cluster's lease, or None for a private Ray: warm clusters off, or Ray already
-    imported without token authentication (a cluster started by `ray start` wants it, and Ray reads
-    RAY_AUTH_MODE once, at import)."""
-    mode = os.environ.get("RAY_AUTH_MODE")
-    if mode not in (None, "token") or ("ray" in sys.modules and mode != "token"):
-        return None
-    try:
-        held = cluster.lease(progress)
-    except cluster.ClusterError as e:
-        raise RunError(str(e)) from None
-    if held is not None:
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
-    return held
-
-
-def _init_ray(address: str | None, sweep: Sweep, file: str, progress: Progress | None = None) -> None:
-    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_AUTH_NOTE)
-
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    # Per-epoch checkpoints with num_to_keep make Tune warn about snapshot frequency on every short epoch.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    address = address or os.environ.get("RAY_ADDRESS")
-    kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True,
-                  configure_logging=True)
-    # Tune runs each trial in a new thread of a reused actor, and glibc gives each thread its own malloc
-    # arena: without a cap, the memory of finished trials is never reused (measured: +1 GB a trial with
-    # ImageNet-sized teachers, until Ray's OOM killer stops the sweep).
-    env = {"MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2")}
-    if os.environ.get("KD_SWEEP_FAULT"):  # tests of retry and resume: the workers must see it too
-        env["KD_SWEEP_FAULT"] = os.environ["KD_SWEEP_FAULT"]
-    held = None if address else _warm_lease(progress)
-    import ray
-
-    if held is not None:
-        _LEASE.append(held)
-        # Its workers were started for another driver: they get this one's environment as a job's.
-        env = {**held.env_vars(), **env}
-        kwargs["runtime_env"] = {"env_vars": env}
-        try:
-            ray.init(address=held.address, **kwargs)
-        except Exception:  # noqa: BLE001 - stopped between our look and the join (`ray stop`): start anew
-            ray.shutdown()
-            _LEASE.pop().release()
-            cluster.stop()
-            _LEASE.append(held := _warm_lease(progress))
-            kwargs["runtime_env"] = {"env_vars": {**held.env_vars(), **env}}
-            ray.init(address=held.address, **kwargs)
-    elif not address:
-        kwargs["runtime_env"] = {"env_vars": env}
-        # "local": a new instance of our own, even when `ray start` left a cluster on this machine.
-        ray.init(address="local", **kwargs)
-    else:
-        kwargs["runtime_env"] = {"env_vars": env}
-        try:
-            ray.init(address=address, **kwargs)
-        except Exception as e:  # noqa: BLE001 - Ray raises several types here; all mean "not joined"
-            text = f"{e} {e.__cause__ or ''}"
-            hint = ("the cluster wants token authentication: export RAY_AUTH_MODE=token (the token comes"
-                    " from ~/.ray/auth_token or RAY_AUTH_TOKEN; `ray get-auth-token` prints it on the head)"
-                    if "AuthToken" in text or "Authentication" in text else
-                    "is `ray start --head` running there, and is the port right?")
-            raise RunError(f"cannot join the Ray cluster at {address}: {hint}") from None
-    have = ray.cluster_resources()
-    want = sweep.resources
-    if want.gpu > 0 and have.get("GPU", 0) < min(want.gpu, 1):
-        _shutdown_ray()
-        raise SpecError(file, "resources.gpu",
-                        f"each trial asks for {want.gpu:g} GPU and the Ray cluster has "
-                        f"{have.get('GPU', 0):g}; run on a GPU cluster (--address) or set resources.gpu: 0"
-                        " (e.g. --set resources.gpu=0) to train on CPU")
-    if want.cpu > have.get("CPU", 0):
-        _shutdown_ray()
-        raise SpecError(file, "resources.cpu",
-                        f"each trial asks for {want.cpu:g} CPUs and the Ray cluster has {have.get('CPU', 0):g}")
-
-
-def storage_blind_nodes(storage: str) -> tuple[int, list[str]]:
-    """(alive nodes, those that cannot see STORAGE). A URI is the object store's business; a path is
-    checked by a marker file the driver writes and a zero-CPU task on each node looks for."""
-    import uuid
-
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if len(nodes) < 2 or "://" in storage:
-        return len(nodes), []
-    os.makedirs(storage, exist_ok=True)
-    marker = os.path.join(storage, f".kd-sweep-visible-{uuid.uuid4().hex}")
-    open(marker, "w").close()
-
-    @ray.remote(num_cpus=0)
-    def sees(path: str) -> bool:
-        return os.path.exists(path)
-
-    try:
-        refs = [(n, sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-                 .remote(marker)) for n in nodes]
-        blind = []
-        for n, ref in refs:
-            try:
-                ok = ray.get(ref, timeout=120)
-            except Exception:  # noqa: BLE001 - a node that cannot answer cannot be trusted with checkpoints
-                ok = False
-            if not ok:
-                blind.append(f"{n.get('NodeManagerAddress', '?')} ({n['NodeID'][:8]})")
-    finally:
-        os.remove(marker)
-    return len(nodes), blind
-
-
-def check_storage(storage: str, file: str) -> None:
-    nodes, blind = storage_blind_nodes(storage)
-    if blind:
-        import ray
-
-        _shutdown_ray()
-        raise SpecError(file, "storage",
-                        f"{storage} is not visible from {len(blind)} of the cluster's {nodes} nodes"
-                        f" ({', '.join(blind)}): trial checkpoints must be where every node sees them. Give a"
-                        " shared path (NFS) or an object store URI (s3://..., gs://...) with --storage or"
-                        " `storage:` in the sweep")
-
-
-def _fit_phase(name: str, configs: list[dict], sweep: Sweep, storage: str, callback,
+def _fit_phase(name: str, trials: list[PackConfig], sweep: Sweep, storage: str, callback,
                weights: dict[str, dict[str, torch.Tensor]], students: bool = False,
                searched: list[tuple[dict, float]] | None = None,
                finished: dict[str, tuple[str, dict[str, float]]] | None = None):
-    """One Tuner over CONFIGS (a grid of them), or, for the students of a search sweep, over
-    `n_trials - len(searched)` samples of the search space around CONFIGS[0]."""
+    """One Tuner over TRIALS (a grid of them), or, for the students of a search sweep, over
+    `n_trials - len(searched)` samples of the search space around the student of TRIALS[0]."""
     from ray import tune
 
     from trainables.tune_trial import tune_trainable
@@ -326,7 +79,7 @@ def _fit_phase(name: str, configs: list[dict], sweep: Sweep, storage: str, callb
     namer = lambda t: trial_name(t.config)  # noqa: E731
     # Reused actors keep torch imported between trials: seconds per trial on short ones.
     tune_config = dict(trial_name_creator=namer, trial_dirname_creator=namer, reuse_actors=True)
-    param_space = {"trial": tune.grid_search(configs)}
+    param_space = {"trial": tune.grid_search(trials)}
     if students and (sweep.search or sweep.scheduler):
         from . import search
 
@@ -334,10 +87,10 @@ def _fit_phase(name: str, configs: list[dict], sweep: Sweep, storage: str, callb
             tune_config["scheduler"] = search.scheduler(sweep)
         if sweep.search:
             done = searched or []
-            param_space = {"trial": configs[0], "search": search.search_space(sweep)}
+            param_space = {"trial": trials[0], "search": search.search_space(sweep)}
             tune_config.update(search_alg=search.searcher(sweep, done), num_samples=sweep.search.n_trials - len(done))
     expected = sweep.search.n_trials - len(searched or []) if students and sweep.search else \
-        sum(len(trial_members({"trial": c})) for c in configs)
+        sum(len(t["pack"]) for t in trials)
     closed_before = len(callback.closed)
     tuner = tune.Tuner(
         trainable,
@@ -456,7 +209,6 @@ def _run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, 
     with ThreadPoolExecutor(1) as pool:
         looked = pool.submit(look)
         _init_ray(address, sweep, file, progress)
-    import ray
 
     try:
         store, exp_id, earlier = looked.result()
@@ -517,7 +269,7 @@ def _run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, 
                 todo = _with_checkpoints(todo, _checkpoints(storage_path, prefix, progress), progress)
             progress.begin(f"teachers: {len(todo)} trial(s)", len(todo))
             callbacks.append(make_callback(store, exp_id, parent, progress, smoke_tag))
-            _fit_phase(f"{prefix}-{attempt}", todo, sweep, storage_path, callbacks[-1], weights)
+            _fit_phase(f"{prefix}-{attempt}", packing.alone(todo), sweep, storage_path, callbacks[-1], weights)
         for cfg in plan.teachers:
             if cfg["config_hash"] in later:
                 continue  # scored in phase 2; its weights are in `weights`
@@ -552,8 +304,8 @@ def _run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, 
                 progress.begin(f"search {sweep.name}: {todo_n} trials to run ({sweep.search.algorithm},"
                                f" {sweep.search.max_concurrent} at a time)", todo_n)
                 finished = {} if rerun else store.finished_like(plan.students[0])
-                _fit_phase(f"{prefix}-{attempt}", plan.students, sweep, storage_path, callback, weights,
-                           students=True, searched=searched, finished=finished)
+                _fit_phase(f"{prefix}-{attempt}", packing.alone(plan.students), sweep, storage_path, callback,
+                           weights, students=True, searched=searched, finished=finished)
         else:
             # Phase 2: the students of every cell x pair x seed, and the from-scratch students. A trial
             # that finished before (in this sweep before its driver stopped, or in any other) is not run again.
@@ -563,8 +315,8 @@ def _run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, 
             if todo or deferred:
                 scoring = f" (+ scoring {len(deferred)} teacher(s))" if deferred else ""
                 progress.begin(f"sweep {sweep.name}: {len(todo)} trials to run{scoring}", len(todo) + len(deferred))
-                _fit_phase(f"{prefix}-{attempt}", deferred + _packed(todo, sweep, plan, progress), sweep,
-                           storage_path, callback, weights, students=True)
+                _fit_phase(f"{prefix}-{attempt}", packing.alone(deferred) + _packed(todo, sweep, plan, progress),
+                           sweep, storage_path, callback, weights, students=True)
             for cfg in deferred:
                 if (run := store.find_teacher("config_hash", cfg["config_hash"])) is not None:
                     teacher_runs[cfg["weights_hash"]] = run.info.run_id
@@ -649,22 +401,22 @@ def parent_tags(sweep: Sweep, smoke: bool) -> dict[str, str]:
     return tags
 
 
-def _packed(configs: list[dict], sweep: Sweep, plan: Plan, progress: Progress) -> list[dict]:
+def _packed(configs: list[dict], sweep: Sweep, plan: Plan, progress: Progress) -> list[PackConfig]:
     """Students that can share a teacher forward, packed into trials (orchestrator/packing.py)."""
     import ray
 
     if sweep.search or sweep.scheduler or sweep.pack == "off":
-        return configs
+        return packing.alone(configs)
     room = None
     if sweep.pack == "auto":
         room = packing.room_by_memory(plan.data, packing.device_memory(sweep.resources.gpu, sweep.resources.cpu))
-    units = packing.plan(configs, sweep.pack,
-                         packing.slots(ray.cluster_resources(), sweep.resources.cpu, sweep.resources.gpu), room)
-    packs = [len(u["pack"]) for u in units if "pack" in u]
+    trials = packing.trials(configs, sweep.pack,
+                            packing.slots(ray.cluster_resources(), sweep.resources.cpu, sweep.resources.gpu), room)
+    packs = [len(t["pack"]) for t in trials if len(t["pack"]) > 1]
     if packs:
         progress.note(f"packed {sum(packs)} students into {len(packs)} trial(s) of {'/'.join(map(str, packs))}:"
                       " one teacher forward a batch (`pack: off` runs them apart)")
-    return units
+    return trials
 
 
 def _searched(store: Store, exp_id: str, parent: str, metric: str) -> list[tuple[dict, float]]:

@@ -21,7 +21,7 @@ from results.mlflow_schema import (METRIC_PREFIXES, RESULT_TAGS, VIEW_TAG, WALL_
                                    all_runs, cell_tag, child_of, experiments, has_view, holds_result, latest_run,
                                    link_name, run_name, status_is, tag_is, tag_is_not)
 from trainables.config import cell_label
-from trainables.tune_trial import FAILED, MEMBERS, REUSED
+from trainables.tune_trial import FAILED, MEMBERS, REUSED, checkpoint_members
 
 from .trials import describe, flat_params, trial_members, trial_name
 
@@ -257,8 +257,9 @@ class Store:
         return {m.step for m in self.client.get_metric_history(run_id, WALL_METRIC)}
 
     def log_weights(self, run_id: str, path: str, role: str) -> None:
-        """Trained weights as the run's `<role>/model.pt`, whatever the file is called here (a pack's
-        student's is `model_<hash>.pt`): later sweeps and the report find them by that name."""
+        """Trained weights as the run's `<role>/model.pt`, whatever the file is called here (a trial's
+        checkpoint holds each student's as `model_<hash>.pt`): later sweeps and the report find them by
+        that name."""
         if os.path.basename(path) == "model.pt":
             self.log_file(run_id, path, role)
             return
@@ -374,7 +375,7 @@ def _numbers(result: dict) -> dict[str, float]:
 
 
 def member_result(result: dict, cfg: dict) -> dict | None:
-    """CFG's part of a Tune result: the result itself, or its student's entry in a pack's."""
+    """CFG's part of a Tune result: a lone student's is the result itself, a pack's has its entry."""
     if MEMBERS not in result:
         return result
     r = result[MEMBERS].get(cfg["config_hash"])
@@ -470,9 +471,7 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
             info = read_epoch_json(cfg["resume_from"])
             if not info:
                 return
-            metrics = info.get("metrics") or {}
-            if "members" in info:
-                metrics = metrics.get(cfg["config_hash"], {})
+            metrics = checkpoint_members(info).get(cfg["config_hash"], {})
             step = int(info.get("epoch", 0))
             metrics = _numbers(metrics)  # as on_trial_result logs them: the per-epoch names only
             logged = self._logged_before(cfg, run_id)
@@ -502,11 +501,10 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
         @_unless_store_failed
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.completed_trials.add(trial_name(trial.config))
-            packed = "pack" in trial.config["trial"]
             for cfg in self._open(trial):
-                self._complete(trial, cfg, f"model_{cfg['config_hash']}.pt" if packed else "model.pt")
+                self._complete(trial, cfg)
 
-        def _complete(self, trial, cfg: dict, model_file: str) -> None:
+        def _complete(self, trial, cfg: dict) -> None:
             run_id = self._run_for(cfg)
             last = self.last.get(cfg["config_hash"]) or member_result(trial.last_result or {}, cfg) or {}
             if (source := last.get(REUSED)):  # a searched config run before: linked
@@ -529,8 +527,7 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
             ckpt = trial.checkpoint
             if ckpt is not None:
                 with ckpt.as_directory() as d:
-                    model = os.path.join(d, model_file)
-                    if os.path.exists(model):
+                    if (model := final_weights(d, cfg)) is not None:
                         store.log_weights(run_id, model, cfg["role"])
             store.set_state(run_id, State.DONE)
             self._close(cfg, run_id, Status.FINISHED)
@@ -569,6 +566,15 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
                 progress.failed(cfg, reason)
 
     return MLflowTrials()
+
+
+def final_weights(folder: str, cfg: dict) -> str | None:
+    """CFG's final weights in its trial's last checkpoint: `model_<hash>.pt`, each student's own; a
+    checkpoint of a lone student from before every trial was a pack holds `model.pt`."""
+    for name in (f"model_{cfg['config_hash']}.pt", "model.pt"):
+        if os.path.exists(path := os.path.join(folder, name)):
+            return path
+    return None
 
 
 def read_epoch_json(checkpoint: str) -> dict | None:

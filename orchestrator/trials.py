@@ -10,7 +10,7 @@ import hashlib
 import json
 from typing import Any
 
-from trainables.config import RESULT_VERSION, cell_label, config_hash, digest, materialize
+from trainables.config import RESULT_VERSION, cell_label, config_hash, digest, trial_members
 from trainables.methods import method_class
 
 from .spec import Pair, Sweep, TeacherSpec
@@ -56,7 +56,7 @@ def _precision(sweep: Sweep) -> dict:
 
 
 def _compile(sweep: Sweep) -> dict:
-    return {"compile": True} if sweep.compile else {}
+    return {"compile": sweep.compile} if sweep.compile else {}  # true or a mode (reduce-overhead)
 
 
 def _curve(sweep: Sweep) -> dict:
@@ -158,15 +158,11 @@ def _student(sweep: Sweep, pair: Pair, dataset: dict, method: str, knobs: dict, 
     return cfg
 
 
-def trial_members(config: dict) -> list[dict]:
-    """The student configs a Tune trial trains: its own, or a pack's (orchestrator/packing.py)."""
-    t = config["trial"]
-    return t["pack"] if "pack" in t else [materialize(config)]
-
-
 def trial_name(config: dict) -> str:
-    t = config["trial"]
-    return t["name"] if "pack" in t else materialize(config)["name"]
+    """Tune's name (and folder) for a trial: a lone student's own, a searched one's after the knobs it
+    sampled; the pack's when several students share the trial."""
+    members = trial_members(config)
+    return members[0]["name"] if len(members) == 1 else config["trial"]["name"]
 
 
 # Not params: they do not decide the result (the run's tags and its config.json artifact hold them).

@@ -12,7 +12,6 @@ import sys
 import time
 
 from results.mlflow_schema import VIEW_KEY, Tag, child_of
-from results.mlflow_schema import has_view  # noqa: F401 - cli.py imports it from here
 
 from .tracking import local_store_path
 

@@ -6,7 +6,7 @@ import json
 import pandas as pd
 from mlflow import MlflowClient
 
-from .mlflow_schema import NoRuns  # noqa: F401 - cli.py's commands import it (and latest_parent) from here
+from .mlflow_schema import NoRuns  # noqa: F401 - the error its readers raise, as `collect.NoRuns`
 from .mlflow_schema import Param, Role, Tag, children, latest_parent, teacher_runs
 
 # The frame's columns, from the trials' tags.

@@ -192,7 +192,7 @@ def test_a_second_driver_on_a_running_sweep_is_refused(tmp_path):
 def test_a_multi_node_sweep_refuses_storage_that_some_node_cannot_see(monkeypatch):
     import pytest
 
-    from orchestrator import runner
+    from orchestrator import ray_session as runner
     from orchestrator.spec import SpecError
 
     monkeypatch.setattr(runner, "storage_blind_nodes", lambda storage: (3, ["10.0.0.7 (abcd1234)"]))

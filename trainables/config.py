@@ -1,7 +1,8 @@
 """The trial config: the contract between the driver, which builds it (`orchestrator.trials`), and the
 trainer, which runs it (`trainables.trial`, `trainables.tune_trial`). A plain dict, so that Tune can
-pickle it and MLflow log it as JSON; `TrialConfig` names its keys. Its content hash, and the
-materialising of a searched trial's sampled knobs, live here beside it: both sides compute them alike.
+pickle it and MLflow log it as JSON; `TrialConfig` names its keys. A Tune trial trains a `PackConfig`
+of them (one or more students). Its content hash, and the materialising of a searched trial's sampled
+knobs, live here beside it: both sides compute them alike.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ RESULT_VERSION = 2
 class TrialConfig(TypedDict, total=False):
     role: str                  # "teacher", "student" or "scratch"
     sweep: str
-    dataset: dict              # the loader's arguments, its name and the data's fingerprint
+    dataset: dict              # name, root, fingerprint, and the rest: `load_dataset`'s keyword arguments
     student: dict              # {"model", "options"}: the network this trial trains
     teacher: dict | None       # {"model", "options", "hash"}: the frozen teacher's weights hash
     method: str
@@ -34,7 +35,7 @@ class TrialConfig(TypedDict, total=False):
     deterministic: bool
     resources: dict            # {"cpu", "gpu"}
     precision: str             # only when forced (absent: "auto")
-    compile: bool | str
+    compile: bool | str        # true, or a mode of COMPILE_MODES
     eval_every: int
     eval_every_knn: dict
     weights_hash: str          # a teacher's: names its weights
@@ -44,6 +45,23 @@ class TrialConfig(TypedDict, total=False):
     name: str                  # file-safe: Tune's trial folder
     resume_from: str           # a checkpoint an earlier, killed driver left
 
+
+class PackConfig(TypedDict):
+    """A Tune config's "trial": the students one Tune trial trains, one teacher forward a batch for all
+    (`orchestrator.packing` makes it). Every trial is one: a student alone, or a teacher, is a pack of one."""
+    pack: list[TrialConfig]    # what `orchestrator.packing.pack_key` groups by is equal across them
+    name: str                  # a lone student's own name; `pack<N>_<method>_s<seed>_<digest>` for several
+
+
+
+def loader_kwargs(dataset: dict) -> dict:
+    """The keyword arguments of `load_dataset` in a trial's `dataset` (the driver writes exactly those
+    beside the name, root and fingerprint: orchestrator.spec's `DatasetSpec.loader_args`)."""
+    return {k: v for k, v in dataset.items() if k not in ("name", "root", "fingerprint")}
+
+# `compile:` takes true, false or one of these torch.compile modes. reduce-overhead replays the training
+# step's forward and backward as CUDA graphs (launch overhead gone: small models at small batches).
+COMPILE_MODES = ("reduce-overhead",)
 
 # Where files lie, the sweep's name, the resources or whether the models are compiled (the same
 # arithmetic, fused: equal within float rounding) do not decide the result.
@@ -83,11 +101,21 @@ def cell_label(cell: dict) -> str:
     return " ".join(parts)
 
 
-def materialize(config: dict) -> TrialConfig:
-    """The trial config inside a Tune config. A searched trial's sampled knobs (`config["search"]`) go
-    into its knobs, cell, name and hash; the trainable and the driver's callback both call this, so
-    they agree on what the trial is."""
-    cfg, picked = config["trial"], config.get("search")
+def as_pack(trial: dict) -> PackConfig:
+    """A Tune config's "trial" as a pack. The driver only makes packs; a bare trial config (as Tune configs
+    held before every trial was a pack, and as tests hand the driver's callback) is a pack of one."""
+    return trial if "pack" in trial else {"pack": [trial], "name": trial["name"]}
+
+
+def trial_members(config: dict) -> list[TrialConfig]:
+    """The students a Tune config's trial trains, as they train: the trainable and the driver's callback
+    both call this, so they agree on what each student is."""
+    return [materialize(cfg, config.get("search")) for cfg in as_pack(config["trial"])["pack"]]
+
+
+def materialize(cfg: TrialConfig, picked: dict | None) -> TrialConfig:
+    """CFG with a searched trial's sampled knobs (a Tune config's "search") in its knobs, cell, name and
+    hash."""
     if not picked:
         return cfg
     picked = {k: (v.item() if hasattr(v, "item") else v) for k, v in picked.items()}  # numpy scalars

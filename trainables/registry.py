@@ -24,7 +24,16 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            raise KeyError(f"unknown {self.kind} {name!r} (known: {', '.join(sorted(self._items))})") from None
+            raise KeyError(self.unknown(name)) from None
+
+    def check(self, name: str) -> str:
+        """NAME when registered; else ValueError with the known names (what a spec validator raises)."""
+        if name not in self._items:
+            raise ValueError(self.unknown(name))
+        return name
+
+    def unknown(self, name: object) -> str:
+        return f"unknown {self.kind} {name!r} (known: {', '.join(sorted(self._items))})"
 
     def __contains__(self, name: object) -> bool:
         return name in self._items

@@ -1,7 +1,9 @@
-"""One trial: train a student (or a teacher) from a resolved config, report once per epoch.
+"""One trial: train its students (or a teacher) from resolved configs, report once per epoch.
 
-`fit` and `fit_pack` know nothing of Ray: they take a report callback and optional states to resume
-from. `trainables.tune_trial` adapts them to Ray Tune (a checkpoint per epoch).
+`fit_pack` trains every trial, one student or several on one teacher forward a batch; `fit` is one
+student's view of it, for callers that train one (tests, `kd-sweep bench`). Neither knows Ray: they
+take a report callback and optional states to resume from. `trainables.tune_trial` adapts `fit_pack`
+to Ray Tune (a checkpoint per epoch).
 The config is a `trainables.config.TrialConfig`, the plain dict `orchestrator.trials` builds; every
 number that matters is in it.
 """
@@ -12,6 +14,7 @@ import functools
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import knobs_of
+from .config import knobs_of, loader_kwargs
 from .datasets import ImageData, load_dataset, train_batches
 from .evaluate import classifier_top1, evaluate, knn_curve_point
 from .methods import method_class
@@ -27,10 +30,6 @@ from .methods.base import Context, DataInfo, Method, ModelInfo, NonFiniteLoss, S
 from .models import Backbone, Output, build_model
 
 Report = Callable[[dict[str, float], dict[str, Any], dict[str, torch.Tensor] | None], None]
-
-
-LOADER_ARGS = ("download", "verify_checksum", "augment", "val_split", "val_seed", "train_fraction", "max_train",
-               "max_test", "image_size", "train_split", "train_split_seed", "normalize")
 
 
 class InjectedFault(RuntimeError):
@@ -72,7 +71,8 @@ def amp_dtype(cfg: dict, device: torch.device) -> torch.dtype | None:
 
 def pick_device(cfg: dict) -> torch.device:
     if cfg["resources"]["gpu"] > 0 and torch.cuda.is_available():
-        return torch.device("cuda")
+        # With its index: torch.cuda.set_per_process_memory_fraction refuses a bare torch.device("cuda").
+        return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 
 
@@ -173,6 +173,7 @@ class Member:
     resume: dict[str, Any] | None = None
     failed: str | None = None
     failed_epoch: int | None = None
+    forward: Callable[..., Output] | None = None  # what the training step calls; None: the student itself
 
     @property
     def key(self) -> str:
@@ -249,8 +250,8 @@ def fit_pack(cfgs: list[dict], report: PackReport, teacher_state: dict[str, torc
     torch.use_deterministic_algorithms(deterministic)  # set either way: a process may run several trials
     torch.backends.cudnn.benchmark = not deterministic
     ds = lead["dataset"]
-    data = load_dataset(ds["name"], ds["root"], **{k: ds[k] for k in LOADER_ARGS if k in ds}).to(device)
-    teacher = None
+    data = load_dataset(ds["name"], ds["root"], **loader_kwargs(ds)).to(device)
+    teacher = teacher_forward = None
     if method_class(lead["method"]).needs_teacher:
         if teacher_state is None:
             raise RuntimeError(f"method {lead['method']!r} needs a teacher and the trial was given none")
@@ -258,8 +259,7 @@ def fit_pack(cfgs: list[dict], report: PackReport, teacher_state: dict[str, torc
         # NHWC convolutions: tensor cores on CUDA, and measured faster on CPU too (oneDNN: +5% for
         # resnet32x4->resnet8x4, +16% for resnet56->resnet20 on a 2-core machine).
         teacher.to(memory_format=torch.channels_last)
-        if lead.get("compile"):
-            teacher.compile()  # in place: its state_dict keeps its keys
+        teacher_forward = train_forward(teacher, lead, device, own_outputs=True)
     # Data that streams from disk (ImageNet) decodes in worker processes: one core stays with the trial.
     workers = max(0, int(lead["resources"]["cpu"]) - 1)
     data.workers = workers
@@ -287,7 +287,7 @@ def fit_pack(cfgs: list[dict], report: PackReport, teacher_state: dict[str, torc
         lrs = [m.opt.param_groups[0]["lr"] for m in active]
         t_epoch = time.perf_counter()
         try:
-            trained = train_epoch(active, teacher, data, gen, batch, epoch, workers, amp)
+            trained = train_epoch(active, teacher, data, gen, batch, epoch, workers, amp, teacher_forward)
         except torch.cuda.OutOfMemoryError as e:
             packed = f", {len(active)} students packed on one teacher" if len(active) > 1 else ""
             raise RuntimeError(
@@ -357,8 +357,7 @@ def _member(cfg: dict, data: ImageData, teacher: Backbone | None, device: torch.
     student.to(memory_format=torch.channels_last)
     if init_state is not None:
         student.load_state_dict(init_state)
-    if cfg.get("compile"):
-        student.compile()
+    forward = train_forward(student, cfg, device)
     method = cls(knobs, model_info(student, data, cls.preact),
                  model_info(teacher, data, cls.preact) if teacher is not None else None,
                  DataInfo(cfg["dataset"]["name"], data.num_classes, data.num_train)).to(device)
@@ -368,7 +367,7 @@ def _member(cfg: dict, data: ImageData, teacher: Backbone | None, device: torch.
     params = [p for p in list(student.parameters()) + list(method.parameters()) if p.requires_grad]
     opt = torch.optim.SGD(params, lr=sched_cfg["lr"], momentum=sched_cfg["momentum"],
                           weight_decay=sched_cfg["weight_decay"])
-    m = Member(cfg, student, method, opt, make_scheduler(opt, sched_cfg), resume=resume)
+    m = Member(cfg, student, method, opt, make_scheduler(opt, sched_cfg), resume=resume, forward=forward)
     if resume is not None and resume.get("failed"):
         m.fail(resume["failed"], resume.get("epoch", 0))  # deterministic: it would fail again
     elif resume is not None:
@@ -382,6 +381,34 @@ def _member(cfg: dict, data: ImageData, teacher: Backbone | None, device: torch.
     if after_teacher is not None:
         m.rng = RngState(device)
     return m
+
+
+def train_forward(model: Backbone, cfg: dict, device: torch.device, own_outputs: bool = False
+                  ) -> Callable[..., Output]:
+    """What the training step calls MODEL through. `compile: true`: the model compiled in place (every
+    call fused, evaluation too; its state_dict keeps its keys). `compile: reduce-overhead`: a compiled
+    twin for the training step alone, whose forward and backward replay as CUDA graphs; evaluation stays
+    eager, because a replay reuses the memory of the previous one's outputs and the evaluation code keeps
+    batch outputs across calls. OWN_OUTPUTS: copy the outputs out of the graphs' memory (the teacher's:
+    the students' forwards, each a new replay, read them)."""
+    mode = cfg.get("compile")
+    if not mode:
+        return model
+    if mode is True:
+        model.compile()
+        return model
+    if device.type != "cuda":
+        warnings.warn(f"compile: {mode}: CUDA graphs need a CUDA device; on {device.type} the training step is"
+                      " compiled without them")  # once a process: the teacher's and each student's say the same
+    compiled = torch.compile(model, mode=mode)
+    if not own_outputs:
+        return compiled
+    return lambda *a, **k: _owned(compiled(*a, **k))
+
+
+def _owned(out: Output) -> Output:
+    logits = None if out.logits is None else out.logits.clone()
+    return Output(out.feature.clone(), logits, [m.clone() for m in out.maps])
 
 
 def make_scheduler(opt: torch.optim.Optimizer, sched_cfg: dict) -> torch.optim.lr_scheduler.LRScheduler:
@@ -418,11 +445,12 @@ def recalibrate_bn(model: Backbone, data: ImageData, batch_size: int, seed: int 
 
 
 def train_epoch(members: list[Member], teacher: Backbone | None, data: ImageData, gen: torch.Generator,
-                batch_size: int, epoch: int, workers: int = 0, amp: torch.dtype | None = None
-                ) -> list[dict[str, float]]:
+                batch_size: int, epoch: int, workers: int = 0, amp: torch.dtype | None = None,
+                teacher_forward: Callable[..., Output] | None = None) -> list[dict[str, float]]:
     """One pass over the training set for every student of MEMBERS (their metrics, in order), with one
     teacher forward per batch. `amp`: the autocast dtype of the forward passes and the loss (bf16),
-    or None for fp32; the backward pass and the optimiser step stay in the weights' fp32. A student
+    or None for fp32; the backward pass and the optimiser step stay in the weights' fp32.
+    `teacher_forward`: how the teacher is called (`train_forward`; default the teacher itself). A student
     whose loss is not finite is failed there and trains no further; the others go on."""
     for m in members:
         m.student.train()
@@ -432,9 +460,11 @@ def train_epoch(members: list[Member], teacher: Backbone | None, data: ImageData
     maps = any(m.method.needs_maps for m in members)
     preact = next((m.method.preact for m in members if m.method.needs_maps), False)
 
+    call_teacher = teacher if teacher_forward is None else teacher_forward
+
     def run_teacher(x: torch.Tensor) -> Output:
         with torch.no_grad():
-            return teacher(x, with_maps=maps, preact=preact)
+            return call_teacher(x, with_maps=maps, preact=preact)
 
     sums: list[dict[str, torch.Tensor]] = [{} for _ in members]
     steps = [0] * len(members)
@@ -485,9 +515,10 @@ def _step(m: Member, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, t_out:
     """One optimiser step of one student: its detached terms and total, and whether the loss was finite
     (when not, no step is taken)."""
     needs_maps, preact = m.method.needs_maps, m.method.preact
+    call_student = m.student if m.forward is None else m.forward
 
     def run_student(x: torch.Tensor) -> Output:
-        return m.student(x, with_maps=needs_maps, preact=preact)
+        return call_student(x, with_maps=needs_maps, preact=preact)
 
     with autocast():
         step = Step(x, y, idx, run_student(x), t_out, run_student, run_teacher, epoch)

@@ -1,9 +1,10 @@
-"""`fit` and `fit_pack` as a Ray Tune trainable: a report and a checkpoint per epoch.
+"""`fit_pack` as a Ray Tune trainable: a report and a checkpoint per epoch.
 
-A Tune config's "trial" is one trial config, or a pack (`{"pack": [configs], "name": ...}`, built by
-the driver): students trained on one teacher forward. A pack reports each student's
-metrics under MEMBERS, keyed by config hash, and checkpoints every student's state in one folder;
-the driver's callback turns that back into one MLflow run per student.
+Every Tune trial is a pack (`trainables.config.PackConfig`, built by the driver): one or more students
+trained on one teacher forward a batch; a teacher, or a student alone, is a pack of one. A trial of one
+student reports that student's result as it is (a search or a scheduler reads its metric there); a
+pack of several reports each student's under MEMBERS, keyed by config hash. Either checkpoints every
+student's state in one folder, and the driver's callback turns that back into one MLflow run per student.
 """
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from typing import Any
 
 import torch
 
-from .config import materialize
-from .trial import MemberReport, NonFiniteLoss, device_name, fit, fit_pack, member_key
+from .config import trial_members
+from .trial import MemberReport, PackReport, device_name, fit_pack, member_key
 
 FAILED = "kd_failed"  # a result key: the trial (or a pack's student) failed for good (the value says why)
 REUSED = "kd_reused"  # a result key: an earlier run (the value) finished this very config
@@ -25,11 +26,22 @@ MEMBERS = "kd_members"  # a pack's result key: config hash -> that student's res
 
 
 def member_state(state: dict[str, Any], cfg: dict) -> dict[str, Any] | None:
-    """CFG's part of a checkpoint's state: a pack's holds each student's under "members"; a student that
-    is not in it (a pack split differently this time) starts afresh."""
+    """CFG's part of a checkpoint's state: a trial's holds each student's under "members"; a student that
+    is not in it (a pack split differently this time) starts afresh. A checkpoint of one student from
+    before every trial was a pack holds its state alone."""
     if "members" in state:
         return state["members"].get(member_key(cfg))
     return state
+
+
+def checkpoint_members(info: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A checkpoint's `epoch.json` as config hash -> that student's numbers of the epoch, in either layout:
+    a trial's names its students under "members"; one from before every trial was a pack, `config_hash`.
+    A KeyError where it names neither."""
+    metrics = info.get("metrics") or {}
+    if "members" in info:
+        return {key: metrics.get(key, {}) for key in info["members"]}
+    return {info["config_hash"]: metrics}
 
 
 def _checkpointed_state(resume_from: str | None) -> dict[str, Any] | None:
@@ -76,68 +88,77 @@ def _quiet_stop(unraisable) -> None:
 
 def tune_trainable(config: dict, teachers: dict[str, dict[str, torch.Tensor]] | None = None,
                    finished: dict[str, tuple[str, dict[str, float]]] | None = None) -> None:
-    """`finished`: config hash -> (run id, final metrics) of trials that earlier sweeps finished. A
-    search samples its configs here, so only here can it see that one of them was run before."""
+    """`teachers`: weights hash -> the weights (or an object ref to them) of the teachers and of the
+    models scored as they are. `finished`: config hash -> (run id, final metrics) of trials that earlier
+    sweeps finished. A search samples its configs here, so only here can it see that one of them was run
+    before. A student that fails for good stays in every later checkpoint as {"failed": why}: a retry or a
+    resumed driver fails it again without training."""
     import ray
-    from ray import tune
 
     logging.getLogger("ray").setLevel(logging.WARNING)  # one INFO line per checkpoint otherwise
     sys.unraisablehook = _quiet_stop
     teachers = teachers or {}
-    node = ray.get_runtime_context().get_node_id()
-    if "pack" in config["trial"]:
-        return _tune_pack(config["trial"], teachers, node)
-    cfg = materialize(config)
-    state = _checkpointed_state(cfg.get("resume_from"))
-    resume = member_state(state, cfg) if state is not None else None
-
-    def report(metrics: dict[str, float], state: dict[str, Any], final_model: dict | None) -> None:
-        metrics = {**metrics, "device": device_name(cfg), "node": node}
-        with tempfile.TemporaryDirectory() as d:
-            _save(d, state, state["epoch"], {"config_hash": cfg["config_hash"], "metrics": metrics})
-            if final_model is not None:
-                torch.save(final_model, os.path.join(d, "model.pt"))
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
-
-    if finished and cfg["config_hash"] in finished:
-        run_id, metrics = finished[cfg["config_hash"]]
-        tune.report({**metrics, "epoch": cfg["train"]["epochs"], REUSED: run_id})
+    cfgs = trial_members(config)
+    if finished and all(c["config_hash"] in finished for c in cfgs):  # only a search passes it: alone
+        _report_reused(cfgs, finished)
         return
-    teacher_state = _weights(teachers, cfg["teacher"]["hash"]) if cfg.get("teacher") else None
-    init_state = _weights(teachers, cfg["init"]) if cfg.get("init") else None
-    try:
-        fit(cfg, report, teacher_state, resume, init_state)
-    except NonFiniteLoss as e:
-        # Not raised: Tune would retry it max_failures times, and it would diverge again each time.
-        tune.report({FAILED: str(e), "epoch": e.epoch or 0, "device": device_name(cfg), "node": node})
-
-
-def _tune_pack(pack: dict, teachers: dict, node: str) -> None:
-    """A pack's students, each reported under MEMBERS. A student that fails for good stays in every
-    later checkpoint as {"failed": why}: a retry or a resumed driver fails it again without training."""
-    from ray import tune
-
-    cfgs = pack["pack"]
-    state = _checkpointed_state(cfgs[0].get("resume_from"))
+    lead = cfgs[0]
+    state = _checkpointed_state(lead.get("resume_from"))  # packing keeps resume_from equal in a pack
     resumes = {}
     if state is not None:
         resumes = {member_key(c): s for c in cfgs if (s := member_state(state, c)) is not None}
-    device = device_name(cfgs[0])
+    teacher_state = _weights(teachers, lead["teacher"]["hash"]) if lead.get("teacher") else None
+    # Only a teacher scoring weights that exist has an `init`, and teachers never share a trial.
+    init_state = _weights(teachers, lead["init"]) if lead.get("init") else None
+    node = ray.get_runtime_context().get_node_id()
+    fit_pack(cfgs, _reporter(lead, node), teacher_state, resumes, init_state)
+
+
+def _report_reused(cfgs: list[dict], finished: dict[str, tuple[str, dict[str, float]]]) -> None:
+    """Students an earlier run finished: their final numbers and that run, with no device (none trained)."""
+    from ray import tune
+
+    epochs = cfgs[0]["train"]["epochs"]
+    results = {}
+    for c in cfgs:
+        run_id, metrics = finished[c["config_hash"]]
+        results[member_key(c)] = {**metrics, "epoch": epochs, REUSED: run_id}
+    tune.report(_result(results, {"epoch": epochs}))
+
+
+def _reporter(lead: dict, node: str) -> PackReport:
+    """fit_pack's report -> one Tune result an epoch, with a checkpoint of every student's state. An epoch
+    where every student has failed leaves none: resumed from failures alone, a trial would have nothing to
+    train or report, so a later driver resumes from the checkpoint before and the students fail alike."""
+    from ray import tune
 
     def report(epoch: int, out: dict[str, MemberReport]) -> None:
         results, states = {}, {}
         with tempfile.TemporaryDirectory() as d:
             for key, r in out.items():
-                if r.failed:
+                if r.failed:  # reported, not raised: Tune would retry it, and it would diverge again each time
                     results[key] = {"epoch": r.failed_epoch or 0, FAILED: r.failed}
                     states[key] = {"failed": r.failed, "epoch": r.failed_epoch or 0}
                     continue
                 results[key], states[key] = r.metrics, r.state
                 if r.final_model is not None:
                     torch.save(r.final_model, os.path.join(d, f"model_{key}.pt"))
-            _save(d, {"members": states}, epoch, {"members": sorted(out),
-                                                  "metrics": results})
-            tune.report({"epoch": epoch, "device": device, "node": node, MEMBERS: results},
-                        checkpoint=tune.Checkpoint.from_directory(d))
+            checkpoint = None
+            if any(not r.failed for r in out.values()):
+                _save(d, {"members": states}, epoch, {"members": sorted(out), "metrics": results})
+                checkpoint = tune.Checkpoint.from_directory(d)
+            # The device after fit_pack has set the trial's threads: what the epochs ran on.
+            shared = {"epoch": epoch, "device": device_name(lead), "node": node}
+            tune.report(_result(results, shared), checkpoint=checkpoint)
 
-    fit_pack(cfgs, report, _weights(teachers, cfgs[0]["teacher"]["hash"]), resumes)
+    return report
+
+
+def _result(results: dict[str, dict[str, Any]], shared: dict[str, Any]) -> dict[str, Any]:
+    """Tune's result of an epoch: a lone student's own numbers at the top, where a search or a scheduler
+    reads its metric (a student's own epoch wins over the trial's: a failed one's is when it failed);
+    several students' under MEMBERS."""
+    if len(results) == 1:
+        (only,) = results.values()
+        return {**shared, **only}
+    return {**shared, MEMBERS: results}

@@ -9,7 +9,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Optional, Sequence, TypeVar
 
 import numpy as np
@@ -42,6 +42,8 @@ class ImageData:
     flip: bool = False
     eval_split: str = "test"  # what test_x/test_y hold: "test", or "val" (a part held out of train by `holdout`)
     randaugment: bool = False  # RandAugment after the crop and flip (augment "randaugment")
+    # mean and std as tensors, one pair per device: made once, so a step on a GPU copies nothing from the host.
+    _stats: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def in_channels(self) -> int:
@@ -147,8 +149,10 @@ class ImageData:
             yield idx, self.augment(self.train_x[idx], gen), self.train_y[idx]
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        if x.device not in self._stats:
+            self._stats[x.device] = (torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1),
+                                     torch.tensor(self.std, device=x.device).view(1, -1, 1, 1))
+        mean, std = self._stats[x.device]
         return (x.float().div_(255) - mean) / std
 
     def augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -1,23 +1,18 @@
-"""The sweep file: parsed, validated, and expanded into trials before anything starts.
-
-Validation errors are one line that names the file and the dotted field (`SpecError`); the CLI
-prints it and exits 2. Nothing here touches Ray or MLflow.
-"""
+"""The sweep file's schema: what each field takes, checked field by field (pydantic), and what a
+valid sweep expands to (cells, trial counts). Registry names are checked here; knob values against
+the methods, and the search, in `checks`."""
 from __future__ import annotations
 
-import copy
 import difflib
 import itertools
-import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
+from trainables.config import COMPILE_MODES
 from trainables.datasets import DATASETS
-from trainables.methods import METHODS, method_class, method_knob_model
+from trainables.methods import METHODS, method_class
 from trainables.models import MODELS, model_options
 
 
@@ -59,9 +54,7 @@ class ModelSpec(Strict):
     @field_validator("model")
     @classmethod
     def _known_model(cls, v: str) -> str:
-        if v not in MODELS:
-            raise ValueError(f"unknown model {v!r} (known: {', '.join(MODELS.names())})")
-        return v
+        return MODELS.check(v)
 
     @model_validator(mode="after")
     def _known_options(self) -> "ModelSpec":
@@ -162,9 +155,7 @@ class DatasetSpec(Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in DATASETS:
-            raise ValueError(f"unknown dataset {v!r} (known: {', '.join(DATASETS.names())})")
-        return v
+        return DATASETS.check(v)
 
 
 class Schedule(Strict):
@@ -225,6 +216,10 @@ class Classifier(Strict):
     pass
 
 
+# Evaluation protocols, in the order the report's default metric prefers them.
+PROTOCOLS = ("linear", "knn", "classifier")
+
+
 class EvalSpec(Strict):
     linear: LinearProbe | None = None
     knn: KNN | None = None
@@ -239,7 +234,7 @@ class EvalSpec(Strict):
         if isinstance(v, list):  # `eval: [linear, knn]` means each with its defaults
             unknown = [p for p in v if p not in cls.model_fields]
             if unknown:
-                raise ValueError(f"unknown protocol {unknown[0]!r} (known: linear, knn, classifier)")
+                raise ValueError(f"unknown protocol {unknown[0]!r} (known: {', '.join(PROTOCOLS)})")
             return {p: {} for p in v}
         if isinstance(v, dict):
             return {k: ({} if o is None and k != "every" else o) for k, o in v.items()}
@@ -248,11 +243,11 @@ class EvalSpec(Strict):
     @model_validator(mode="after")
     def _not_empty(self) -> "EvalSpec":
         if not self.protocols():
-            raise ValueError("name at least one protocol: linear, knn, classifier")
+            raise ValueError(f"name at least one protocol: {', '.join(PROTOCOLS)}")
         return self
 
     def protocols(self) -> list[str]:
-        return [p for p in ("linear", "knn", "classifier") if getattr(self, p) is not None]
+        return [p for p in PROTOCOLS if getattr(self, p) is not None]
 
 
 class Resources(Strict):
@@ -379,8 +374,9 @@ class Sweep(Strict):
     deterministic: bool = False
     # auto: bf16 autocast on CUDA, fp32 on CPU; bf16 or fp32 to force one.
     precision: Literal["auto", "bf16", "fp32"] = "auto"
-    # torch.compile the teacher and students (minutes of compiling per trial: pays on long GPU trials).
-    compile: bool = False
+    # torch.compile the teacher and students (minutes of compiling per trial: pays on long GPU trials);
+    # reduce-overhead: the training step also replays as CUDA graphs (on CUDA; compiled without them on CPU).
+    compile: bool | Literal["reduce-overhead"] = False
     max_failures: int = Field(2, ge=0)
     # Students that share a teacher forward train in one trial, each still its own run (orchestrator/
     # packing.py): auto (fill the trial slots, then as many as fit in memory), off, or at most N a trial.
@@ -396,19 +392,23 @@ class Sweep(Strict):
     @field_validator("method")
     @classmethod
     def _known_method(cls, v: str) -> str:
-        if v not in METHODS:
-            raise ValueError(f"unknown method {v!r} (known: {', '.join(METHODS.names())})")
-        return v
+        return METHODS.check(v)
 
     @field_validator("teacher_method")
     @classmethod
     def _teacher_method(cls, v: str) -> str:
-        if v not in METHODS:
-            raise ValueError(f"unknown method {v!r} (known: {', '.join(METHODS.names())})")
+        METHODS.check(v)
         if method_class(v).needs_teacher:
             raise ValueError(f"a teacher is trained without a teacher: {v!r} needs one"
                              f" (methods that need none: {', '.join(n for n in METHODS.names() if not method_class(n).needs_teacher)})")
         return v
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile(cls, v: Any) -> Any:
+        if isinstance(v, bool) or v in COMPILE_MODES:
+            return v
+        raise ValueError(f"compile takes true, false or {', '.join(COMPILE_MODES)} (CUDA graphs), not {v!r}")
 
     @field_validator("pack", mode="before")
     @classmethod
@@ -456,270 +456,6 @@ class Sweep(Strict):
 
 # --- loading -----------------------------------------------------------------------------------
 
-def _loc(loc: tuple) -> str:
-    return ".".join(str(p) for p in loc)
-
-
-def apply_overrides(raw: dict, sets: list[str], file: str) -> dict:
-    """`--set train.epochs=1`: a dotted path and a YAML value, applied before validation."""
-    raw = copy.deepcopy(raw)
-    for s in sets:
-        if "=" not in s:
-            raise SpecError(file, f"--set {s}", "expected PATH=VALUE, e.g. train.epochs=1")
-        path, value = s.split("=", 1)
-        parsed = parse_yaml(value, file, f"--set {path}")
-        _check_size(parsed, file)
-        node = raw
-        keys = path.split(".")
-        for i, key in enumerate(keys[:-1]):
-            if isinstance(node, list):
-                try:
-                    node = node[int(key)]
-                    continue
-                except (ValueError, IndexError):
-                    raise SpecError(file, f"--set {path}", f"{'.'.join(keys[:i + 1])} is no index of the list") from None
-            if not isinstance(node, dict):
-                raise SpecError(file, f"--set {path}", f"{'.'.join(keys[:i])} is a value, not a mapping")
-            nxt = node.get(key)
-            if nxt is None:
-                nxt = node[key] = {}
-            elif isinstance(nxt, str) and key in ("teacher", "student"):  # `teacher: resnet56` shorthand
-                nxt = node[key] = {"model": nxt}
-            if not isinstance(nxt, (dict, list)):
-                raise SpecError(file, f"--set {path}", f"{'.'.join(keys[:i + 1])} is not a mapping")
-            node = nxt
-        if isinstance(node, list):
-            try:
-                node[int(keys[-1])] = parsed
-            except (ValueError, IndexError):
-                raise SpecError(file, f"--set {path}", "not an index of the list") from None
-        elif isinstance(node, dict):
-            node[keys[-1]] = parsed
-        else:
-            raise SpecError(file, f"--set {path}", f"{'.'.join(keys[:-1])} is a value, not a mapping")
-    return raw
-
-
-MAX_FILE_BYTES = 1 << 20  # a sweep file is a page of YAML; a megabyte is something else
-MAX_VALUES = 100_000  # values after YAML aliases are expanded (a "billion laughs" file is small on disk)
-MAX_DEPTH = 50
-
-
-class _UniqueKeys(yaml.SafeLoader):
-    """safe_load that refuses a key given twice in one mapping (YAML would silently keep the last)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, (str, int, float, bool)) and key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice",
-                                                        key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _check_size(raw: Any, file: str) -> None:
-    """Walks the loaded file without recursion, stopping at MAX_VALUES values or MAX_DEPTH levels: aliases
-    can make a small file expand to billions of values, and deep nesting exhausts the stack later."""
-    stack, count = [(raw, 0)], 0
-    while stack:
-        node, depth = stack.pop()
-        count += 1
-        if count > MAX_VALUES:
-            raise SpecError(file, "", f"the file expands to more than {MAX_VALUES:,} values (YAML aliases?): not a sweep")
-        if depth > MAX_DEPTH:
-            raise SpecError(file, "", f"the file nests deeper than {MAX_DEPTH} levels: not a sweep")
-        if isinstance(node, dict):
-            stack.extend((v, depth + 1) for v in node.values())
-        elif isinstance(node, list):
-            stack.extend((v, depth + 1) for v in node)
-
-
-def parse_yaml(text: str, file: str, where: str = "") -> Any:
-    """YAML text -> data, every failure one line naming the place."""
-    try:
-        return yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = where or (f"line {mark.line + 1}" if mark else "yaml")
-        problem = " ".join(str(getattr(e, "problem", None) or e).split())
-        raise SpecError(file, at, f"not valid YAML: {problem}") from None
-    except RecursionError:
-        raise SpecError(file, where, "the YAML nests deeper than Python can read: not a sweep") from None
-
-
-def load_sweep(path: str | Path, sets: list[str] | None = None) -> Sweep:
-    file = str(path)
-    try:
-        if Path(path).is_dir():
-            raise SpecError(file, "", "is a folder, not a sweep file")
-        if Path(path).stat().st_size > MAX_FILE_BYTES:
-            raise SpecError(file, "", f"is over {MAX_FILE_BYTES >> 20} MB: not a sweep file")
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise SpecError(file, "", f"cannot read the file ({e.strerror})") from None
-    except UnicodeDecodeError:
-        raise SpecError(file, "", "is not a text file (not UTF-8): give the sweep's YAML file") from None
-    raw = parse_yaml(text, file)
-    if not isinstance(raw, dict):
-        raise SpecError(file, "", "a sweep file is a YAML mapping (name:, dataset:, pairs:, ...)")
-    _check_size(raw, file)
-    raw = apply_overrides(raw, sets or [], file)
-    try:
-        sweep = Sweep.model_validate(raw)
-    except ValidationError as e:
-        err = e.errors()[0]
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = f"unknown field {err['loc'][-1]!r}{_did_you_mean(str(err['loc'][-1]), _all_fields())}"
-        elif err["type"] == "missing":
-            msg = "required field is missing"
-        raise SpecError(file, _loc(err["loc"]), msg) from None
-    check_method_knobs(sweep, file)
-    check_search(sweep, file)
-    return sweep
-
-
-def check_method_knobs(sweep: Sweep, file: str) -> None:
-    """Each knob, fixed or on the grid, must be one the method declares, with the right type."""
-    if "method" in sweep.grid:
-        for m in sweep.grid["method"]:
-            if m not in METHODS:
-                raise SpecError(file, "grid.method", f"unknown method {m!r} (known: {', '.join(METHODS.names())})")
-    for i, cell in enumerate(sweep.cells):
-        if not cell:
-            raise SpecError(file, f"cells.{i}", "an empty cell: give the knob values of this column")
-        both = set(cell) & set(sweep.grid)
-        if both:
-            raise SpecError(file, f"cells.{i}.{sorted(both)[0]}", "set both in `cells` and on the `grid`")
-        if "method" in cell and cell["method"] not in METHODS:
-            raise SpecError(file, f"cells.{i}.method", f"unknown method {cell['method']!r}")
-    if len({json.dumps(c, sort_keys=True, default=str) for c in sweep.cells}) != len(sweep.cells):
-        raise SpecError(file, "cells", "cells repeat")
-    for axis, values in sweep.grid.items():
-        if not values:
-            raise SpecError(file, f"grid.{axis}", "empty grid axis: give at least one value")
-        if len(values) != len({repr(v) for v in values}):
-            raise SpecError(file, f"grid.{axis}", "values repeat")
-    for name, value in sweep.knobs.items():
-        if name in METHODS and not isinstance(value, dict):
-            raise SpecError(file, f"knobs.{name}", f"knobs under a method's name are that method's own:"
-                            f" give a mapping, e.g. {name}: {{weight: 1.0}}")
-        if isinstance(value, dict) and name in METHODS and name not in sweep.methods:
-            raise SpecError(file, f"knobs.{name}", f"method {name!r} is not in this sweep"
-                            f" (methods: {', '.join(sweep.methods)})")
-    for method in sweep.methods:
-        model = method_knob_model(method)
-        known = set(model.model_fields) | {f.alias for f in model.model_fields.values() if f.alias}
-        own = sweep.knobs.get(method, {})
-        cell_keys = {k for c in sweep.cells if c.get("method", method) == method for k in c}
-        for where, names in (("knobs", sweep.shared_knobs()), (f"knobs.{method}", own), ("grid", sweep.grid),
-                             ("cells", cell_keys)):
-            for k in names:
-                if where in ("grid", "cells") and k == "method":
-                    continue
-                if k not in known:
-                    listed = sorted(f.alias or n for n, f in model.model_fields.items())
-                    raise SpecError(file, f"{where}.{k}", f"method {method!r} has no knob {k!r}"
-                                    f"{_did_you_mean(k, listed)} (knobs: {', '.join(listed)})")
-        for cell in sweep.all_cells():
-            if cell.get("method", method) != method:
-                continue
-            try:
-                resolved = model.model_validate(sweep.knobs_for(method, cell))
-            except ValidationError as e:
-                err = e.errors()[0]
-                field = _loc(err["loc"])
-                where = ("grid" if field in sweep.grid else "cells" if field in cell_keys
-                         else f"knobs.{method}" if field in own else "knobs")
-                raise SpecError(file, f"{where}.{field}" if field else where,
-                                f"{err['msg'].removeprefix('Value error, ')} (method {method!r})") from None
-            if sweep.setting == "unsupervised":
-                check_unsupervised(method, resolved, sweep, file)
-            if not method_class(method).has_main_loss(resolved):
-                raise SpecError(file, "grid.method" if "method" in sweep.grid else "method",
-                                f"method {method!r} has nothing to train the student with after its pre-stage"
-                                " (weight 0, lambda_ce 0, lambda_kd 0): give it a weight or a label term")
-
-
-def search_metric(sweep: Sweep) -> str:
-    if sweep.search and sweep.search.metric:
-        return sweep.search.metric
-    return f"eval/{next(p for p in ('linear', 'knn', 'classifier') if p in sweep.eval.protocols())}_top1"
-
-
-def check_search(sweep: Sweep, file: str) -> None:
-    """What Ray would refuse or silently get wrong in `search` and `scheduler`, named by field."""
-    protocols = sweep.eval.protocols()
-    if sweep.scheduler is not None:
-        if sweep.scheduler.metric != "eval/classifier_top1" or "classifier" not in protocols:
-            raise SpecError(file, "scheduler.metric", "ASHA compares trials every epoch, and the one metric scored"
-                            " every epoch is eval/classifier_top1: use it, with `classifier: {}` under eval")
-        if sweep.scheduler.grace_period > sweep.train.epochs:
-            raise SpecError(file, "scheduler.grace_period", f"longer than train.epochs ({sweep.train.epochs})")
-    if isinstance(sweep.pack, int) and sweep.pack > 1 and (sweep.search or sweep.scheduler):
-        raise SpecError(file, "pack", f"a {'search' if sweep.search else 'scheduler'} decides on each trial alone,"
-                        " so its trials are not packed: set pack: auto or off")
-    search = sweep.search
-    if search is None:
-        return
-    if sweep.grid or sweep.cells:
-        axes = ", ".join(sweep.axes())
-        raise SpecError(file, "search", f"a search samples its knobs and cannot be mixed with grid axes or cells"
-                        f" ({axes}): Ray's OptunaSearch refuses grid_search. Move them into search.space, e.g."
-                        " {type: choice, values: [...]}")
-    if len(sweep.seeds) != 1:
-        raise SpecError(file, "seeds", "a search runs each sampled config once: give one seed (then run the best"
-                        " configs over seeds as a grid)")
-    if sum(p.student is not None for p in sweep.pairs) != 1:
-        raise SpecError(file, "pairs", "a search tunes one teacher/student pair: give one pair with a student")
-    if sweep.scratch:
-        raise SpecError(file, "scratch", "a search has no from-scratch column: run it as a grid sweep")
-    metric = search_metric(sweep)
-    name = metric.removeprefix("eval/")
-    if not metric.startswith("eval/") or name.split("_top")[0] not in protocols:
-        raise SpecError(file, "search.metric", f"{metric!r} is not scored by this sweep's eval"
-                        f" (it scores: {', '.join(f'eval/{p}_top1' for p in protocols)})")
-    model = method_knob_model(sweep.method)
-    known = set(model.model_fields) | {f.alias for f in model.model_fields.values() if f.alias}
-    for k, param in search.space.items():
-        if k not in known:
-            listed = sorted(f.alias or n for n, f in model.model_fields.items())
-            raise SpecError(file, f"search.space.{k}", f"method {sweep.method!r} has no knob {k!r}"
-                            f"{_did_you_mean(k, listed)} (knobs: {', '.join(listed)})")
-        for v in param.ends():
-            try:
-                model.model_validate({**sweep.knobs_for(sweep.method, {}), k: v})
-            except ValidationError as e:
-                raise SpecError(file, f"search.space.{k}", f"{v!r}: {e.errors()[0]['msg']}") from None
-
-
-def check_unsupervised(method: str, knobs: Any, sweep: "Sweep", file: str) -> None:
-    cls = method_class(method)
-    field = "grid.method" if "method" in sweep.grid else "method"
-    why = None
-    if cls.uses_labels(knobs):
-        why = (f"uses labels (lambda_ce {knobs.lambda_ce:g})" if knobs.lambda_ce > 0 else "needs labels")
-    elif cls.uses_teacher_logits(knobs):
-        why = (f"uses the teacher's logits (lambda_kd {knobs.lambda_kd:g})" if knobs.lambda_kd > 0
-               else "needs the teacher's logits")
-    if why:
-        raise SpecError(file, field, f"method {method!r} {why}, and this sweep's setting is unsupervised (no"
-                        " labels in the loss, the teacher's classifier removed); use setting: supervised,"
-                        " or set its label/logit weights to 0")
-
-
-def _all_fields() -> list[str]:
-    models = [Sweep, PaperRef, DatasetSpec, Normalization, Pair, TeacherSpec, Schedule, LinearProbe, KNN, EvalSpec, Resources, Search,
-              SearchParam, Scheduler]
-    return sorted({n for m in models for n in m.model_fields})
-
-
-def _did_you_mean(word: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(word, options, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
 
 def grid_cells(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     if not grid:
@@ -749,3 +485,17 @@ def count_trials(sweep: Sweep) -> int:
 def count_teachers(sweep: Sweep) -> int:
     return len({p.teacher.model_dump_json() for p in sweep.pairs})
 
+
+def _loc(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _all_fields() -> list[str]:
+    models = [Sweep, PaperRef, DatasetSpec, Normalization, Pair, TeacherSpec, Schedule, LinearProbe, KNN, EvalSpec, Resources, Search,
+              SearchParam, Scheduler]
+    return sorted({n for m in models for n in m.model_fields})
+
+
+def _did_you_mean(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
