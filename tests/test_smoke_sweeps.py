@@ -1,9 +1,12 @@
 """Every sweep file in sweeps/ runs end to end with --smoke, on a Ray cluster the tests start once
 (as a user's `ray start --head`), and lands in MLflow as smoke runs the report keeps apart."""
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 from mlflow import MlflowClient
@@ -36,12 +39,34 @@ def cluster(tmp_path_factory):
     port = _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # a loopback test cluster
     ray = os.path.join(os.path.dirname(sys.executable), "ray")
-    subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
-                    "--disable-usage-stats"], check=True, capture_output=True, env=env)
-    subprocess.run([ray, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1"], check=True,
-                   capture_output=True, env=env)
+    # Each node blocks in a process group of its own, stopped alone at the end: `ray stop` would stop
+    # every Ray on the machine, the warm cluster the other tests share included.
+    nodes = [subprocess.Popen([ray, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+                               "--disable-usage-stats", "--block"], env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    deadline = time.monotonic() + 60
+    while subprocess.run([ray, "status", f"--address=127.0.0.1:{port}"], capture_output=True, env=env).returncode:
+        assert time.monotonic() < deadline, "the test cluster's head did not start"
+        time.sleep(0.5)
+    nodes.append(subprocess.Popen([ray, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1", "--block"], env=env,
+                                  start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    while '"CPU": 2' not in _resources(ray, port, env):
+        assert time.monotonic() < deadline, "the test cluster's second node did not join"
+        time.sleep(0.5)
     yield f"127.0.0.1:{port}", env
-    subprocess.run([ray, "stop", "--force"], capture_output=True, env=env)
+    for node in reversed(nodes):
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                node.wait(3)
+                break
+
+
+def _resources(ray: str, port: int, env: dict) -> str:
+    code = (f"import ray, json; ray.init(address='127.0.0.1:{port}', logging_level='ERROR');"
+            " print(json.dumps({k: v for k, v in ray.cluster_resources().items() if k == 'CPU'}))")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout
 
 
 @pytest.mark.parametrize("name", FILES)
