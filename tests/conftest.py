@@ -16,6 +16,16 @@ def cifar_root(tmp_path_factory) -> Path:
     return write_cifar100(tmp_path_factory.mktemp("cifar"), n_train=128, n_test=64)
 
 
+# Files of whole sweeps (tens of seconds a test) run first: with `-n 2` the two workers then end together
+# instead of one finishing the last long sweep alone.
+SWEEP_FILES = ("test_resilience", "test_methods_sweep", "test_smoke_sweeps", "test_e2e", "test_cluster",
+               "test_packing", "test_search")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: item.module.__name__.rsplit(".", 1)[-1] not in SWEEP_FILES)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def warm_cluster(tmp_path_factory):
     """One warm local Ray for the whole session, as a user's sweeps share one: the first sweep starts it,
