@@ -1,3 +1,4 @@
+import copy
 import os
 import subprocess
 import sys
@@ -50,6 +51,18 @@ def kd_sweep(*args: str, cwd: Path, timeout: int = 600, env: dict | None = None)
     env.pop("RAY_ADDRESS", None)
     return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def collect():
+    """A `report` callback for `fit`/`fit_pack` that keeps each epoch's metrics and state, and the model."""
+    got = {"metrics": [], "states": [], "model": None}
+
+    def report(metrics, state, model):
+        got["metrics"].append(metrics)
+        got["states"].append(copy.deepcopy(state))
+        if model is not None:
+            got["model"] = model
+    return got, report
 
 
 def digits_coss_sweep(name: str, lambdas: str, epochs: int, pack="auto", seeds: str = "[0]") -> str:

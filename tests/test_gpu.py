@@ -9,7 +9,6 @@ CPU faiss, `compile: true` and `compile: reduce-overhead` (CUDA graphs) against 
 from __future__ import annotations
 
 import contextlib
-import copy
 import gc
 import math
 from pathlib import Path
@@ -21,7 +20,7 @@ import yaml
 
 from trainables.trial import fit, make_model
 
-from .conftest import SWEEPS, kd_sweep, write_cifar100
+from .conftest import SWEEPS, collect, kd_sweep, write_cifar100
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(),
@@ -53,17 +52,6 @@ def write_sweep(folder: Path, raw: dict) -> Path:
     path = folder / f"{raw['name']}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
-
-
-def collect():
-    got = {"metrics": [], "states": [], "model": None}
-
-    def report(metrics, state, model):
-        got["metrics"].append(metrics)
-        got["states"].append(copy.deepcopy(state))
-        if model is not None:
-            got["model"] = model
-    return got, report
 
 
 def random_teacher(cfg: dict, data) -> dict[str, torch.Tensor]:

@@ -12,7 +12,7 @@ from trainables.datasets import load_dataset
 from trainables.evaluate import knn_top1
 from trainables.trial import NonFiniteLoss, fit
 
-from .conftest import SWEEPS
+from .conftest import SWEEPS, collect
 
 
 @pytest.fixture(scope="module")
@@ -20,17 +20,6 @@ def plan():
     sweep = load_sweep(SWEEPS / "quickstart.yaml", ["train.epochs=4", "teacher_train.epochs=3",
                                                    "eval.linear.epochs=5", "eval.linear.milestones=[4]"])
     return preflight(sweep, "quickstart.yaml", str(SWEEPS))
-
-
-def collect():
-    got = {"metrics": [], "states": [], "model": None}
-
-    def report(metrics, state, model):
-        got["metrics"].append(metrics)
-        got["states"].append(copy.deepcopy(state))
-        if model is not None:
-            got["model"] = model
-    return got, report
 
 
 def test_teacher_is_well_above_chance_and_student_resumes_exactly(plan):
