@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
-from .methods import method_class
-from .methods.base import Knobs
+if TYPE_CHECKING:
+    from .methods.base import Knobs
 
 # Bump when a change to the trainables changes what the same config produces: old runs then stop
 # matching and are neither reused as teachers nor counted as the same trial.
@@ -83,6 +83,8 @@ def config_hash(cfg: dict) -> str:
 
 def knobs_of(cfg: dict) -> Knobs:
     """The trial's knobs as its method's typed model."""
+    from .methods import method_class  # here: the driver's readers (report, status) need no torch
+
     return method_class(cfg["method"]).Knobs.model_validate(cfg["knobs"])
 
 
@@ -119,6 +121,8 @@ def materialize(cfg: TrialConfig, picked: dict | None) -> TrialConfig:
     if not picked:
         return cfg
     picked = {k: (v.item() if hasattr(v, "item") else v) for k, v in picked.items()}  # numpy scalars
+    from .methods import method_class
+
     knobs = method_class(cfg["method"]).Knobs.model_validate({**cfg["knobs"], **picked}).model_dump(by_alias=True)
     out = {**cfg, "knobs": knobs}
     out["config_hash"] = config_hash({k: v for k, v in out.items() if k != "config_hash"})
