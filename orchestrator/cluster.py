@@ -243,8 +243,11 @@ def keep(folder: Path, idle: float, poll_s: float = 1.0) -> None:
             time.sleep(0.1)
         state = {"keeper": os.getpid(), "head": head.pid, "address": address, "fingerprint": fingerprint(),
                  "started": time.time(), "idle_s": idle, "env": dict(os.environ)}
+        # Owner-only: it holds the keeper's environment (credentials, often), to compare drivers' against.
         tmp = folder / "state.json.tmp"
-        tmp.write_text(json.dumps(state))
+        tmp.unlink(missing_ok=True)
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            json.dump(state, f)
         tmp.replace(folder / "state.json")
         while not stopping and head.poll() is None:
             time.sleep(poll_s)

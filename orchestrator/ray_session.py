@@ -74,25 +74,18 @@ def _init_ray(address: str | None, sweep: Sweep, file: str, progress: Progress |
     held = None if address else _warm_lease(progress)
     import ray
 
-    if held is not None:
-        _LEASE.append(held)
-        # Its workers were started for another driver: they get this one's environment as a job's.
-        env = {**held.env_vars(), **env}
-        kwargs["runtime_env"] = {"env_vars": env}
-        try:
-            ray.init(address=held.address, **kwargs)
-        except Exception:  # noqa: BLE001 - stopped between our look and the join (`ray stop`): start anew
-            ray.shutdown()
-            _LEASE.pop().release()
-            cluster.stop()
-            _LEASE.append(held := _warm_lease(progress))
-            kwargs["runtime_env"] = {"env_vars": {**held.env_vars(), **env}}
-            ray.init(address=held.address, **kwargs)
-    elif not address:
+    if held is not None and not _join_warm(held, kwargs, env):
+        # Stopped between our look and the join (`ray stop`): start it anew, once.
+        cluster.stop()
+        held = _warm_lease(progress)
+        if held is not None and not _join_warm(held, kwargs, env):
+            raise RunError(f"cannot join the local Ray cluster at {held.address}; run with KD_SWEEP_KEEP_WARM=0"
+                           " for a Ray of this sweep's own")
+    if held is None and not address:
         kwargs["runtime_env"] = {"env_vars": env}
         # "local": a new instance of our own, even when `ray start` left a cluster on this machine.
         ray.init(address="local", **kwargs)
-    else:
+    elif held is None:
         kwargs["runtime_env"] = {"env_vars": env}
         try:
             ray.init(address=address, **kwargs)
@@ -115,6 +108,22 @@ def _init_ray(address: str | None, sweep: Sweep, file: str, progress: Progress |
         _shutdown_ray()
         raise SpecError(file, "resources.cpu",
                         f"each trial asks for {want.cpu:g} CPUs and the Ray cluster has {have.get('CPU', 0):g}")
+
+
+def _join_warm(held, kwargs: dict, env: dict) -> bool:
+    """Join the warm cluster; False (the lease given back) when it does not answer."""
+    import ray
+
+    _LEASE.append(held)
+    # Its workers were started for another driver: they get this one's environment as a job's.
+    kwargs["runtime_env"] = {"env_vars": {**held.env_vars(), **env}}
+    try:
+        ray.init(address=held.address, **kwargs)
+        return True
+    except Exception:  # noqa: BLE001 - Ray raises several types here; all mean "not joined"
+        ray.shutdown()
+        _LEASE.pop().release()
+        return False
 
 
 def storage_blind_nodes(storage: str) -> tuple[int, list[str]]:

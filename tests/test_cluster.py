@@ -42,6 +42,7 @@ def test_a_second_sweep_joins_the_warm_cluster_and_down_stops_it(tmp_path):
     assert "starting a local Ray cluster, kept warm for 600 s" in first.stdout
     state = json.loads((folder / "state.json").read_text())
     assert _raylets_of(state), "the head's processes should be up after the sweep"
+    assert (folder / "state.json").stat().st_mode & 0o077 == 0, "it holds the environment: owner-only"
 
     second = kd_sweep("run", "b.yaml", cwd=tmp_path, env=env)
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
