@@ -58,7 +58,7 @@ def latest_checkpoints(storage: str, prefix: str, notes: list[str] | None = None
     newest, with a line in NOTES."""
     from pyarrow import fs as pafs
 
-    from trainables.tune_trial import checkpoint_members
+    from trainables.config import checkpoint_members
 
     fs, base = _filesystem(storage)
     scheme = storage.split("://", 1)[0] + "://" if "://" in storage else ""

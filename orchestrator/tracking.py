@@ -20,8 +20,7 @@ from mlflow.entities import Metric, Param, RunTag
 from results.mlflow_schema import (METRIC_PREFIXES, RESULT_TAGS, VIEW_TAG, WALL_METRIC, Role, State, Status, Tag,
                                    all_runs, cell_tag, child_of, experiments, has_view, holds_result, latest_run,
                                    link_name, run_name, status_is, tag_is, tag_is_not)
-from trainables.config import cell_label
-from trainables.tune_trial import FAILED, MEMBERS, REUSED, checkpoint_members
+from trainables.config import FAILED, MEMBERS, REUSED, cell_label, checkpoint_members
 
 from .trials import describe, flat_params, trial_members, trial_name
 

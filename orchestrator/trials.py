@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainables.config import RESULT_VERSION, cell_label, config_hash, digest, trial_members
-from trainables.methods import method_class
 
-from .spec import Pair, Sweep, TeacherSpec
+if TYPE_CHECKING:
+    from .spec import Pair, Sweep, TeacherSpec
 
 TEACHER_SEED = 0
+
+
+def method_class(name: str):
+    # The methods import torch: only planning needs them, not the commands that read the store.
+    from trainables.methods import method_class as find
+
+    return find(name)
 
 
 def file_digest(path: str) -> str:

@@ -312,6 +312,7 @@ def mlflow_server(tmp_path, port: int) -> subprocess.Popen:
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
          "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # as `kd-sweep ui` starts it
         start_new_session=True)
     deadline = time.time() + 90
     while time.time() < deadline:

@@ -131,3 +131,19 @@ def materialize(cfg: TrialConfig, picked: dict | None) -> TrialConfig:
     cell_name = "_".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in picked.items())
     out["name"] = f"{cfg['role']}_{cell_name}_s{cfg['seed']}_{out['config_hash'][:6]}"
     return out
+
+
+# The keys a trial reports besides its metrics, read by the driver (`orchestrator.tracking`).
+FAILED = "kd_failed"  # a result key: the trial (or a pack's student) failed for good (the value says why)
+REUSED = "kd_reused"  # a result key: an earlier run (the value) finished this very config
+MEMBERS = "kd_members"  # a pack's result key: config hash -> that student's result
+
+
+def checkpoint_members(info: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A checkpoint's `epoch.json` as config hash -> that student's numbers of the epoch, in either layout:
+    a trial's names its students under "members"; one from before every trial was a pack, `config_hash`.
+    A KeyError where it names neither."""
+    metrics = info.get("metrics") or {}
+    if "members" in info:
+        return {key: metrics.get(key, {}) for key in info["members"]}
+    return {info["config_hash"]: metrics}

@@ -17,12 +17,8 @@ from typing import Any
 
 import torch
 
-from .config import trial_members
+from .config import FAILED, MEMBERS, REUSED, trial_members
 from .trial import MemberReport, PackReport, device_name, fit_pack, member_key
-
-FAILED = "kd_failed"  # a result key: the trial (or a pack's student) failed for good (the value says why)
-REUSED = "kd_reused"  # a result key: an earlier run (the value) finished this very config
-MEMBERS = "kd_members"  # a pack's result key: config hash -> that student's result
 
 
 def member_state(state: dict[str, Any], cfg: dict) -> dict[str, Any] | None:
@@ -32,16 +28,6 @@ def member_state(state: dict[str, Any], cfg: dict) -> dict[str, Any] | None:
     if "members" in state:
         return state["members"].get(member_key(cfg))
     return state
-
-
-def checkpoint_members(info: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """A checkpoint's `epoch.json` as config hash -> that student's numbers of the epoch, in either layout:
-    a trial's names its students under "members"; one from before every trial was a pack, `config_hash`.
-    A KeyError where it names neither."""
-    metrics = info.get("metrics") or {}
-    if "members" in info:
-        return {key: metrics.get(key, {}) for key in info["members"]}
-    return {info["config_hash"]: metrics}
 
 
 def _checkpointed_state(resume_from: str | None) -> dict[str, Any] | None:
