@@ -315,10 +315,7 @@ def fit_pack(cfgs: list[dict], report: PackReport, teacher_state: dict[str, torc
                     curve = m.cfg["eval_every_knn"]
                     metrics["curve/knn_top1"] = knn_curve_point(m.student, data, curve["k"], curve["temperature"])
                 if epoch == epochs:
-                    final = {k: v for k, v in m.cfg["eval"].items() if k != "classifier" or not m.per_epoch}
-                    metrics.update(evaluate(m.student, data, final, seed))
-                    if m.per_epoch:
-                        metrics["eval/classifier_top1_best"] = m.best
+                    metrics.update(_final_scores(m, data, seed, metrics))
             m.spent += time.perf_counter() - t_m
             metrics["cost/wall_s"] = m.spent  # every epoch: a trial that dies still shows what it cost
             out[m.key] = MemberReport({"epoch": epoch, **metrics}, m.state(epoch, metrics),
@@ -335,13 +332,23 @@ def fit_pack(cfgs: list[dict], report: PackReport, teacher_state: dict[str, torc
                 continue
             t_m = time.perf_counter()  # nothing to train (a given teacher): scored as it is
             with m.own_rng():
-                final = evaluate(m.student, data, m.cfg["eval"], seed)
-            if "eval/classifier_top1" in final:
-                final["eval/classifier_top1_best"] = max(m.best, final["eval/classifier_top1"])
+                final = _final_scores(m, data, seed, {})
             m.spent += time.perf_counter() - t_m
             final["cost/wall_s"] = m.spent
             out[m.key] = MemberReport({"epoch": epochs, **final}, m.state(epochs, final), m.student.state_dict())
         report(epochs, out)
+
+
+def _final_scores(m: Member, data: ImageData, seed: int, scored: dict[str, float]) -> dict[str, float]:
+    """A student's final evaluation, after its last epoch or with no epoch to train (a given teacher):
+    every protocol of its `eval` block not scored already (SCORED: this epoch's numbers, where the
+    per-epoch classifier is), and the classifier's best epoch beside its last (mdistiller's number)."""
+    todo = {k: v for k, v in m.cfg["eval"].items() if k != "classifier" or "eval/classifier_top1" not in scored}
+    final = evaluate(m.student, data, todo, seed)
+    top1 = final.get("eval/classifier_top1", scored.get("eval/classifier_top1"))
+    if top1 is not None:
+        final["eval/classifier_top1_best"] = max(m.best, top1)
+    return final
 
 
 def _member(cfg: dict, data: ImageData, teacher: Backbone | None, device: torch.device,
