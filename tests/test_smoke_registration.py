@@ -63,6 +63,7 @@ def registries(monkeypatch):
     """Datasets, modules and methods a test registers are gone after it."""
     monkeypatch.setattr(DATASETS, "_items", dict(DATASETS._items))
     monkeypatch.setattr(registration, "_SMOKE", dict(registration._SMOKE))
+    monkeypatch.setattr(registration, "_IMAGE_FILES", set(registration._IMAGE_FILES))
     monkeypatch.setattr(METHODS, "_items", dict(METHODS._items))
     yield
     sys.modules.pop("trainables.datasets.toyset", None)
@@ -141,3 +142,19 @@ def test_imagenet_declares_its_own_smoke_size(tmp_path, monkeypatch):
     ds = smoke.dataset
     assert (ds.max_train, ds.max_test, ds.image_size, smoke.train.batch_size) == (12, 6, 64, 4)
     assert (smoke.knobs["k"], smoke.knobs["k_pool"]) == (3, 3)
+
+
+def test_a_dataset_registered_as_image_files_takes_their_options_without_an_edit_to_the_spec(tmp_path, registries):
+    """The sweep file's image-file options (crop side, MoCo v2's augmentation) follow the registration,
+    not a dataset name written in the spec; in-memory datasets still refuse them, naming who takes them."""
+    @registration.register_dataset("folders", image_files=True)
+    def load_folders(root, download=False, verify_checksum=True, augment=None, val_split=0.0, val_seed=0,
+                     image_size=224):
+        raise DatasetMissing("never loaded here")
+
+    sweep = load_sweep(sweep_file(tmp_path, {"name": "folders", "image_size": 96, "augment": "mocov2"}))
+    assert sweep.dataset.image_size == 96 and sweep.dataset.augment == "mocov2"
+    with pytest.raises(SpecError, match="train_split and normalize are for in-memory datasets; folders takes"):
+        load_sweep(sweep_file(tmp_path, {"name": "folders", "train_split": 0.9}))
+    with pytest.raises(SpecError, match=r"image_size is for datasets read from image files \(folders, imagenet\)"):
+        load_sweep(sweep_file(tmp_path, {"name": "cifar100", "image_size": 96}))

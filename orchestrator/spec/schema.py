@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from trainables.config import COMPILE_MODES
-from trainables.datasets import DATASETS
+from trainables.datasets import DATASETS, image_file_datasets
 from trainables.methods import METHODS, method_class
 from trainables.models import MODELS, model_options
 
@@ -104,7 +104,8 @@ class DatasetSpec(Strict):
     download: bool = False
     # Off only for data that is not the official release (a copy the tests write, a re-pack).
     verify_checksum: bool = True
-    # None: the dataset's own default; mocov2 (CoSS's ImageNet augmentation) is for imagenet only;
+    # None: the dataset's own default; mocov2 (CoSS's ImageNet augmentation) is for datasets read from
+    # image files (imagenet);
     # randaugment: crop + flip, then RandAugment (2 ops, magnitude 9) per image (Miles Table 4's second block).
     augment: Literal["crop_flip", "crop", "flip", "none", "mocov2", "randaugment"] | None = None
     # > 0: score on a held-out part of the training set (tuning sweeps); the test split is for final numbers.
@@ -139,15 +140,16 @@ class DatasetSpec(Strict):
 
     @model_validator(mode="after")
     def _sized(self) -> "DatasetSpec":
-        if self.image_size is not None and self.name != "imagenet":
-            raise ValueError(f"image_size is for datasets read from image files (imagenet); {self.name} images"
-                             " have their own size")
-        if self.augment == "mocov2" and self.name != "imagenet":
-            raise ValueError(f"augment 'mocov2' (MoCo v2's crops, colour jitter and blur) is for imagenet; {self.name}"
-                             " takes crop_flip, crop, flip, randaugment or none")
-        if self.name == "imagenet" and (self.train_split < 1 or self.normalize is not None):
-            raise ValueError("train_split and normalize are for in-memory datasets; imagenet takes train_fraction"
-                             " and its own statistics")
+        files = image_file_datasets()
+        if self.image_size is not None and self.name not in files:
+            raise ValueError(f"image_size is for datasets read from image files ({', '.join(files)}); {self.name}"
+                             " images have their own size")
+        if self.augment == "mocov2" and self.name not in files:
+            raise ValueError(f"augment 'mocov2' (MoCo v2's crops, colour jitter and blur) is for {', '.join(files)};"
+                             f" {self.name} takes crop_flip, crop, flip, randaugment or none")
+        if self.name in files and (self.train_split < 1 or self.normalize is not None):
+            raise ValueError(f"train_split and normalize are for in-memory datasets; {self.name} takes"
+                             " train_fraction and its own statistics")
         if self.train_split < 1 and self.val_split > 0:
             raise ValueError("train_split and val_split both cut the training set: give one")
         return self

@@ -7,10 +7,10 @@ import pkgutil
 
 from ..registry import DATASETS
 from .base import AUGMENTATIONS, MAX_VAL_SPLIT, DatasetMissing, ImageData, check_options, eval_batches, train_batches
-from .registration import Smoke, register_dataset, smoke_of
+from .registration import Smoke, image_file_datasets, register_dataset, smoke_of
 
 __all__ = ["AUGMENTATIONS", "DATASETS", "DatasetMissing", "ImageData", "MAX_VAL_SPLIT", "Smoke", "eval_batches",
-           "load_dataset", "register_dataset", "smoke_of", "train_batches"]
+           "image_file_datasets", "load_dataset", "register_dataset", "smoke_of", "train_batches"]
 
 
 def import_dataset_modules() -> None:

@@ -209,7 +209,7 @@ def _holdout(samples: list[tuple[str, int]], fraction: float, seed: int):
 # machine), and at 224 pixels they outgrow it two trials at a time even so: 64 still runs every layer
 # (ViT-B/16: 4 x 4 patches) at a twelfth of the memory and time.
 @register_dataset("imagenet", smoke=Smoke(write_imagefolder, written=(24, 12), images=(12, 6), batch_size=4,
-                                          image_size=64))
+                                          image_size=64), image_files=True)
 def load_imagenet(root: str, download: bool = False, verify_checksum: bool = True, augment: str | None = None,
                   val_split: float = 0.0, val_seed: int = 0, image_size: int = SIZE) -> FolderData:
     """`image_size`: the side of the training and evaluation crops (224, ImageNet's; smaller for quick

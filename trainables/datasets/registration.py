@@ -29,16 +29,27 @@ class Smoke:
 
 
 _SMOKE: dict[str, Smoke] = {}
+_IMAGE_FILES: set[str] = set()
 
 
-def register_dataset(name: str, smoke: Smoke = Smoke()) -> Callable[[L], L]:
-    """Registers the decorated loader in DATASETS under NAME, and SMOKE as its smoke facts."""
+def register_dataset(name: str, smoke: Smoke = Smoke(), image_files: bool = False) -> Callable[[L], L]:
+    """Registers the decorated loader in DATASETS under NAME, and SMOKE as its smoke facts. IMAGE_FILES: the
+    loader reads image files of their own sizes (an ImageNet folder) rather than arrays in memory, so a
+    sweep may set its crop side (`image_size`) and MoCo v2's augmentation, and not `train_split` or
+    `normalize` (the in-memory loaders' options)."""
     def deco(load: L) -> L:
         DATASETS.register(name)(load)
         _SMOKE[name] = smoke
+        if image_files:
+            _IMAGE_FILES.add(name)
         return load
 
     return deco
+
+
+def image_file_datasets() -> list[str]:
+    """The registered datasets read from image files (`register_dataset(..., image_files=True)`)."""
+    return sorted(_IMAGE_FILES)
 
 
 def smoke_of(name: str) -> Smoke:
