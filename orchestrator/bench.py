@@ -1,7 +1,7 @@
 """`kd-sweep bench`: kd-sweep's speed against the hand-written loop, on this machine, in one run.
 
 Every figure is a ratio of two numbers measured here and now: images/s of kd-sweep's trainable
-against ../shared/bench/plain_loop.py (run unchanged, as a subprocess) on the same generated CIFAR-100,
+against the hand-written loop of orchestrator/plain_loop.py (a subprocess) on the same generated CIFAR-100,
 the fraction of the device's measured matmul peak the trainable reaches, the orchestration overhead
 of a one-trial sweep (Ray, Tune, MLflow) against the trial's own time, and the faiss k-NN time.
 """
@@ -20,14 +20,10 @@ import torch
 import yaml
 
 from .flops import matmul_peak, training_flops
+from .plain_loop import WARMUP
 
 PAIRS = [("resnet32x4", "resnet8x4"), ("resnet56", "resnet20")]
 BATCH = 64
-WARMUP = 5  # steps plain_loop.py leaves out of its rate
-
-
-def default_plain_loop() -> Path:
-    return Path(__file__).resolve().parents[1].parent / "shared" / "bench" / "plain_loop.py"
 
 
 def _sweep(root: str, teacher: str, student: str, images: int, epochs: int, device: str, cpus: int,
@@ -58,14 +54,14 @@ def trainable_rate(root: str, teacher: str, student: str, steps: int, device: st
     return rates[-1]
 
 
-def plain_loop_rate(script: Path, root: str, teacher: str, student: str, steps: int, device: str,
-                    workers: int) -> float:
-    out = subprocess.run([sys.executable, str(script), root, "--steps", str(steps + WARMUP), "--batch", str(BATCH),
+def plain_loop_rate(root: str, teacher: str, student: str, steps: int, device: str, workers: int) -> float:
+    out = subprocess.run([sys.executable, "-m", "orchestrator.plain_loop", root, "--steps", str(steps + WARMUP),
+                          "--batch", str(BATCH),
                           "--device", device, "--workers", str(workers), "--teacher", teacher, "--student", student],
                          capture_output=True, text=True, timeout=3600)
     m = re.search(r"plain loop: ([\d.]+) images/s", out.stdout)
     if not m:
-        raise RuntimeError(f"plain_loop.py printed no rate: {out.stdout[-500:]} {out.stderr[-1500:]}")
+        raise RuntimeError(f"the plain loop printed no rate: {out.stdout[-500:]} {out.stderr[-1500:]}")
     return float(m.group(1))
 
 
@@ -84,14 +80,13 @@ fit(student, lambda *a: None, teacher_state=state)
 """
 
 
-def orchestration(root: str, device: str, cpus: int) -> tuple[float, float, float]:
-    """Wall seconds of a one-student sweep through `kd-sweep run`, as a user runs it: (cold: a Ray of its
-    own started and stopped, warm: joining the warm local cluster an earlier sweep left; bare: a process
-    that imports kd-sweep's training loop and fits the same two trials, the teacher's scoring and the
-    student, with no Ray, Tune or MLflow). The differences are orchestration."""
+def orchestration(root: str, device: str, cpus: int) -> tuple[float, float]:
+    """Wall seconds of a one-student sweep through `kd-sweep run`, as a user runs it (a Ray of its own
+    started and stopped), and of a bare process that imports kd-sweep's training loop and fits the same
+    two trials, the teacher's scoring and the student, with no Ray, Tune or MLflow. The difference is
+    orchestration."""
     from trainables.models import build_model
 
-    from . import cluster
     from .runner import preflight
     from .spec import Sweep
 
@@ -102,8 +97,7 @@ def orchestration(root: str, device: str, cpus: int) -> tuple[float, float, floa
         Path(d, "s.yaml").write_text(yaml.safe_dump(raw))
         plan = preflight(Sweep.model_validate(raw), "bench", d)
         Path(d, "configs.json").write_text(json.dumps([plan.teachers[0], plan.students[0]]))
-        env = {**os.environ, "KD_SWEEP_CLUSTER": os.path.join(d, "cluster")}
-        env.pop("RAY_ADDRESS", None)
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
 
         def wall(*cmd: str, store: str, **more: str) -> float:
             run_env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{d}/{store}.db", **more}
@@ -114,15 +108,9 @@ def orchestration(root: str, device: str, cpus: int) -> tuple[float, float, floa
                 raise RuntimeError(f"the one-trial sweep failed: {res.stdout[-800:]} {res.stderr[-800:]}")
             return time.perf_counter() - t0
 
-        sweep = ("-m", "orchestrator.cli", "run", "s.yaml")
-        try:
-            cold = wall(*sweep, store="cold", KD_SWEEP_KEEP_WARM="0")
-            wall(*sweep, store="first", KD_SWEEP_KEEP_WARM="600")  # starts the warm cluster
-            warm = wall(*sweep, store="warm", KD_SWEEP_KEEP_WARM="600")
-        finally:
-            cluster.stop(Path(env["KD_SWEEP_CLUSTER"]))
+        swept = wall("-m", "orchestrator.cli", "run", "s.yaml", store="sweep")
         bare = wall("-c", BARE, store="bare")
-    return cold, warm, bare
+    return swept, bare
 
 
 def shared_device_rates(root: str, device: str, cpus: int, steps: int, trials: int) -> float:
@@ -180,10 +168,9 @@ def faiss_time(n: int, dim: int = 2048, k: int = 31) -> float:
     return time.perf_counter() - t0
 
 
-def run_bench(echo, plain_loop: Path | None = None, steps: int = 10, faiss_n: int | None = None) -> None:
+def run_bench(echo, steps: int = 10, faiss_n: int | None = None) -> None:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     cpus = max(1, os.cpu_count() or 1)
-    script = plain_loop or default_plain_loop()
     echo(f"kd-sweep bench: torch {torch.__version__}, {cpus} CPU cores"
          f"{', ' + torch.cuda.get_device_name() if torch.cuda.is_available() else ', no GPU'}; batch {BATCH},"
          f" {steps} timed steps after warm-up; generated CIFAR-100 (random pixels, the real on-disk format)")
@@ -196,10 +183,7 @@ def run_bench(echo, plain_loop: Path | None = None, steps: int = 10, faiss_n: in
             peak = matmul_peak(device)
             echo(f"\n[{device}] matmul peak (fp32, 2048^2): {peak / 1e9:.1f} GFLOP/s")
             for teacher, student in PAIRS:
-                if script.is_file():
-                    plain = plain_loop_rate(script, root, teacher, student, steps, device, min(2, cpus))
-                else:
-                    plain = float("nan")
+                plain = plain_loop_rate(root, teacher, student, steps, device, min(2, cpus))
                 ours = trainable_rate(root, teacher, student, steps, device, cpus)
                 fl = flops_per_image(teacher, student, device)
                 echo(f"  {teacher}->{student}: kd-sweep {ours:.1f} images/s, plain_loop {plain:.1f} images/s,"
@@ -221,15 +205,12 @@ def run_bench(echo, plain_loop: Path | None = None, steps: int = 10, faiss_n: in
             echo(f"  CoSS Table 3 (24 trials x 240 epochs x 50k images) projected on this {device}:"
                  f" {images / rate32 / 3600:.1f} h as separate trials, {images / rate32 * packed / apart / 3600:.1f} h"
                  " packed by 4")
-        if not script.is_file():
-            echo(f"  (plain_loop.py not found at {script}: give --plain-loop PATH)")
         echo("\n[orchestration] a one-student sweep through `kd-sweep run` (Ray, Tune, MLflow) against the bare"
              " trainable (a process fitting the same two trials):")
-        cold, warm, bare = orchestration(root, devices[-1], cpus)
-        echo(f"  bare {bare:.1f} s; cold sweep {cold:.1f} s (its own Ray started and stopped): overhead"
-             f" {cold - bare:.1f} s = {(cold - bare) / 60:.0%} of a 60-second trial; warm sweep {warm:.1f} s (joining"
-             f" the local cluster an earlier sweep left): overhead {warm - bare:.1f} s = {(warm - bare) / 60:.0%}"
-             " (paid once per sweep: a trial actor's start, MLflow)")
+        swept, bare = orchestration(root, devices[-1], cpus)
+        echo(f"  bare {bare:.1f} s; sweep {swept:.1f} s (its own Ray started and stopped): overhead"
+             f" {swept - bare:.1f} s = {(swept - bare) / 60:.0%} of a 60-second trial (paid once per sweep: Ray's"
+             " start and stop, a trial actor's start per phase, MLflow)")
     n = faiss_n or (50_000 if torch.cuda.is_available() else 10_000)
     t = faiss_time(n)
     scale = "" if n == 50_000 else f"; 50k x 2048 by the n^2 law: ~{t * (50_000 / n) ** 2:.0f} s"

@@ -251,31 +251,15 @@ def ui(
 
 @app.command()
 def bench(
-    plain_loop: Optional[str] = typer.Option(None, "--plain-loop", metavar="FILE", help="the reference loop (default:"
-                                             " ../shared/bench/plain_loop.py beside the repository)"),
     steps: int = typer.Option(10, metavar="N", help="timed steps per measurement (after the warm-up)"),
     faiss_n: Optional[int] = typer.Option(None, "--faiss-n", metavar="N", help="images in the k-NN timing (default 50k on a"
                                           " GPU, 10k on CPU)"),
 ) -> None:
     """kd-sweep's images/s against the hand-written loop, the share of the matmul peak, the
     orchestration overhead and the faiss k-NN time, measured here in one run."""
-    from pathlib import Path
-
     from .bench import run_bench
 
-    run_bench(typer.echo, Path(plain_loop) if plain_loop else None, steps, faiss_n)
-
-
-@app.command()
-def down() -> None:
-    """Stop the local Ray cluster `kd-sweep run` keeps warm between sweeps (it also stops by itself
-    after KD_SWEEP_KEEP_WARM idle seconds, default 900; KD_SWEEP_KEEP_WARM=0: no warm cluster)."""
-    from .cluster import state_dir, stop
-
-    if stop():
-        typer.echo("stopped the warm local Ray cluster")
-    else:
-        typer.echo(f"no warm local Ray cluster is running ({state_dir()})")
+    run_bench(typer.echo, steps, faiss_n)
 
 
 class Kind(str, Enum):

@@ -1,14 +1,14 @@
-"""The Ray a sweep runs on: the warm local cluster (orchestrator/cluster.py), a private local one, or
-a cluster given by --address / RAY_ADDRESS; checked against the sweep's resources and its checkpoint
-storage before any trial starts."""
+"""The Ray a sweep runs on: a private local one, started for the sweep and stopped at its end, or a
+cluster given by --address / RAY_ADDRESS; checked against the sweep's resources and its checkpoint
+storage before any trial starts. A Ray of the sweep's own costs ~2 s a sweep more than joining one
+left running (README, Performance), and nothing outlives the command that started it."""
 from __future__ import annotations
 
 import logging
 import os
-import sys
+import secrets
+from pathlib import Path
 
-from . import cluster
-from .progress import Progress
 from .spec import SpecError, Sweep
 
 
@@ -25,38 +25,57 @@ class _AuthEnabledNote(logging.Filter):
         return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
 
 
-_AUTH_NOTE = _AuthEnabledNote()  # one instance: addFilter skips a filter it already has
+class _TuneRestoreNote(logging.Filter):
+    """Tune's words on a Ctrl-C name its own API: "Resume experiment with: Tuner.restore(path=...,
+    trainable=...)", which a kd-sweep user never called, and "ending Ray Tune run ... checkpoint the
+    experiment state". kd-sweep's own lines say it: how to stop at once now, how to continue at the end."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if text.startswith("Stop signal received"):
+            record.msg, record.args = "stopping the sweep: its trials are stopped and their runs closed (Ctrl-C" \
+                                      " again stops at once)", ()
+            return True
+        return "Tuner.restore(" not in text
 
 
-_LEASE: list = []  # this driver's hold on the warm local cluster, released by _shutdown_ray
+# One instance each: addFilter skips a filter it already has.
+_AUTH_NOTE, _RESTORE_NOTE = _AuthEnabledNote(), _TuneRestoreNote()
 
 
 def _shutdown_ray() -> None:
     import ray
 
     ray.shutdown()
-    while _LEASE:
-        _LEASE.pop().release()
 
 
-def _warm_lease(progress: Progress | None):
-    """The warm local cluster's lease, or None for a private Ray: warm clusters off, or Ray already
-    imported without token authentication (a cluster started by `ray start` wants it, and Ray reads
-    RAY_AUTH_MODE once, at import)."""
-    mode = os.environ.get("RAY_AUTH_MODE")
-    if mode not in (None, "token") or ("ray" in sys.modules and mode != "token"):
+def owner_only_token() -> Path | None:
+    """The token a new local Ray authenticates with, readable by this user alone: whoever can read it can
+    run code as them on the cluster. Ray's `ray.init()` makes the default one (~/.ray/auth_token) when
+    there is none, readable by all; made here first, with the same 256 random bits, Ray uses it as its
+    own. A token Ray is given otherwise (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH) is the user's business."""
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or \
+            os.environ.get("RAY_AUTH_MODE", "token") != "token":
         return None
+    path = Path.home() / ".ray" / "auth_token"
     try:
-        held = cluster.lease(progress)
-    except cluster.ClusterError as e:
-        raise RunError(str(e)) from None
-    if held is not None:
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
-    return held
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if path.stat().st_uid == os.getuid() and path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+        return path
+    except OSError as e:
+        raise RunError(f"cannot write Ray's token {path} ({e.strerror}): make the home folder writable, or"
+                       " give a token with RAY_AUTH_TOKEN_PATH") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    return path
 
 
-def _init_ray(address: str | None, sweep: Sweep, file: str, progress: Progress | None = None) -> None:
+def _init_ray(address: str | None, sweep: Sweep, file: str) -> None:
     logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_AUTH_NOTE)
+    logging.getLogger("ray.tune.tune").addFilter(_RESTORE_NOTE)
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -71,22 +90,18 @@ def _init_ray(address: str | None, sweep: Sweep, file: str, progress: Progress |
     env = {"MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2")}
     if os.environ.get("KD_SWEEP_FAULT"):  # tests of retry and resume: the workers must see it too
         env["KD_SWEEP_FAULT"] = os.environ["KD_SWEEP_FAULT"]
-    held = None if address else _warm_lease(progress)
+    kwargs["runtime_env"] = {"env_vars": env}
     import ray
 
-    if held is not None and not _join_warm(held, kwargs, env):
-        # Stopped between our look and the join (`ray stop`): start it anew, once.
-        cluster.stop()
-        held = _warm_lease(progress)
-        if held is not None and not _join_warm(held, kwargs, env):
-            raise RunError(f"cannot join the local Ray cluster at {held.address}; run with KD_SWEEP_KEEP_WARM=0"
-                           " for a Ray of this sweep's own")
-    if held is None and not address:
-        kwargs["runtime_env"] = {"env_vars": env}
-        # "local": a new instance of our own, even when `ray start` left a cluster on this machine.
-        ray.init(address="local", **kwargs)
-    elif held is None:
-        kwargs["runtime_env"] = {"env_vars": env}
+    if not address:
+        owner_only_token()
+        try:
+            # "local": a new instance of our own, even when `ray start` left a cluster on this machine.
+            ray.init(address="local", **kwargs)
+        except Exception as e:  # noqa: BLE001 - whatever stops Ray's start, the sweep cannot run
+            lines = [ln for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
+            raise RunError(f"the local Ray did not start: {lines[-1][:300]}") from None
+    else:
         try:
             ray.init(address=address, **kwargs)
         except Exception as e:  # noqa: BLE001 - Ray raises several types here; all mean "not joined"
@@ -108,22 +123,6 @@ def _init_ray(address: str | None, sweep: Sweep, file: str, progress: Progress |
         _shutdown_ray()
         raise SpecError(file, "resources.cpu",
                         f"each trial asks for {want.cpu:g} CPUs and the Ray cluster has {have.get('CPU', 0):g}")
-
-
-def _join_warm(held, kwargs: dict, env: dict) -> bool:
-    """Join the warm cluster; False (the lease given back) when it does not answer."""
-    import ray
-
-    _LEASE.append(held)
-    # Its workers were started for another driver: they get this one's environment as a job's.
-    kwargs["runtime_env"] = {"env_vars": {**held.env_vars(), **env}}
-    try:
-        ray.init(address=held.address, **kwargs)
-        return True
-    except Exception:  # noqa: BLE001 - Ray raises several types here; all mean "not joined"
-        ray.shutdown()
-        _LEASE.pop().release()
-        return False
 
 
 def storage_blind_nodes(storage: str) -> tuple[int, list[str]]:

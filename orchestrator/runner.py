@@ -208,7 +208,7 @@ def _run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, 
 
     with ThreadPoolExecutor(1) as pool:
         looked = pool.submit(look)
-        _init_ray(address, sweep, file, progress)
+        _init_ray(address, sweep, file)
 
     try:
         store, exp_id, earlier = looked.result()
@@ -290,6 +290,7 @@ def _run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, 
             status = Status.FINISHED
             return 0
         prefix = f"{sweep.name}-{parent[:8]}"
+        table = None  # the grid's table, printed at the end
         callback = make_callback(store, exp_id, parent, progress, smoke_tag)
         callbacks.append(callback)
         if sweep.search:
@@ -323,13 +324,15 @@ def _run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, 
             if deferred:
                 store.set_teacher_runs(parent, teacher_runs)
             try:
-                log_sweep_summary(store, parent, sweep.name, smoke, search_metric(sweep))
+                table = log_sweep_summary(store, parent, sweep.name, smoke, search_metric(sweep))
             except Exception as e:  # noqa: BLE001 - the trials' runs are logged; only the parent's summary is missing
                 if store_failure(e):
                     raise
                 progress.note(f"the parent run's table was not logged ({type(e).__name__}: {e});"
                               " `kd-sweep report` still prints it")
         failed = progress.summary()
+        if table:
+            progress.note(f"\n{table}")
         status = Status.FAILED if failed else Status.FINISHED
         if (used := checkpoint_bytes(storage_path, sweep.name)) is not None:
             progress.note(f"epoch checkpoints: {used / 2**20:.1f} MB under {storage_path}"

@@ -18,7 +18,9 @@ def _key(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\- :]", "_", text.replace("/", "_"))
 
 
-def log_sweep_summary(store, parent_id: str, sweep_name: str, smoke: bool, metric: str) -> None:
+def log_sweep_summary(store, parent_id: str, sweep_name: str, smoke: bool, metric: str) -> str | None:
+    """Log the table to the parent run and return it as `kd-sweep report --table` prints it (None when
+    another driver's run of the sweep is newer)."""
     from results.collect import sweep_runs
     from results.plot import plot
     from results.report import compose
@@ -26,7 +28,7 @@ def log_sweep_summary(store, parent_id: str, sweep_name: str, smoke: bool, metri
 
     parent, runs = sweep_runs(store.uri, sweep_name, smoke)
     if parent.info.run_id != parent_id:  # another driver's run is newer: leave both as they are
-        return
+        return None
     text, table, col = compose(parent.data.tags, parent_id, runs, metric.removeprefix("eval/"), "md")
     points, ts = [], int(time.time() * 1000)
     for pair, row in table.iterrows():
@@ -45,5 +47,6 @@ def log_sweep_summary(store, parent_id: str, sweep_name: str, smoke: bool, metri
         try:
             plot(table, col, os.path.join(d, "plot.png"))
         except ReportError:
-            return  # nothing numeric swept (a method axis): the table is the summary
+            return text  # nothing numeric swept (a method axis): the table is the summary
         store.log_file(parent_id, os.path.join(d, "plot.png"))
+    return text

@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -18,13 +17,12 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from results.mlflow_schema import (METRIC_PREFIXES, RESULT_TAGS, VIEW_TAG, WALL_METRIC, Role, State, Status, Tag,
-                                   all_runs, cell_tag, child_of, experiments, has_view, holds_result, latest_run,
-                                   link_name, run_name, status_is, tag_is, tag_is_not)
-from trainables.config import FAILED, MEMBERS, REUSED, cell_label, checkpoint_members
+                                   all_runs, cell_tag, child_of, experiments, has_view, holds_result, is_result_tag,
+                                   latest_run, link_name, run_name, status_is, tag_is, tag_is_not, version_tags)
+from trainables.config import FAILED, MEMBERS, REUSED, VERSIONS, cell_label, checkpoint_members
+from trainables.versions import versions
 
 from .trials import describe, flat_params, trial_members, trial_name
-
-KD_VERSION = "0.1.0"
 
 METRIC_NOTE = ("eval/<protocol>_top1 is the last epoch (RepDistiller's convention); eval/classifier_top1_best is"
                " the best training epoch (mdistiller's) and eval/linear_top1_best the probe's best epoch;"
@@ -120,24 +118,13 @@ def unreachable_server(uri: str) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=1)
-def git_commit() -> str | None:
-    """Once per process: it tags every trial's run."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def trial_tags(cfg: dict) -> dict[str, str]:
     lab = cfg["labels"]
     tags = {
         Tag.ROLE: cfg["role"], Tag.SWEEP: cfg["sweep"], Tag.METHOD: cfg["method"],
         Tag.PAIR: lab["pair"], Tag.TEACHER: lab["teacher"], Tag.STUDENT: lab["student"],
         Tag.SEED: str(cfg["seed"]), Tag.CELL: cell_tag(lab["cell"]),
-        Tag.CONFIG_HASH: cfg["config_hash"], Tag.DATASET: cfg["dataset"]["name"], Tag.VERSION: KD_VERSION,
+        Tag.CONFIG_HASH: cfg["config_hash"], Tag.DATASET: cfg["dataset"]["name"],
         # Which split the eval/* numbers are on: "val" numbers are for tuning, never for the paper.
         Tag.EVAL_SPLIT: "val" if cfg["dataset"].get("val_split") else "test",
         Tag.METRICS: METRIC_NOTE,
@@ -147,14 +134,13 @@ def trial_tags(cfg: dict) -> dict[str, str]:
         Tag.DATA_FINGERPRINT: str(cfg["dataset"].get("fingerprint", "")),
         Tag.RUN_NAME: run_name(cfg),
         Tag.NOTE: f"{describe(cfg)}\n\n{METRIC_NOTE}.",
+        # The driver's until the trial's first result replaces them with its worker's.
+        **version_tags(versions()),
     }
     if cfg.get("teacher"):
         tags[Tag.TEACHER_HASH] = cfg["teacher"]["hash"]
     if cfg.get("weights_hash"):
         tags[Tag.WEIGHTS_HASH] = cfg["weights_hash"]
-    commit = git_commit()
-    if commit:
-        tags[Tag.GIT_COMMIT] = commit
     return tags
 
 
@@ -203,9 +189,8 @@ class Store:
                      tags: dict[str, str]) -> str:
         """`tags`: what the report needs of the sweep as a whole (kd.seeds, kd.smoke...)."""
         run = self.client.create_run(exp_id, run_name=f"{sweep_name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                     tags={Tag.ROLE: Role.SWEEP.value, Tag.SWEEP: sweep_name, Tag.VERSION: KD_VERSION,
-                                           Tag.N_TRIALS: str(n_trials), **tags,
-                                           **({Tag.GIT_COMMIT: c} if (c := git_commit()) else {})})
+                                     tags={Tag.ROLE: Role.SWEEP.value, Tag.SWEEP: sweep_name,
+                                           Tag.N_TRIALS: str(n_trials), **tags, **version_tags(versions())})
         run_id = run.info.run_id
         with tempfile.TemporaryDirectory() as d:
             p = Path(d, "sweep.yaml")
@@ -344,7 +329,7 @@ class Store:
         name = link_name(cfg)
         run_id = self.start_trial(exp_id, parent_id, cfg, {
             **tags, Tag.STATE: State.REUSED.value, Tag.REUSED_FROM: src_id, Tag.RUN_NAME: name,
-            **{k: v for k, v in source.data.tags.items() if k in RESULT_TAGS.values()}}, name)
+            **{k: v for k, v in source.data.tags.items() if is_result_tag(k)}}, name)
         self.copy_history(source.info.run_id, run_id, source.data.metrics)
         self.finish(run_id, Status.FINISHED)
         return run_id
@@ -373,12 +358,18 @@ def _numbers(result: dict) -> dict[str, float]:
             if k.startswith(METRIC_PREFIXES) and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def result_tags(result: dict) -> dict[str, str]:
+    """The tags a trial's result sets on its run: where it ran and with which versions."""
+    tags = {tag: str(result[k]) for k, tag in RESULT_TAGS.items() if k in result}
+    return {**tags, **version_tags(result.get(VERSIONS) or {})}
+
+
 def member_result(result: dict, cfg: dict) -> dict | None:
     """CFG's part of a Tune result: a lone student's is the result itself, a pack's has its entry."""
     if MEMBERS not in result:
         return result
     r = result[MEMBERS].get(cfg["config_hash"])
-    return None if r is None else {**r, **{k: result[k] for k in RESULT_TAGS if k in result}}
+    return None if r is None else {**r, **{k: result[k] for k in (*RESULT_TAGS, VERSIONS) if k in result}}
 
 
 def _unless_store_failed(handler):
@@ -487,7 +478,7 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
                 run_id = self._run_for(cfg)
                 step = int(r.get("epoch", 0))
                 numbers = {} if step in self._logged_before(cfg, run_id) or REUSED in r else _numbers(r)
-                tags = {tag: str(r[k]) for k, tag in RESULT_TAGS.items() if k in r}
+                tags = result_tags(r)
                 if FAILED in r:
                     tags[Tag.FAILED_EPOCH] = str(step)
                 store.log_epoch(run_id, step, numbers, tags)

@@ -7,7 +7,7 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from .mlflow_schema import NoRuns  # noqa: F401 - the error its readers raise, as `collect.NoRuns`
-from .mlflow_schema import Param, Role, Tag, children, latest_parent, teacher_runs
+from .mlflow_schema import Param, Role, Tag, children, latest_parent, run_versions, teacher_runs
 
 # The frame's columns, from the trials' tags.
 TAGS = {"role": Tag.ROLE, "pair": Tag.PAIR, "teacher": Tag.TEACHER, "student": Tag.STUDENT,
@@ -22,7 +22,7 @@ RESOURCES = {"gpu": (Tag.GPU, Param.GPU), "cpu": (Tag.CPU, Param.CPU)}
 
 def _frame(runs: pd.DataFrame) -> pd.DataFrame:
     if runs.empty:
-        return pd.DataFrame(columns=["run_id", "status", *TAGS, *RESOURCES])
+        return pd.DataFrame(columns=["run_id", "status", *TAGS, *RESOURCES, "versions"])
     out = pd.DataFrame({"run_id": runs["run_id"], "status": runs["status"]})
     for col, tag in TAGS.items():
         out[col] = runs.get(f"tags.{tag}", pd.Series([None] * len(runs), index=runs.index))
@@ -33,6 +33,9 @@ def _frame(runs: pd.DataFrame) -> pd.DataFrame:
     for col, (tag, param) in RESOURCES.items():
         out[col] = pd.to_numeric(runs.get(f"tags.{tag}", none).fillna(runs.get(f"params.{param}", none)),
                                  errors="coerce")
+    tag_columns = [c for c in runs.columns if c.startswith("tags.")]
+    out["versions"] = [run_versions({c.removeprefix("tags."): v for c, v in zip(tag_columns, row) if isinstance(v, str)})
+                       for row in runs[tag_columns].itertuples(index=False)]
     for c in runs.columns:
         if c.startswith("metrics."):
             out[c.removeprefix("metrics.")] = runs[c]

@@ -28,8 +28,6 @@ class Tag:
     # Parent and child runs.
     ROLE = "kd.role"
     SWEEP = "kd.sweep"
-    VERSION = "kd.version"
-    GIT_COMMIT = "kd.git_commit"
     SMOKE = "kd.smoke"
     DATASET = "kd.dataset"
     # A trial's child run: what it is (tracking.trial_tags)...
@@ -94,6 +92,21 @@ VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 METRIC_PREFIXES = ("train/", "eval/", "pretrain/", "cost/", "curve/")
 # Result keys that become tags of the trial's run: where it ran.
 RESULT_TAGS = {"device": Tag.DEVICE, "node": Tag.NODE}
+# The versions that decided a run's numbers (trainables.versions): a tag `kd.versions.<name>` each, on a
+# trial's run its worker's, on a parent run the driver's.
+VERSIONS_PREFIX = "kd.versions."
+
+
+def version_tags(versions: dict[str, str]) -> dict[str, str]:
+    return {f"{VERSIONS_PREFIX}{name}": str(v) for name, v in versions.items()}
+
+
+def run_versions(tags: dict[str, str]) -> dict[str, str]:
+    return {k.removeprefix(VERSIONS_PREFIX): v for k, v in tags.items() if k.startswith(VERSIONS_PREFIX)}
+
+
+def is_result_tag(name: str) -> bool:
+    return name in RESULT_TAGS.values() or name.startswith(VERSIONS_PREFIX)
 # Reported every epoch: its history's steps are the epochs a run logged, its values the time they took.
 WALL_METRIC = "cost/wall_s"
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from .mlflow_schema import Status
+from .provenance import cell_run_ids, versions_note
 
 TEACHER, SCRATCH = "Teacher", "Scratch"
 FEWER, FAILED = "†", "‡"  # fewer finished seeds than asked; failed trials in the cell
@@ -177,7 +178,8 @@ def build(runs: pd.DataFrame, metric: str, seeds: list | None = None,
             table.loc[label, TEACHER] = Cell(float(grp[col].iloc[0]), math.nan, 1, 1, 0,
                                              (grp["run_id"].iloc[0],))
         table.attrs.update(columns={TEACHER: {"method": "teacher", "cell": {}}},
-                           pairs={p: {"teacher": p, "student": p} for p in table.index}, best_over=None)
+                           pairs={p: {"teacher": p, "student": p} for p in table.index}, best_over=None,
+                           versions_note=versions_note(runs, cell_run_ids(table)))
         return table, col
     asked = len(seeds) if seeds else None
     methods_vary = students["method"].nunique() > 1
@@ -228,6 +230,7 @@ def build(runs: pd.DataFrame, metric: str, seeds: list | None = None,
                        best_over={"axis": best_over, "values": values, "columns": sorted(expected)}
                        if best_over else None)
     compare_to_best(table)
+    table.attrs["versions_note"] = versions_note(runs, cell_run_ids(table))
     return table, col
 
 
@@ -339,6 +342,8 @@ def notes(table: pd.DataFrame) -> list[str]:
         if any(c.verdict for name, c in _student_cells(table)):
             out.append(VERDICT_NOTE)
     out += table.attrs.get("paper_notes", [])  # results.compare: coverage, teacher gaps, deviations
+    if note := table.attrs.get("versions_note"):
+        out.append(note)
     return out
 
 

@@ -19,29 +19,12 @@ def cifar_root(tmp_path_factory) -> Path:
 
 # Files of whole sweeps (tens of seconds a test) run first: with `-n 2` the two workers then end together
 # instead of one finishing the last long sweep alone.
-SWEEP_FILES = ("test_resilience", "test_methods_sweep", "test_smoke_sweeps", "test_e2e", "test_cluster",
-               "test_packing", "test_search")
+SWEEP_FILES = ("test_resilience", "test_methods_sweep", "test_smoke_sweeps", "test_e2e", "test_packing",
+               "test_search")
 
 
 def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.module.__name__.rsplit(".", 1)[-1] not in SWEEP_FILES)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def warm_cluster(tmp_path_factory):
-    """One warm local Ray for the whole session, as a user's sweeps share one: the first sweep starts it,
-    the others join it (a Ray start and stop less per sweep), and it stops at the end."""
-    from orchestrator import cluster
-
-    folder = tmp_path_factory.mktemp("ray-cluster")
-    old = os.environ.get("KD_SWEEP_CLUSTER")
-    os.environ["KD_SWEEP_CLUSTER"] = str(folder)
-    yield folder
-    cluster.stop(folder)
-    if old is None:
-        os.environ.pop("KD_SWEEP_CLUSTER", None)
-    else:
-        os.environ["KD_SWEEP_CLUSTER"] = old
 
 
 def kd_sweep(*args: str, cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -1,18 +1,22 @@
-"""End to end through the real CLI: trials run under Ray Tune, land in MLflow, come back as the table."""
+"""End to end through the real CLI: trials run under Ray Tune, land in MLflow, come back as the table.
+The module's store is the one README's first command writes on a machine that never ran kd-sweep."""
 import io
 import json
 import os
+import shlex
 import shutil
+import subprocess
+import sys
 
 import mlflow
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from .conftest import SWEEPS, kd_sweep
+from .conftest import REPO, SWEEPS, kd_sweep
 
-SHRINK = ["--set", "train.epochs=2", "--set", "teacher_train.epochs=2",
-          "--set", "eval.linear.epochs=3", "--set", "eval.linear.milestones=[2]", "--set", "eval.every=1"]
+# Later sweeps in the quickstart's folder: students of 2 epochs, the same teacher and evaluation.
+SHRINK = ["--set", "train.epochs=2"]
 
 
 def runs(uri: str, role: str | None = None):
@@ -22,12 +26,41 @@ def runs(uri: str, role: str | None = None):
     return client.search_runs(exps, filter_string=filt, max_results=1000)
 
 
+def readme_commands() -> list[str]:
+    """The two commands README.md opens with: its first ```bash block."""
+    block = (REPO / "README.md").read_text().split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip()]
+
+
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory):
+    """README's first command as a new user runs it: an empty home folder (no Ray token, no cache, no
+    store), no RAY_/MLFLOW_/KD_SWEEP_ variable, a folder holding the repository's sweeps/. Its install
+    half is what CI has just done in a fresh virtual environment; the rest runs as written."""
+    install, run = (part.strip() for part in readme_commands()[0].split("&&"))
+    assert install == "pip install -e ."
     cwd = tmp_path_factory.mktemp("quickstart")
-    res = kd_sweep("run", str(SWEEPS / "quickstart.yaml"), *SHRINK, cwd=cwd)
+    home = cwd / ".home"
+    home.mkdir()
+    (cwd / "sweeps").symlink_to(SWEEPS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_", "KD_SWEEP_"))}
+    env.update(HOME=str(home), PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{env.get('PATH', '')}",
+               PYTHONUNBUFFERED="1")
+    res = subprocess.run(shlex.split(run), cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     return cwd, res
+
+
+def test_readmes_first_command_prints_the_table_and_leaves_an_owner_only_ray_token(quickstart):
+    """What the new user reads at the end is the table `kd-sweep report --table` prints; the Ray token
+    made for the local cluster is theirs alone."""
+    cwd, res = quickstart
+    table = kd_sweep("report", "quickstart", "--table", cwd=cwd)
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.startswith("| teacher/student ") and "| mlp-256-256/mlp-64 |" in table.stdout
+    assert table.stdout in res.stdout
+    token = cwd / ".home" / ".ray" / "auth_token"
+    assert token.stat().st_mode & 0o077 == 0 and len(token.read_text().strip()) == 64
 
 
 def test_quickstart_trials_ran_and_logged(quickstart):
@@ -45,10 +78,10 @@ def test_quickstart_trials_ran_and_logged(quickstart):
         assert r.info.status == "FINISHED"
         assert 0 <= r.data.metrics["eval/linear_top1"] <= 100 and "eval/knn_top1" in r.data.metrics
         history = client.get_metric_history(r.info.run_id, "train/loss")
-        assert [m.step for m in history] == [1, 2]
-        if r.data.tags["kd.role"] != "teacher":  # eval.every: 1, a k-NN point every epoch
+        assert [m.step for m in history] == list(range(1, 31))
+        if r.data.tags["kd.role"] != "teacher":  # eval.every: 5, a k-NN point every fifth epoch
             curve = client.get_metric_history(r.info.run_id, "curve/knn_top1")
-            assert [m.step for m in curve] == [1, 2]
+            assert [m.step for m in curve] == [5, 10, 15, 20, 25, 30]
             # digits is smaller than the curve's slices: its last point is the final k-NN on every image
             assert curve[-1].value == pytest.approx(r.data.metrics["eval/knn_top1"])
         assert r.data.params["seed"] in {"0", "1"}
@@ -59,6 +92,49 @@ def test_quickstart_trials_ran_and_logged(quickstart):
     assert all("train/ss" in r.data.metrics and "train/co" in r.data.metrics for r in students)
     assert [a.path for a in client.list_artifacts(parent)] == ["plot.png", "sweep.yaml", "table.md"]
     assert "all trials finished" in res.stdout
+
+
+def test_every_run_records_the_versions_that_made_its_numbers(quickstart):
+    """Each trial's run carries its worker's versions, the parent its driver's: here both are this
+    environment's, and the commit is the checkout's."""
+    import platform
+    from importlib.metadata import version
+
+    cwd, res = quickstart
+    uri = f"sqlite:///{cwd}/mlflow.db"
+    parent = quickstart_parent(uri, res)
+    kids = [r for r in runs(uri) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    import torch
+
+    want = {"kd-sweep": version("kd-sweep"), "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": version("torchvision"), "ray": version("ray"), "mlflow": version("mlflow")}
+    assert len(kids) == 9
+    for r in [parent, *kids]:
+        got = {k.removeprefix("kd.versions."): v for k, v in r.data.tags.items() if k.startswith("kd.versions.")}
+        assert {k: got.get(k) for k in want} == want, r.info.run_name
+        assert got["commit"] in (head, f"{head}-dirty")
+        assert "cuda" not in got  # trained on the CPU: no CUDA or cuDNN said to have made it
+
+
+def test_the_report_says_when_a_tables_runs_were_made_with_different_versions(quickstart, tmp_path):
+    """One run of the table as if made with another torch: the report names the difference under the
+    table, with how many runs each version made. Read from a copy of the store the README run wrote."""
+    cwd, res = quickstart
+    shutil.copy(cwd / "mlflow.db", tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    same = kd_sweep("report", "quickstart", "--table", "--tracking-uri", uri, cwd=tmp_path)
+    assert same.returncode == 0 and "Versions differ" not in same.stdout, same.stdout + same.stderr
+    parent = max((r for r in runs(uri, "sweep") if r.data.tags["kd.sweep"] == "quickstart"),
+                 key=lambda r: r.info.start_time)
+    student = next(r for r in runs(uri, "student") if r.data.tags["mlflow.parentRunId"] == parent.info.run_id)
+    MlflowClient(uri).set_tag(student.info.run_id, "kd.versions.torch", "2.13.0")
+    csv = kd_sweep("report", "quickstart", "--format", "csv", "--tracking-uri", uri, cwd=tmp_path).stdout
+    n = int(pd.read_csv(io.StringIO(csv))["n"].sum())  # the finished runs whose numbers the table shows
+    out = kd_sweep("report", "quickstart", "--table", "--tracking-uri", uri, cwd=tmp_path).stdout
+    torch_now = student.data.tags["kd.versions.torch"]
+    assert (f"Versions differ between this table's runs: torch {torch_now} ({n - 1} runs), 2.13.0 (1 run)."
+            in out), out
 
 
 def test_each_loss_term_is_logged_weighted_and_raw(quickstart):
@@ -90,7 +166,7 @@ def test_runs_are_named_described_and_hold_only_what_decides_their_result(quicks
                                    *(f"λ={v} · s{s}" for v in ("0", "0.5", "1") for s in (0, 1))])
     r = kids["λ=0.5 · s1"]
     assert r.data.tags["mlflow.note.content"].startswith(
-        "coss student mlp-64 from teacher mlp-256-256 on digits: λ=0.5, seed 1, 2 epochs.")
+        "coss student mlp-64 from teacher mlp-256-256 on digits: λ=0.5, seed 1, 30 epochs.")
     assert r.data.params["knobs.lambda"] == "0.5" and r.data.params["seed"] == "1"
     for bookkeeping in ("config_hash", "sweep", "role", "resources.gpu", "dataset.root", "dataset.fingerprint",
                         "teacher.hash"):
@@ -99,7 +175,7 @@ def test_runs_are_named_described_and_hold_only_what_decides_their_result(quicks
     config = json.loads(open(client.download_artifacts(r.info.run_id, "config.json")).read())
     assert config["config_hash"] == r.data.tags["kd.config_hash"] and config["dataset"]["root"]
     assert kids["teacher mlp-256-256"].data.tags["mlflow.note.content"].startswith(
-        "Teacher mlp-256-256 trained for 2 epochs on digits.")
+        "Teacher mlp-256-256 trained for 30 epochs on digits.")
 
 
 def test_the_printed_link_opens_the_sweeps_runs_in_kd_sweep_ui(quickstart):
@@ -149,7 +225,7 @@ def test_finished_trials_keep_only_their_final_checkpoint_and_the_disk_use_is_to
     trials = [d for d in (cwd / "ray_results").glob(f"quickstart*{parent.info.run_id[:8]}-1/*") if d.is_dir()]
     assert len(trials) >= 5  # the teacher, the students (packed by three on 2 cores), two scratch students
     for d in trials:
-        assert [c.name for c in d.glob("checkpoint_*")] == ["checkpoint_000001"], d  # 2 epochs: the last
+        assert [c.name for c in d.glob("checkpoint_*")] == ["checkpoint_000029"], d  # 30 epochs: the last
     assert "epoch checkpoints: " in res.stdout and "MB under " in res.stdout and "(keep_checkpoints: last)" in res.stdout
 
 def test_report_table_holds_the_numbers_mlflow_holds(quickstart):
@@ -278,7 +354,7 @@ def test_lambda_ablation_on_cifar100_format_data(cifar_root, tmp_path):
     res = kd_sweep("run", str(SWEEPS / "lambda_ablation.yaml"),
                    "--set", f"dataset.root={cifar_root}", "--set", "dataset.verify_checksum=false",
                    "--set", "resources.gpu=0", "--set", "resources.cpu=1", "--set", "seeds=[0]",
-                   "--set", "train.batch_size=64", "--set", "teacher_train.batch_size=64", *SHRINK[:4],
+                   "--set", "train.batch_size=64", "--set", "teacher_train.batch_size=64",
                    "--set", "train.epochs=1", "--set", "teacher_train.epochs=1",
                    "--set", "eval.linear.epochs=2", "--set", "eval.linear.milestones=[1]", cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -320,7 +396,7 @@ def test_dry_run_lists_trials_and_runs_nothing(quickstart):
     cwd, _ = quickstart
     uri = f"sqlite:///{cwd}/mlflow.db"
     before = len(runs(uri))
-    res = kd_sweep("run", str(SWEEPS / "quickstart.yaml"), *SHRINK, "--dry-run", cwd=cwd)
+    res = kd_sweep("run", str(SWEEPS / "quickstart.yaml"), "--dry-run", cwd=cwd)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     assert lines[0].startswith("quickstart: 8 trials (1 pair(s) x 3 cell(s) x 2 seed(s), + from-scratch students)")
@@ -328,7 +404,7 @@ def test_dry_run_lists_trials_and_runs_nothing(quickstart):
     assert sum(ln.endswith(": 2 finished earlier with the same config") for ln in lines) == 4
     assert "  λ=0.5 · mlp-256-256/mlp-64: 2 finished earlier with the same config" in lines
     assert any(ln.startswith("8 finished earlier, 0 estimated") for ln in lines)
-    more = kd_sweep("run", str(SWEEPS / "quickstart.yaml"), *SHRINK, "--dry-run", "--set", "seeds=[7]", cwd=cwd)
+    more = kd_sweep("run", str(SWEEPS / "quickstart.yaml"), "--dry-run", "--set", "seeds=[7]", cwd=cwd)
     assert sum(": 1 at ~" in ln and "earlier run(s))" in ln for ln in more.stdout.splitlines()) == 4  # estimates
     # Seed 7's three lambda cells may share a teacher forward (the from-scratch student has no teacher):
     # on 2 trial slots, as a pack of 2 beside a trial of 1, so neither slot idles.

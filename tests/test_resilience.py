@@ -225,6 +225,8 @@ def test_an_interrupted_sweep_is_killed_not_finished_and_continues(tmp_path, sig
     assert sent, "no student trial ever ran:\n" + out
     assert driver.returncode == 130, out
     assert "interrupted:" in out and "Run the same command again" in out and "all trials finished" not in out
+    # kd-sweep's words only: not Tune's advice to call an API the user never called
+    assert "Tuner.restore" not in out and "Resume experiment" not in out and "Ray Tune run" not in out, out
     (parent,) = parents(client)
     assert parent.info.status == "KILLED"
     kids = children(client, parent.info.run_id)

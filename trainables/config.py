@@ -137,6 +137,7 @@ def materialize(cfg: TrialConfig, picked: dict | None) -> TrialConfig:
 FAILED = "kd_failed"  # a result key: the trial (or a pack's student) failed for good (the value says why)
 REUSED = "kd_reused"  # a result key: an earlier run (the value) finished this very config
 MEMBERS = "kd_members"  # a pack's result key: config hash -> that student's result
+VERSIONS = "kd_versions"  # a result key: name -> version of what decided the numbers (trainables.versions)
 
 
 def checkpoint_members(info: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -17,8 +17,9 @@ from typing import Any
 
 import torch
 
-from .config import FAILED, MEMBERS, REUSED, trial_members
-from .trial import MemberReport, PackReport, device_name, fit_pack, member_key
+from .config import FAILED, MEMBERS, REUSED, VERSIONS, trial_members
+from .trial import MemberReport, PackReport, device_name, fit_pack, member_key, pick_device
+from .versions import versions
 
 
 def member_state(state: dict[str, Any], cfg: dict) -> dict[str, Any] | None:
@@ -134,7 +135,8 @@ def _reporter(lead: dict, node: str) -> PackReport:
                 _save(d, {"members": states}, epoch, {"members": sorted(out), "metrics": results})
                 checkpoint = tune.Checkpoint.from_directory(d)
             # The device after fit_pack has set the trial's threads: what the epochs ran on.
-            shared = {"epoch": epoch, "device": device_name(lead), "node": node}
+            shared = {"epoch": epoch, "device": device_name(lead), "node": node,
+                      VERSIONS: versions(str(pick_device(lead)))}
             tune.report(_result(results, shared), checkpoint=checkpoint)
 
     return report
