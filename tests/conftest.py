@@ -1,7 +1,12 @@
+import contextlib
 import copy
 import os
+import secrets
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,11 +32,47 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.module.__name__.rsplit(".", 1)[-1] not in SWEEP_FILES)
 
 
+# The test processes' Ray cluster authenticates with a token of its own, set before anything imports Ray
+# (Ray reads its mode at import).
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_cluster(tmp_path_factory):
+    """One Ray cluster per test process (`ray start --head` on loopback), which its sweeps join through
+    RAY_ADDRESS as a team's sweeps join theirs (--address): a Ray of a sweep's own costs ~4 s of CPU to
+    start and stop, and the suite runs dozens of sweeps on 2 cores. The default path, a private Ray per
+    sweep, is what README's first command takes (tests/test_e2e.py) and the resilience tests keep."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray = os.path.join(os.path.dirname(sys.executable), "ray")
+    log = open(tmp_path_factory.mktemp("ray-cluster") / "head.log", "wb")
+    head = subprocess.Popen([ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+                             "--include-dashboard=false", "--disable-usage-stats", "--block"],
+                            start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 90
+    while subprocess.run([ray, "status", f"--address=127.0.0.1:{port}"], capture_output=True).returncode:
+        assert head.poll() is None and time.monotonic() < deadline, f"the tests' Ray did not start: see {log.name}"
+        time.sleep(0.5)
+    os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+    yield os.environ["RAY_ADDRESS"]
+    os.environ.pop("RAY_ADDRESS", None)
+    for sig in (signal.SIGTERM, signal.SIGKILL):  # its processes share the head's process group
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            head.wait(1)  # `ray start --block` takes ~30 s to stop on SIGTERM alone
+            break
+    log.close()
+
+
 def kd_sweep(*args: str, cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    """The real CLI in a subprocess, in its own working directory (its own MLflow store)."""
+    """The real CLI in a subprocess, in its own working directory (its own MLflow store), joining the
+    test process's Ray cluster."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("RAY_ADDRESS", None)
     return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 

@@ -4,6 +4,7 @@ import hashlib
 import os
 import shutil
 import urllib.request
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,10 +108,40 @@ def test_written_data_fails_the_official_checksums(tmp_path, name):
         load_dataset(name, str(tmp_path))
 
 
-def test_mnist_without_archives_cannot_be_verified(tmp_path):
+def test_mnist_idx_files_alone_are_checked_by_their_content(tmp_path):
+    """Extracted idx files with no archive beside them: checked against the MD5 of what the official
+    archives hold, so written ones fail and name verify_checksum."""
     write_mnist(tmp_path, 10, 10, archives=False)
-    with pytest.raises(DatasetMissing, match=r"\.gz archives.*verify_checksum: false"):
+    with pytest.raises(DatasetMissing, match=r"train-images-idx3-ubyte differs from the official release's.*"
+                                             r"verify_checksum: false"):
         load_dataset("mnist", str(tmp_path))
+
+
+REAL_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.skipif(not (REAL_MNIST / "MNIST" / "raw").is_dir(),
+                    reason="the official MNIST release is not at ../shared/data/MNIST/raw (a checkout of its own)")
+def test_the_official_mnist_archives_load_as_they_come_and_equal_torchvisions_reading(tmp_path):
+    """The four .gz files alone, in a folder kd-sweep cannot write to: read in memory, MD5-checked; the
+    same tensors torchvision reads from the files it extracts."""
+    import gzip
+
+    raw = REAL_MNIST / "MNIST" / "raw"
+    assert sorted(os.listdir(raw)) == sorted(f"{n}.gz" for n in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                                                                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))
+    d = load_dataset("mnist", str(REAL_MNIST))  # verify_checksum: true, the default
+    assert d.train_x.shape == (60000, 1, 28, 28) and d.test_x.shape == (10000, 1, 28, 28)
+    assert torch.bincount(d.test_y).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    copy = tmp_path / "MNIST" / "raw"
+    copy.mkdir(parents=True)
+    for gz in raw.iterdir():
+        (copy / gz.stem).write_bytes(gzip.decompress(gz.read_bytes()))
+    for train, x, y in ((True, d.train_x, d.train_y), (False, d.test_x, d.test_y)):
+        theirs = torchvision.datasets.MNIST(str(tmp_path), train=train)
+        assert torch.equal(theirs.data[:, None], x) and torch.equal(theirs.targets, y)
+    # The extracted idx files alone pass the same check, by their content.
+    assert torch.equal(load_dataset("mnist", str(tmp_path)).train_x, d.train_x)
 
 
 def _index_of(x: torch.Tensor, originals: dict) -> list[int]:
@@ -245,21 +276,23 @@ def test_svhn_download_moves_checked_files_into_place(tmp_path, monkeypatch):
     assert d.train_x.shape == (20, 3, 32, 32) and d.test_y.tolist() == [v % 10 for v in written["test"][1]]
 
 
-def test_mnist_download_keeps_archives_so_the_checked_reader_passes(tmp_path, monkeypatch):
+def test_mnist_download_fetches_the_archives_and_reads_them_checked(tmp_path, monkeypatch):
+    from trainables.datasets import mnist
+
     source = tmp_path / "source"
     written = write_mnist(source, 20, 10)
     raw_source = source / "MNIST" / "raw"
-    resources = [(name, _md5(raw_source / name)) for name, _ in torchvision.datasets.MNIST.resources]
-    monkeypatch.setattr(torchvision.datasets.MNIST, "resources", resources)
+    official = {name: (_md5(raw_source / f"{name}.gz"), _md5(raw_source / name)) for name in mnist.OFFICIAL}
+    monkeypatch.setattr(mnist, "OFFICIAL", official)  # "official" = what we wrote
     _serving(monkeypatch, raw_source)
     root = tmp_path / "data"
-    d = load_dataset("mnist", str(root), download=True)  # verify_checksum: the archives and the CRC check
+    d = load_dataset("mnist", str(root), download=True)  # verify_checksum: the archives' MD5
     assert os.listdir(root) == ["MNIST"] and os.listdir(root / "MNIST") == ["raw"]
-    assert sorted(os.listdir(root / "MNIST" / "raw")) == sorted(os.listdir(raw_source))
+    assert sorted(os.listdir(root / "MNIST" / "raw")) == sorted(f"{n}.gz" for n in official)
     assert d.train_y.tolist() == written["train"][1].tolist()
-    # An idx file that is not what its archive holds fails the check.
-    blob = bytearray((root / "MNIST" / "raw" / "t10k-images-idx3-ubyte").read_bytes())
+    # An archive that is not the official one fails the check.
+    blob = bytearray((root / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz").read_bytes())
     blob[100] ^= 1
-    (root / "MNIST" / "raw" / "t10k-images-idx3-ubyte").write_bytes(bytes(blob))
-    with pytest.raises(DatasetMissing, match="official checksums"):
+    (root / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz").write_bytes(bytes(blob))
+    with pytest.raises(DatasetMissing, match="t10k-images-idx3-ubyte.gz differs from the official release's"):
         load_dataset("mnist", str(root))

@@ -34,7 +34,6 @@ def start_driver(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "KD_SWEEP_FAULT": "slow:0.4"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, "-m", "orchestrator.cli", "run", "s.yaml", "--tracking-uri", uri]
     driver = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, start_new_session=True)
@@ -255,7 +254,6 @@ def test_two_drivers_started_together_run_the_sweep_once(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, "-m", "orchestrator.cli", "run", "s.yaml", "--tracking-uri", uri]
     first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(0.1)
@@ -347,7 +345,6 @@ def test_a_store_lost_mid_sweep_stops_it_in_one_line_and_the_same_command_contin
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "KD_SWEEP_FAULT": "slow:0.4",
            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}  # MLflow's own retries would wait minutes for the server
     env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, "-m", "orchestrator.cli", "run", "s.yaml", "--tracking-uri", uri]
 
     down = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)

@@ -37,10 +37,11 @@ def cluster(tmp_path_factory):
     """Two Ray nodes on this machine, one CPU each, as `ray start --head` plus `ray start --address`
     on two machines: trials land on both, and the driver checks both see the storage."""
     port = _free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # a loopback test cluster
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # not the test process's cluster
+    env["RAY_AUTH_MODE"] = "disabled"  # a loopback test cluster
     ray = os.path.join(os.path.dirname(sys.executable), "ray")
     # Each node blocks in a process group of its own, stopped alone at the end: `ray stop` would stop
-    # every Ray on the machine, the warm cluster the other tests share included.
+    # every Ray on the machine, the cluster the other tests share included.
     nodes = [subprocess.Popen([ray, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
                                "--disable-usage-stats", "--block"], env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]

@@ -1,10 +1,15 @@
-"""MNIST through torchvision's own reader (the idx files of the official release, under MNIST/raw/)."""
+"""MNIST from the files of the official release under MNIST/raw/, read as they come: the four `.gz`
+archives (what a mirror serves and torchvision downloads), or the idx files extracted from them.
+
+The archives are read in memory, so a read-only copy (a shared data folder) needs no extraction, and
+`verify_checksum` checks each file read against the release's MD5: the archive's (torchvision's
+`MNIST.resources`) or, for an extracted idx file, that of its content (measured on the official files).
+"""
 from __future__ import annotations
 
-import functools
+import gzip
+import hashlib
 import os
-import struct
-import zlib
 
 import torch
 
@@ -16,88 +21,101 @@ from .synthetic import write_mnist
 MNIST_MEAN = (0.1307,)
 MNIST_STD = (0.3081,)
 SIZE = "12 MB"
-RAW_NAMES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-             "t10k-labels-idx1-ubyte"]  # torchvision's MNIST.resources, less .gz
+MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
+# name -> (MD5 of name.gz, MD5 of the idx file it holds), of the official release.
+OFFICIAL = {
+    "train-images-idx3-ubyte": ("f68b3c2dcbeaaa9fbdd348bbdeb94873", "6bbc9ace898e44ae57da46a324031adb"),
+    "train-labels-idx1-ubyte": ("d53e105ee54ea40749a09fcbcd1e9432", "a25bea736e30d166cdddb491f175f624"),
+    "t10k-images-idx3-ubyte": ("9fb629c4189551a2d022fa330f9573f3", "2646ac647ad5339dbf082846283269ea"),
+    "t10k-labels-idx1-ubyte": ("ec29112dd5afa0611ce80d1b7f02629c", "27ae3e4e09519cfbb04c329615203637"),
+}
+RAW_NAMES = list(OFFICIAL)
+IDX_TYPES = {0x08: torch.uint8}  # the idx type byte of every MNIST file: unsigned bytes
 
 
-@functools.cache
-def _classes() -> tuple[type, type]:
-    """torchvision's MNIST reader, and that reader plus the check it lacks (`verify_checksum: true`): it
-    verifies only the downloaded .gz archives, never the idx files it reads. The checked one wants each
-    idx file next to its official archive (torchvision's MD5), matching the CRC-32 and size stored in
-    that archive's gzip trailer. Imported on first use: torchvision costs ~2 s of start-up."""
-    import torchvision
-    from torchvision.datasets.utils import check_integrity
-
-    class Checked(torchvision.datasets.MNIST):
-        @property
-        def raw_folder(self) -> str:  # torchvision names the folder after the class
-            return os.path.join(self.root, "MNIST", "raw")
-
-        @property
-        def processed_folder(self) -> str:
-            return os.path.join(self.root, "MNIST", "processed")
-
-        def _check_legacy_exist(self) -> bool:  # the pre-0.9 processed/*.pt cache cannot be verified
-            return False
-
-        def _check_exists(self) -> bool:
-            return super()._check_exists() and all(
-                check_integrity(os.path.join(self.raw_folder, gz), md5)
-                and _same_content(os.path.join(self.raw_folder, os.path.splitext(gz)[0]),
-                                  os.path.join(self.raw_folder, gz))
-                for gz, md5 in self.resources)
-
-    return torchvision.datasets.MNIST, Checked
+class CorruptFile(RuntimeError):
+    """A file that is not what the release holds (open_or_download reads RuntimeError as corrupt)."""
 
 
-def _same_content(raw: str, gz: str) -> bool:
-    """Whether `raw` is what `gz` decompresses to, by the CRC-32 and size in the gzip trailer (RFC 1952)."""
-    with open(gz, "rb") as f:
-        f.seek(-8, os.SEEK_END)
-        crc, size = struct.unpack("<II", f.read(8))
-    if os.path.getsize(raw) % 2**32 != size:
-        return False
-    c = 0
-    with open(raw, "rb") as f:
-        while chunk := f.read(1 << 22):
-            c = zlib.crc32(chunk, c)
-    return c == crc
+def read_idx(blob: bytes, name: str) -> torch.Tensor:
+    """An idx file (http://yann.lecun.com/exdb/mnist/): two zero bytes, a type byte, the number of
+    dimensions, each dimension as a big-endian int32, then the values."""
+    if len(blob) < 4 or blob[:2] != b"\0\0" or blob[2] not in IDX_TYPES:
+        raise CorruptFile(f"{name} is not an idx file of unsigned bytes")
+    ndim = blob[3]
+    dims = [int.from_bytes(blob[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    start = 4 + 4 * ndim
+    count = 1
+    for d in dims:
+        count *= d
+    if len(blob) - start != count:
+        raise CorruptFile(f"{name} holds {len(blob) - start} values where its header says {count}")
+    return torch.frombuffer(bytearray(blob[start:]), dtype=IDX_TYPES[blob[2]]).reshape(dims)
+
+
+def _read(raw: str, name: str, verify: bool) -> torch.Tensor:
+    """NAME's values, from name.gz when it is there, else from the extracted idx file."""
+    archive = os.path.join(raw, f"{name}.gz")
+    packed = os.path.isfile(archive)
+    path = archive if packed else os.path.join(raw, name)
+    try:
+        with open(path, "rb") as f:
+            blob = f.read()
+    except FileNotFoundError:
+        raise CorruptFile(f"neither {name}.gz nor {name} is there") from None
+    if verify and hashlib.md5(blob).hexdigest() != OFFICIAL[name][0 if packed else 1]:
+        raise CorruptFile(f"{os.path.basename(path)} differs from the official release's (MD5)")
+    if packed:
+        try:
+            blob = gzip.decompress(blob)
+        except (OSError, EOFError) as e:
+            raise CorruptFile(f"{name}.gz cannot be decompressed ({e})") from None
+    return read_idx(blob, name)
+
+
+def _fetch(tmp: str) -> None:
+    """The four archives, each checked against its MD5; kept compressed, as the reader reads them."""
+    from torchvision.datasets.utils import download_url
+
+    raw = os.path.join(tmp, "MNIST", "raw")
+    for name, (md5, _) in OFFICIAL.items():
+        for i, mirror in enumerate(MIRRORS):
+            try:
+                download_url(f"{mirror}{name}.gz", raw, f"{name}.gz", md5)
+                break
+            except Exception:  # noqa: BLE001 - a mirror that fails: the next one, then the last one's error
+                if i == len(MIRRORS) - 1:
+                    raise
 
 
 @register_dataset("mnist", smoke=Smoke(write_mnist))
 def load_mnist(root: str, download: bool = False, verify_checksum: bool = True, augment: str | None = None,
                val_split: float = 0.0, val_seed: int = 0) -> ImageData:
     """MNIST 1x28x28; no augmentation by default (PyTorch's MNIST example trains on the plain images)."""
-    # verify_checksum: false is torchvision's own class, which checks only that the idx files exist.
-    official, checked = _classes()
-    cls = checked if verify_checksum else official
     raw = os.path.join(root, "MNIST", "raw")
-    absent = [name for name in RAW_NAMES if not os.path.isfile(os.path.join(raw, name))]
-    url = official.mirrors[0]
+    absent = [n for n in RAW_NAMES if not any(os.path.isfile(os.path.join(raw, f)) for f in (f"{n}.gz", n))]
 
     def read():
-        return tuple(_split(cls(root, train=train)) for train in (True, False))
-
-    def fetch(tmp: str) -> None:  # downloads each .gz (MD5-checked), extracts it, then checks as above
-        checked(tmp, train=True, download=True), checked(tmp, train=False, download=True)
+        out = []
+        for prefix in ("train", "t10k"):
+            images = _read(raw, f"{prefix}-images-idx3-ubyte", verify_checksum)
+            labels = _read(raw, f"{prefix}-labels-idx1-ubyte", verify_checksum)
+            if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+                raise CorruptFile(f"{prefix}: {tuple(images.shape)} images against {tuple(labels.shape)} labels")
+            out.append((images[:, None].contiguous(), labels.to(torch.int64)))
+        return tuple(out)
 
     (train_x, train_y), (test_x, test_y) = open_or_download(
         read, root, download=download, present=not absent,
-        missing=(f"MNIST not found: looked for {raw}/ ({', '.join(RAW_NAMES)}{missing_part(absent, RAW_NAMES)})."
-                 f" Set `dataset.download: true` to fetch it ({SIZE} from {url}), or put the four"
-                 f" uncompressed idx files in {raw}/ (with `verify_checksum: true`, also the official"
-                 " .gz archives they came from)"),
+        missing=(f"MNIST not found: looked for {raw}/ ({', '.join(f'{n}[.gz]' for n in RAW_NAMES)}"
+                 f"{missing_part(absent, RAW_NAMES)}). Set `dataset.download: true` to fetch it ({SIZE} from"
+                 f" {MIRRORS[0]}), or put the release's four .gz files (or the idx files extracted from them)"
+                 f" in {raw}/"),
         corrupt=lambda e: (
-            f"MNIST under {raw} is incomplete or does not match the official checksums ({e}): with"
-            " `verify_checksum: true` the official .gz archives (torchvision's MD5s) must lie next to the"
-            " idx files extracted from them. Re-download it with `dataset.download: true`, or, for a copy"
-            " that is not the official release, set `dataset.verify_checksum: false`"),
-        fetch=fetch, keep=[os.path.join("MNIST", "raw")], what=f"MNIST ({SIZE} from {url})",
-        by_hand=f"download the four .gz files from {url} into {raw}/ and gunzip them there (keep the .gz)")
+            f"MNIST under {raw} does not match the official checksums ({e}). Re-download it with"
+            " `dataset.download: true`, or, for a copy that is not the official release, set"
+            " `dataset.verify_checksum: false`"),
+        fetch=_fetch, keep=[os.path.join("MNIST", "raw")], what=f"MNIST ({SIZE} from {MIRRORS[0]})",
+        by_hand=f"download the four .gz files from {MIRRORS[0]} into {raw}/")
     return configure(ImageData(train_x, train_y, test_x, test_y, num_classes=10,
                                mean=MNIST_MEAN, std=MNIST_STD), augment, val_split, val_seed)
-
-
-def _split(ds) -> tuple[torch.Tensor, torch.Tensor]:
-    return ds.data[:, None].contiguous(), ds.targets.to(torch.int64)
