@@ -100,6 +100,30 @@ def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Ten
     return last, best, top5(logits, test_y) if epochs else 0.0
 
 
+def logistic_regression(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
+                        C: float, max_iter: int, seed: int) -> tuple[float, float]:
+    """scikit-learn's LogisticRegression (lbfgs, multinomial, L2 with inverse strength C) fitted on the
+    raw features, as RRKD's notebook does (quick_sk_probe: no scaling, random_state the seed); test top-1
+    and top-5 (%)."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = train_f.detach().cpu().double().numpy(), train_y.cpu().numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter is the protocol's, as theirs
+        fitted = LogisticRegression(C=C, max_iter=max_iter, random_state=seed).fit(x, y)
+    scores = torch.from_numpy(fitted.decision_function(test_f.detach().cpu().double().numpy()))
+    if scores.ndim == 1:  # two classes: one column of scores for the second
+        scores = torch.stack([-scores, scores], 1)
+    order = torch.from_numpy(fitted.classes_)[scores.topk(min(5, scores.shape[1]), 1).indices]
+    y_test = test_y.cpu()
+    top1 = 100.0 * (order[:, 0] == y_test).double().mean().item()
+    top5 = 100.0 * (order == y_test[:, None]).any(1).double().mean().item()
+    return top1, top5
+
+
 CURVE_BANK, CURVE_QUERIES = 5000, 1000
 
 
@@ -142,7 +166,12 @@ def evaluate(model: Backbone, data: ImageData, protocols: dict, seed: int) -> di
             p = protocols["knn"]
             out["eval/knn_top1"] = knn_top1(train_f, data.train_y, test_f, data.test_y, data.num_classes,
                                             p["k"], p["temperature"])
-        if "linear" in protocols:
+        if "linear" in protocols and probe.get("solver") == "lbfgs":
+            lr_top1, lr_top5 = logistic_regression(train_f, data.train_y, test_f, data.test_y, probe["C"], probe["max_iter"],
+                                               seed)
+            out["eval/linear_top1"] = out["eval/linear_top1_best"] = lr_top1
+            out["eval/linear_top5"] = lr_top5
+        elif "linear" in protocols:
             views = None
             if augmented:
                 first = {0: extract_augmented(model, data, probe_seed(seed, 0))}  # handed over, then dropped

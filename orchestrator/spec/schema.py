@@ -197,14 +197,29 @@ class LinearProbe(Strict):
     milestones: list[int] = Field(default_factory=lambda: [50, 70, 90])
     gamma: float = Field(0.1, gt=0, le=1)
     augment: bool = False
+    # `lbfgs`: scikit-learn's LogisticRegression(C, max_iter) fitted to convergence on the features, as
+    # RRKD's notebook scores its embeddings (quick_sk_probe); the SGD fields above are then unused.
+    solver: Literal["sgd", "lbfgs"] = "sgd"
+    C: float = Field(1.0, gt=0, description="inverse L2 strength of the lbfgs probe (sklearn's C)")
+    max_iter: int = Field(5000, ge=1, description="iterations of the lbfgs probe")
+
+    @model_validator(mode="after")
+    def _lbfgs_has_no_views(self) -> "LinearProbe":
+        if self.solver == "lbfgs" and self.augment:
+            raise ValueError("augment: true trains on fresh views every epoch; the lbfgs probe fits fixed"
+                             " features once (solver: sgd for an augmented probe)")
+        return self
 
     @model_serializer(mode="wrap")
-    def _augment_only_when_on(self, handler: Any) -> dict[str, Any]:
-        """`augment` is dumped only when true (alone or inside a sweep): the trial configs, content hashes
-        and sweep keys of earlier runs stay as they were."""
+    def _new_fields_only_when_set(self, handler: Any) -> dict[str, Any]:
+        """`augment` is dumped only when true and the lbfgs fields only with solver lbfgs (alone or inside
+        a sweep): the trial configs, content hashes and sweep keys of earlier runs stay as they were."""
         out = handler(self)
         if not self.augment:
             out.pop("augment", None)
+        if self.solver == "sgd":
+            for key in ("solver", "C", "max_iter"):
+                out.pop(key, None)
         return out
 
 
