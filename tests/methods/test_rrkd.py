@@ -277,3 +277,34 @@ def test_smoke_fit(tmp_path, anchors, one_thread):
     (metrics,) = smoke_fit("rrkd", tmp_path, arch="mlp", anchors=anchors)
     for key in ("train/rrkd", "train/ce", "train/loss"):
         assert math.isfinite(metrics[key]), key
+
+
+def test_a_fixed_head_keeps_its_initial_weights_while_the_encoder_learns(tmp_path):
+    """`train_head: false` is the authors' LitDistiller, which optimises `student.parameters()` and not the
+    head it builds itself: through the real trainer, the head ends as it started, the encoder does not."""
+    from trainables.datasets import load_dataset
+    from trainables.trial import fit, make_model
+
+    from ..conftest import collect
+
+    data = load_dataset("digits", str(tmp_path))
+    student, teacher = {"model": "mlp", "options": {"hidden": [16]}}, {"model": "mlp", "options": {"hidden": [32]}}
+    cfg = {"role": "student", "dataset": {"name": "digits", "root": str(tmp_path), "download": False,
+                                          "verify_checksum": True},
+           "student": student, "teacher": {**teacher, "hash": "t"}, "method": "rrkd",
+           "knobs": method_class("rrkd").Knobs(lambda_ce=1.0, train_head=False).model_dump(by_alias=True),
+           "train": {"epochs": 2, "batch_size": 32, "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0,
+                     "milestones": [], "gamma": 0.1},
+           "eval": {"knn": {"k": 5, "temperature": 0.07}}, "seed": 0, "resources": {"cpu": 1, "gpu": 0}}
+    assert cfg["knobs"]["train_head"] is False
+    torch.manual_seed(0)
+    teacher_state = make_model(teacher, data, with_head=True).state_dict()
+    init = make_model(student, data, with_head=True).state_dict()
+    got, report = collect()
+    fit(cfg, report, teacher_state, init_state=init)
+    heads = [k for k in init if k.startswith("fc.")]
+    assert heads and all(torch.equal(got["model"][k], init[k]) for k in heads)
+    assert any(not torch.equal(got["model"][k], v) for k, v in init.items() if k not in heads)
+    assert got["metrics"][-1]["train/ce"] > 0  # the cross-entropy was there, through the fixed head
+    # Left at its default, the knob is not in the config: earlier runs' hashes are unchanged.
+    assert "train_head" not in method_class("rrkd").Knobs().model_dump(by_alias=True)

@@ -16,11 +16,11 @@ method); the fixed sets are chosen once per trial in `setup` from the training s
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_serializer
 
 from ..evaluate import extract
 from ..registry import METHODS
@@ -54,6 +54,18 @@ class RRKDKnobs(Knobs):
         "what scores the teacher's confidence for best_per_class: its own classifier head, or a linear probe"
         " fitted on its features (the paper's self-supervised teacher has no head; a headless teacher always"
         " uses the probe)"))
+    train_head: bool = Field(True, description=(
+        "false: the student's classifier head keeps its initial weights, as in the authors' code, whose"
+        " LitDistiller builds the head itself and optimises only `student.parameters()` (rrkd.ipynb cell 8):"
+        " the cross-entropy then shapes the embedding through a fixed random head"))
+
+    @model_serializer(mode="wrap")
+    def _train_head_only_when_off(self, handler: Any) -> dict[str, Any]:
+        """Dumped only when false: the trial configs and content hashes of earlier runs stay as they were."""
+        out = handler(self)
+        if self.train_head:
+            out.pop("train_head", None)
+        return out
 
 
 def relative(z: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
@@ -148,6 +160,8 @@ class RRKD(Method):
 
     def setup(self, ctx: Context) -> None:
         k = self.knobs
+        if not k.train_head and getattr(ctx.student, "fc", None) is not None:
+            ctx.student.fc.requires_grad_(False)  # left out of the optimiser, which takes trainable parameters
         if k.anchors == "in_batch":
             return
         y = ctx.data.train_y.cpu()
