@@ -128,3 +128,13 @@ def test_mnist_autoencoders_are_the_notebooks():
         s = sweep(name)
         assert s.teacher_method == "autoencoder"
         assert (s.teacher_schedule.lr, s.teacher_schedule.momentum, s.teacher_schedule.epochs) == (0.1, 0.9, 20)
+
+
+@pytest.mark.parametrize("name", ["rrkd_table3_cifar10", "rrkd_table3_cifar100", "rrkd_table3_svhn",
+                                  "rrkd_tables12_mnist_supervised"])
+def test_rrkd_with_labels_leaves_its_head_untrained_as_the_notebook(name):
+    """LitDistiller builds the head itself and optimises `student.parameters()` only (cell 8)."""
+    from trainables.methods import method_class
+
+    knobs = method_class("rrkd").Knobs.model_validate(sweep(name).knobs_for("rrkd", {"method": "rrkd"}))
+    assert knobs.train_head is False and knobs.lambda_ce == 1.0
