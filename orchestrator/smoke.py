@@ -50,7 +50,7 @@ def smoke_sweep(sweep: Sweep, base: str) -> tuple[Sweep, str]:
 
     raw["name"] = f"{sweep.name}-smoke"
     raw["seeds"] = raw["seeds"][:1]
-    for sched in ("train", "teacher_train"):
+    for sched in ("train", "teacher_train", "scratch_train"):
         if raw.get(sched):
             raw[sched].update(epochs=min(raw[sched]["epochs"], 1), milestones=[],
                               batch_size=min(raw[sched]["batch_size"], facts.batch_size))

@@ -111,12 +111,20 @@ def test_scored_by_classifier_and_by_the_notebooks_logistic_regression(name):
     assert not any("SGD for 100 epochs" in d for d in s.paper.deviations)
 
 
-def test_supervised_mnist_student_momentum_and_the_baseline_as_a_stated_deviation():
+def test_supervised_mnist_trains_the_baseline_as_the_notebook_does():
+    """LitDistiller's momentum 0.9 for the distilled student, LitModel's 0 for the teacher and for the
+    baseline (the Scratch column), in the trial configs the sweep really makes."""
+    from orchestrator.trials import student_trials
+
     s = sweep("rrkd_tables12_mnist_supervised")
-    assert s.train.momentum == 0.9 and s.teacher_schedule.momentum == 0.0
-    # The notebook trains the baseline with momentum 0 as it trains the teacher; the Scratch column shares
-    # the students' schedule, and the file says so where --paper prints it.
-    assert s.scratch and any("momentum 0" in d and "Scratch" in d for d in s.paper.deviations)
+    trials = student_trials(s, {"name": "mnist", "root": "/data"}, {0: "t"})
+    momentum = {(c["role"], c["seed"]): c["train"]["momentum"] for c in trials}
+    assert momentum == {**{("student", k): 0.9 for k in s.seeds}, **{("scratch", k): 0.0 for k in s.seeds}}
+    assert s.teacher_schedule.momentum == 0.0
+    assert not any("momentum" in d for d in s.paper.deviations)
+    # A sweep without scratch_train trains its scratch students on `train`, with the hashes it had.
+    plain = sweep("rrkd_tables12_mnist_ssl")
+    assert plain.scratch_train is None and "scratch_train" not in plain.model_dump()
 
 
 def test_mnist_autoencoders_are_the_notebooks():

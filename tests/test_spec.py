@@ -71,6 +71,8 @@ CASES = [
      "search.space.beta", "greater than 0"),
     ("ASHA on a metric scored once", {**BASE, "scheduler": {"type": "asha", "metric": "eval/linear_top1"}},
      "scheduler.metric", "scored every epoch is eval/classifier_top1"),
+    ("a scratch schedule with no scratch column", {**BASE, "scratch": False, "scratch_train": {"epochs": 1}},
+     "scratch_train", "set scratch: true"),
     ("zero trials", {**BASE, "grid": {}, "seeds": [0], "search": {"n_trials": 0, "space": {
         "lambda": {"type": "float", "low": 0, "high": 1}}}}, "search.n_trials", "greater than or equal to 1"),
     ("image size on an in-memory dataset", mutate("dataset.image_size", 64), "dataset", "image_size is for datasets"

@@ -8,7 +8,8 @@ import itertools
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_serializer,
+                      model_validator)
 
 from trainables.config import COMPILE_MODES
 from trainables.datasets import DATASETS, image_file_datasets
@@ -382,6 +383,9 @@ class Sweep(Strict):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     train: Schedule = Field(default_factory=Schedule)
     teacher_train: Schedule | None = None
+    # The from-scratch students' schedule, where a paper trains its baseline otherwise than its
+    # students (RRKD's notebook: momentum 0 for the baseline, 0.9 for the distilled); default `train`.
+    scratch_train: Schedule | None = None
     # How kd-sweep trains a teacher it must make: `none` (cross-entropy) or a label-free objective of
     # a teacher-less method (`autoencoder`, RRKD's self-supervised MNIST teachers).
     teacher_method: str = "none"
@@ -469,6 +473,26 @@ class Sweep(Strict):
     @property
     def teacher_schedule(self) -> Schedule:
         return self.teacher_train or self.train
+
+    @property
+    def scratch_schedule(self) -> Schedule:
+        return self.scratch_train or self.train
+
+    @field_validator("scratch_train")
+    @classmethod
+    def _scratch_train_needs_scratch(cls, v: Schedule | None, info: ValidationInfo) -> Schedule | None:
+        if v is not None and not info.data.get("scratch"):
+            raise ValueError("the from-scratch students' schedule, and this sweep has none: set scratch: true,"
+                             " or drop it")
+        return v
+
+    @model_serializer(mode="wrap")
+    def _scratch_train_only_when_set(self, handler: Any) -> dict[str, Any]:
+        """`scratch_train` is dumped only when given: the sweep keys of earlier runs stay as they were."""
+        out = handler(self)
+        if self.scratch_train is None:
+            out.pop("scratch_train", None)
+        return out
 
 
 # --- loading -----------------------------------------------------------------------------------
