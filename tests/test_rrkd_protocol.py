@@ -141,7 +141,7 @@ def test_mnist_autoencoders_are_the_notebooks():
 @pytest.mark.parametrize("name", ["rrkd_table3_cifar10", "rrkd_table3_cifar100", "rrkd_table3_svhn",
                                   "rrkd_tables12_mnist_supervised"])
 def test_rrkd_with_labels_leaves_its_head_untrained_as_the_notebook(name):
-    """LitDistiller builds the head itself and optimises `student.parameters()` only (cell 8)."""
+    """LitDistiller builds the head itself and optimises `student.parameters()` only (cell 13)."""
     from trainables.methods import method_class
 
     knobs = method_class("rrkd").Knobs.model_validate(sweep(name).knobs_for("rrkd", {"method": "rrkd"}))

@@ -56,7 +56,7 @@ class RRKDKnobs(Knobs):
         " uses the probe)"))
     train_head: bool = Field(True, description=(
         "false: the student's classifier head keeps its initial weights, as in the authors' code, whose"
-        " LitDistiller builds the head itself and optimises only `student.parameters()` (rrkd.ipynb cell 8):"
+        " LitDistiller builds the head itself and optimises only `student.parameters()` (rrkd.ipynb cell 13):"
         " the cross-entropy then shapes the embedding through a fixed random head"))
 
     @model_serializer(mode="wrap")
