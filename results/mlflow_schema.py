@@ -107,6 +107,8 @@ def run_versions(tags: dict[str, str]) -> dict[str, str]:
 
 def is_result_tag(name: str) -> bool:
     return name in RESULT_TAGS.values() or name.startswith(VERSIONS_PREFIX)
+
+
 # Reported every epoch: its history's steps are the epochs a run logged, its values the time they took.
 WALL_METRIC = "cost/wall_s"
 

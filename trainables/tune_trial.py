@@ -119,6 +119,8 @@ def _reporter(lead: dict, node: str) -> PackReport:
     train or report, so a later driver resumes from the checkpoint before and the students fail alike."""
     from ray import tune
 
+    told = []  # the versions go with the trial's first result only: they tag its runs once
+
     def report(epoch: int, out: dict[str, MemberReport]) -> None:
         results, states = {}, {}
         with tempfile.TemporaryDirectory() as d:
@@ -135,8 +137,10 @@ def _reporter(lead: dict, node: str) -> PackReport:
                 _save(d, {"members": states}, epoch, {"members": sorted(out), "metrics": results})
                 checkpoint = tune.Checkpoint.from_directory(d)
             # The device after fit_pack has set the trial's threads: what the epochs ran on.
-            shared = {"epoch": epoch, "device": device_name(lead), "node": node,
-                      VERSIONS: versions(str(pick_device(lead)))}
+            shared = {"epoch": epoch, "device": device_name(lead), "node": node}
+            if not told:
+                shared[VERSIONS] = versions(str(pick_device(lead)))
+                told.append(True)
             tune.report(_result(results, shared), checkpoint=checkpoint)
 
     return report
