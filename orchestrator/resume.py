@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
+import sys
 
 from trainables.config import digest
 
@@ -23,6 +25,14 @@ def sweep_key(resolved: dict, smoke: bool) -> str:
 def driver_tag() -> str:
     """The parent run's `kd.driver`: which process on which machine drives it."""
     return json.dumps({"host": socket.gethostname(), "pid": os.getpid()})
+
+
+def command_line() -> str:
+    """The command as typed, `kd-sweep run ...` (what a reproduction record quotes)."""
+    args = list(sys.argv)
+    if args and os.path.basename(args[0]) == "kd-sweep":
+        args[0] = "kd-sweep"
+    return shlex.join(args)
 
 
 def driver_alive(tag: str | None) -> int | None:

@@ -20,7 +20,7 @@ from results.mlflow_schema import SMOKE_SUFFIX, Param, Role, Status, Tag, cell_o
 from trainables.config import PackConfig
 
 from .progress import Progress
-from .resume import (SweepLock, SweepLocked, checkpoint_bytes, driver_alive, driver_tag, latest_checkpoints,
+from .resume import (SweepLock, SweepLocked, checkpoint_bytes, command_line, driver_alive, driver_tag, latest_checkpoints,
                      prune_checkpoints, sweep_key)
 from .spec import Sweep, resolve_path, search_metric
 from .sweep_summary import log_sweep_summary
@@ -225,7 +225,8 @@ def _run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, 
             attempt = int(earlier.data.tags.get(Tag.ATTEMPT, "1")) + 1
             store.reopen(parent)
             paper = {k: v for k, v in parent_tags(sweep, smoke).items() if k == Tag.PAPER}  # the file's latest notes
-            store.set_tags(parent, {Tag.ATTEMPT: str(attempt), Tag.DRIVER: driver_tag(), **paper})
+            store.set_tags(parent, {Tag.ATTEMPT: str(attempt), Tag.DRIVER: driver_tag(),
+                                    Tag.COMMAND: command_line(), **paper})
             lock.write(parent)
             progress.note(f"continuing parent run {parent[:8]} of sweep {sweep.name!r} (its driver stopped;"
                           f" attempt {attempt}): finished trials stay finished, unfinished ones resume")
@@ -233,7 +234,8 @@ def _run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, 
             attempt = 1
             parent = store.start_parent(exp_id, sweep.name, yaml.safe_dump(raw, sort_keys=False),
                                         len(plan.students), {**parent_tags(sweep, smoke), Tag.SWEEP_KEY: key,
-                                                             Tag.ATTEMPT: "1", Tag.DRIVER: driver_tag()})
+                                                             Tag.ATTEMPT: "1", Tag.DRIVER: driver_tag(),
+                                                             Tag.COMMAND: command_line()})
             lock.write(parent)
         store.save_view(exp_id, runs_view(sweep, parent))
     except BaseException:

@@ -6,6 +6,7 @@ another torch or GPU than the driver's), the driver tags its parent run with its
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import subprocess
 from importlib import metadata
@@ -38,6 +39,18 @@ def git_commit() -> str | None:
     return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
+def _cpu() -> str:
+    """The processor and how many logical CPUs this process may use: `<model> (2 CPUs)`."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
+    except OSError:
+        pass
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model} ({n} CPUs)"
+
+
 @functools.lru_cache(maxsize=1)
 def _software() -> dict[str, str]:
     import torch
@@ -46,11 +59,12 @@ def _software() -> dict[str, str]:
     found["torch"] = torch.__version__  # with its build: 2.14.1+cu130 and 2.14.1+cpu differ
     found["commit"] = git_commit()
     found["python"] = platform.python_version()
+    found["cpu"] = _cpu()
     return {k: v for k, v in found.items() if v}
 
 
 def versions(device: str | None = None) -> dict[str, str]:
-    """Name -> version: kd-sweep and its commit, Python, torch, torchvision, Ray, MLflow; with a CUDA
+    """Name -> version: kd-sweep and its commit, Python, torch, torchvision, Ray, MLflow, the CPU; with a CUDA
     DEVICE also the CUDA and cuDNN torch was built with and the GPU's name."""
     out = dict(_software())
     if device is not None and device.startswith("cuda"):
