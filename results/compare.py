@@ -88,7 +88,7 @@ def attach_published(table: pd.DataFrame, published: pd.DataFrame, dataset: str 
                 hit = hit[[_matches(r, meta["cell"], swept_axis(table, name)) for _, r in hit.iterrows()]]
             if len(hit):
                 first = hit.iloc[0]
-                c.paper, c.paper_ref = float(first["value"]), ref(first)
+                c.paper, c.paper_ref, c.paper_runs = float(first["value"]), ref(first), first["runs"]
                 shown.add(first.name)
                 if c.paper_ref not in used:
                     used.append(c.paper_ref)

@@ -4,7 +4,8 @@ Columns: table (as the paper names it), dataset (our dataset name), pair (our ro
 `teacher/student` with our model names; the teacher's own number has pair = the teacher's label and
 method `teacher`), method (our method name, `teacher` or `scratch` for those columns), cell (JSON of
 the grid knobs, as our runs' `kd.cell` tag: {"lambda": 0.5}), metric (our metric name without
-`eval/`: linear_top1, classifier_top1, knn_top1, linear_top5...), value (%), note.
+`eval/`: linear_top1, classifier_top1, knn_top1, linear_top5...), value (%), runs (how many runs the
+value averages, as the paper or the authors' code says; empty where neither says), note.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 HERE = Path(__file__).parent / "published"
-COLUMNS = ["paper", "table", "dataset", "pair", "method", "cell", "metric", "value", "note"]
+COLUMNS = ["paper", "table", "dataset", "pair", "method", "cell", "metric", "value", "runs", "note"]
 
 
 def load_published(paper: str | None = None) -> pd.DataFrame:
@@ -30,6 +31,9 @@ def load_published(paper: str | None = None) -> pd.DataFrame:
     out = pd.concat(frames, ignore_index=True)
     out["cell"] = out["cell"].map(lambda s: json.loads(s) if s else {})
     out["value"] = out["value"].astype(float)
+    runs = out["runs"] if "runs" in out else pd.Series("", index=out.index)
+    out["runs"] = pd.Series([None if pd.isna(r) or not str(r).strip() else int(float(r)) for r in runs.astype(object)],
+                            index=out.index, dtype=object)
     return out[COLUMNS]
 
 

@@ -11,8 +11,10 @@ Rules the table keeps (and states under itself):
   a missing seed (`†`). AXIS leaves the columns.
 - Whether a difference is real: with two or more seeds in both, each student cell is compared with
   its row's best by Welch's t-test; a cell not significantly below the best (p ≥ 0.05) is marked `≈`.
-  With `--paper`, each published number is set against our 95% interval for the mean (Student's t
-  over seeds): inside ✓ (reproduced), outside ✗ (not reproduced), one seed ? (too few to say).
+  With `--paper`, each published number is set against the spread our seeds allow it, counting the
+  paper's own seed noise: a published single run against our 95% prediction interval, a published
+  mean of m runs against the interval for a difference of two means (both from our std over n seeds,
+  Student's t): inside ✓ (reproduced), outside ✗ (not reproduced), one seed ? (too few to say).
 """
 from __future__ import annotations
 
@@ -34,9 +36,12 @@ ALPHA = 0.05
 NOT_WORSE_NOTE = (f"{NOT_WORSE} not significantly below the row's best (Welch's t-test over seeds, p ≥ {ALPHA:g});"
                   " an unmarked cell with two or more seeds is below it at p < 0.05.")
 REPRODUCED, NOT_REPRODUCED, UNDECIDED = "✓", "✗", "?"
-VERDICT_NOTE = (f"{REPRODUCED} the published number lies in our 95% interval for the mean (Student's t over"
-                f" seeds): reproduced; {NOT_REPRODUCED} outside it: not reproduced, by Δ; {UNDECIDED} one seed:"
-                " too few to say.")
+VERDICT_NOTE = (f"{REPRODUCED} the published number lies where our seeds' spread allows it, the paper's own seed"
+                " noise counted (95%, Student's t on our std s over n seeds: for a published single run our"
+                " prediction interval, mean ± t·s·√(1 + 1/n); for a published mean of m runs the interval for a"
+                f" difference of means, mean ± t·s·√(1/n + 1/m)): reproduced; {NOT_REPRODUCED} outside it: not"
+                f" reproduced, by Δ; {UNDECIDED} one seed: too few to say.")
+UNSTATED_RUNS_NOTE = "Where the paper does not say how many runs a number averages, it is judged as one run."
 
 
 class ReportError(Exception):
@@ -54,6 +59,7 @@ class Cell:
     chosen: tuple = ()  # with best_over: the winning axis value, per averaged seed
     paper: float | None = None  # the published number for this cell, when attached
     paper_ref: str = ""  # where it comes from: "coss supp. Table 3"
+    paper_runs: int | None = None  # how many runs the published number averages (None: the paper does not say)
     values: tuple[float, ...] = ()  # the averaged values, one per seed
     p_best: float | None = None  # Welch's t-test against the row's best cell (None: not tested)
 
@@ -68,15 +74,29 @@ class Cell:
         return self.mean - half, self.mean + half
 
     @property
+    def paper_interval(self) -> tuple[float, float] | None:
+        """Where the published number may lie and still be ours (95%): our mean ± t·s·√(1/n + 1/m) for a
+        number that averages m runs, with our std s over n seeds standing for both sides' seed noise
+        (m = 1, a single run: the prediction interval; the paper's own spread is rarely published).
+        None below two seeds or without a published number."""
+        if self.paper is None or self.n < 2 or math.isnan(self.std):
+            return None
+        from scipy.stats import t
+
+        m = self.paper_runs or 1
+        half = float(t.ppf(0.975, self.n - 1)) * self.std * math.sqrt(1 / self.n + 1 / m)
+        return self.mean - half, self.mean + half
+
+    @property
     def verdict(self) -> str | None:
         """Against the published number: reproduced, not reproduced, or too few seeds to say."""
         if self.paper is None or math.isnan(self.mean):
             return None
-        ci = self.ci
-        if ci is None:
+        band = self.paper_interval
+        if band is None:
             return UNDECIDED
         # As printed: a published 73.90 against an interval that ends at 73.899 is inside it.
-        return REPRODUCED if round(ci[0], 2) <= self.paper <= round(ci[1], 2) else NOT_REPRODUCED
+        return REPRODUCED if round(band[0], 2) <= self.paper <= round(band[1], 2) else NOT_REPRODUCED
 
     @property
     def not_worse(self) -> bool:
@@ -339,8 +359,11 @@ def notes(table: pd.DataFrame) -> list[str]:
         out.append(NOT_WORSE_NOTE)
     if refs := table.attrs.get("paper_sources"):
         out.append(f"paper: the published number ({'; '.join(refs)}); Δ = ours − paper, on the means.")
-        if any(c.verdict for name, c in _student_cells(table)):
+        judged = [c for name, c in _student_cells(table) if c.verdict]
+        if judged:
             out.append(VERDICT_NOTE)
+        if any(c.paper_runs is None for c in judged):
+            out.append(UNSTATED_RUNS_NOTE)
     out += table.attrs.get("paper_notes", [])  # results.compare: coverage, teacher gaps, deviations
     if note := table.attrs.get("versions_note"):
         out.append(note)
@@ -374,8 +397,11 @@ def csv_frame(table: pd.DataFrame) -> pd.DataFrame:
             r.update(ci_low=None if ci is None else round(ci[0], 4), ci_high=None if ci is None else round(ci[1], 4),
                      p_vs_best=None if c.p_best is None else round(c.p_best, 4), not_worse=c.not_worse)
             if with_paper:
-                r.update(paper=c.paper, delta=None if c.delta is None else round(c.delta, 4) + 0.0,
-                         paper_source=c.paper_ref,
+                band = c.paper_interval
+                r.update(paper=c.paper, paper_runs=c.paper_runs,
+                         delta=None if c.delta is None else round(c.delta, 4) + 0.0, paper_source=c.paper_ref,
+                         verdict_low=None if band is None else round(band[0], 4),
+                         verdict_high=None if band is None else round(band[1], 4),
                          verdict={REPRODUCED: "reproduced", NOT_REPRODUCED: "not reproduced",
                                   UNDECIDED: "too few seeds", None: None}[c.verdict if name != TEACHER else None])
             rows.append(r)

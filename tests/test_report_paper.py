@@ -137,7 +137,7 @@ def test_markdown_best_over_with_paper(runs, paper_csv):
         ["t2/s2", "72.00 ± – (1)", "–", "**66.00 ± 1.41 (2/3)†**", "62.00 ± 1.00 (3)≈"],
         ["↳ paper", "", "", "66.25", ""],
         ["↳ Δ", "", "", "−0.25 ✓", ""]]
-    assert lines[8:16] == [
+    assert lines[8:17] == [
         "", "Best over scale ∈ {1, 2} per seed (the highest value among that seed's runs; a seed counts only"
             " when every scale finished), then mean ± std over seeds.",
         "† fewer finished seeds than the sweep asked for, shown as (finished/asked).",
@@ -145,8 +145,11 @@ def test_markdown_best_over_with_paper(runs, paper_csv):
         "≈ not significantly below the row's best (Welch's t-test over seeds, p ≥ 0.05); an unmarked cell with two or"
         " more seeds is below it at p < 0.05.",
         "paper: the published number (mypaper Table 9); Δ = ours − paper, on the means.",
-        "✓ the published number lies in our 95% interval for the mean (Student's t over seeds): reproduced;"
-        " ✗ outside it: not reproduced, by Δ; ? one seed: too few to say.",
+        "✓ the published number lies where our seeds' spread allows it, the paper's own seed noise counted (95%,"
+        " Student's t on our std s over n seeds: for a published single run our prediction interval,"
+        " mean ± t·s·√(1 + 1/n); for a published mean of m runs the interval for a difference of means,"
+        " mean ± t·s·√(1/n + 1/m)): reproduced; ✗ outside it: not reproduced, by Δ; ? one seed: too few to say.",
+        "Where the paper does not say how many runs a number averages, it is judged as one run.",
         "This sweep's file names no published table (`paper:`): its cells were matched against every table of"
         " its dataset."]
     assert lines[-1].startswith("scale_sweep: linear_top1 (%)")
@@ -191,7 +194,8 @@ def test_latex_best_over_with_paper(runs, paper_csv):
     assert tex.count(r"\textbf") == 2 and "±" not in tex and "Δ" not in tex and "†" not in tex
     assert r"Best over scale $\in$ \{1, 2\} per seed" in tex
     assert r"paper: the published number (mypaper Table 9); $\Delta$ = ours $-$ paper, on the means. \\" in tex
-    assert r"\checkmark{} the published number lies in our 95\% interval" in tex
+    assert r"\checkmark{} the published number lies where our seeds' spread allows it" in tex
+    assert r"mean $\pm$ t·s·√(1 + 1/n)" in tex
     assert lines[-2].startswith(r"\caption{scale\_sweep: linear\_top1 (\%)") and lines[-1] == r"\end{table}"
 
 
@@ -199,8 +203,8 @@ def test_csv_best_over_with_paper(runs, paper_csv):
     out, _, _ = compose(TAGS, "x" * 8, runs, fmt="csv", best_over="scale", paper=True, published=paper_csv)
     csv = pd.read_csv(io.StringIO(out), dtype={"best_scale": str}, keep_default_na=False, na_values=[""])
     assert list(csv.columns) == ["pair", "column", "mean", "std", "n", "n_asked", "n_failed", "best", "best_scale",
-                                 "ci_low", "ci_high", "p_vs_best", "not_worse", "paper", "delta", "paper_source",
-                                 "verdict"]
+                                 "ci_low", "ci_high", "p_vs_best", "not_worse", "paper", "paper_runs", "delta",
+                                 "paper_source", "verdict_low", "verdict_high", "verdict"]
     by = csv.set_index(["pair", "column"])
     assert by.loc[("t/s", "lambda=0"), ["mean", "std", "n", "n_asked", "n_failed", "best", "best_scale"]].tolist() \
         == [71.6667, 1.1547, 3, 3, 0, False, "2;1;2"]
@@ -432,28 +436,52 @@ def test_one_seed_is_never_tested_and_equal_spreadless_cells_are_equal():
     assert table.loc["t/s", "lambda=1"].p_best == 0.0
 
 
-def test_paper_verdict_from_our_95_percent_interval(tmp_path, monkeypatch):
-    # 3 seeds, mean 76, std 1: the interval is 76 ± t_{0.975, 2} / sqrt(3) = 76 ± 2.484.
+def test_the_verdict_counts_how_many_runs_the_published_number_averages(tmp_path, monkeypatch):
+    # Each cell: 3 seeds 75, 76, 77 (mean 76, s 1, t_{0.975, 2} = 4.303). A published single run may lie
+    # in 76 ± 4.303·√(1 + 1/3) = 76 ± 4.97 (the prediction interval); a published mean of 3 runs in
+    # 76 ± 4.303·√(1/3 + 1/3) = 76 ± 3.51; the old interval for our mean alone, 76 ± 2.48, counted no
+    # noise on the paper's side and called 72.00 not reproduced either way.
     (tmp_path / "p.csv").write_text(
-        "table,dataset,pair,method,cell,metric,value,note\n"
-        'T,cifar100,t/s,at,"{""lambda"": 0.5}",linear_top1,74.00,\n'   # inside: reproduced
-        'T,cifar100,t/s,at,"{""lambda"": 0}",linear_top1,75.00,\n'     # outside 71 ± 2.48: not reproduced
-        'T,cifar100,t/s,at,"{""lambda"": 1}",linear_top1,75.00,\n')    # one seed: too few to say
+        "table,dataset,pair,method,cell,metric,value,runs,note\n"
+        'T,cifar100,t/s,at,"{""lambda"": 0.5}",linear_top1,72.00,1,\n'   # one run, inside ±4.97: reproduced
+        'T,cifar100,t/s,at,"{""lambda"": 0}",linear_top1,72.00,3,\n'     # a mean of 3, outside ±3.51: not
+        'T,cifar100,t/s,at,"{""lambda"": 1}",linear_top1,72.00,,\n'      # unstated: judged as one run
+        'T,cifar100,t/s,at,"{""lambda"": 2}",linear_top1,72.00,1,\n')    # one seed: too few to say
     monkeypatch.setattr(published, "HERE", tmp_path)
-    runs = _cells({0.5: [75.0, 76.0, 77.0], 0: [70.0, 71.0, 72.0], 1: [74.0]})
+    runs = _cells({0.5: [75.0, 76.0, 77.0], 0: [75.0, 76.0, 77.0], 1: [75.0, 76.0, 77.0], 2: [74.0]})
     text, table, _ = compose(TAGS, "x" * 8, runs, paper=True, published=published.load_published("p"))
-    c = table.loc["t/s", "lambda=0.5"]
     from scipy.stats import t
 
-    half = t.ppf(0.975, 2) / math.sqrt(3)
-    assert c.ci == pytest.approx((76 - half, 76 + half)) and c.verdict == "✓"
-    assert table.loc["t/s", "lambda=0"].verdict == "✗" and table.loc["t/s", "lambda=1"].verdict == "?"
+    q = t.ppf(0.975, 2)
+    one, three = table.loc["t/s", "lambda=0.5"], table.loc["t/s", "lambda=0"]
+    assert (one.paper_runs, three.paper_runs, table.loc["t/s", "lambda=1"].paper_runs) == (1, 3, None)
+    assert one.paper_interval == pytest.approx((76 - q * math.sqrt(4 / 3), 76 + q * math.sqrt(4 / 3)))
+    assert three.paper_interval == pytest.approx((76 - q * math.sqrt(2 / 3), 76 + q * math.sqrt(2 / 3)))
+    assert one.ci == pytest.approx((76 - q / math.sqrt(3), 76 + q / math.sqrt(3)))  # our mean's own, unchanged
+    assert [table.loc["t/s", f"lambda={v}"].verdict for v in (0.5, 0, 1, 2)] == ["✓", "✗", "✓", "?"]
     delta = [md_cells(x) for x in text.splitlines() if x.startswith("| ↳ Δ")][0]
-    assert delta[1:] == ["−4.00 ✗", "+2.00 ✓", "−1.00 ?"]
+    assert delta[1:] == ["+4.00 ✗", "+4.00 ✓", "+4.00 ✓", "+2.00 ?"]
+    assert "Where the paper does not say how many runs a number averages, it is judged as one run." in text
     csv = pd.read_csv(io.StringIO(compose(TAGS, "x" * 8, runs, fmt="csv", paper=True,
                                           published=published.load_published("p"))[0])).set_index("column")
-    assert csv.loc["lambda=0.5", "ci_low"] == pytest.approx(76 - half, abs=1e-4)
-    assert csv["verdict"].tolist() == ["not reproduced", "reproduced", "too few seeds"]
+    assert csv.loc["lambda=0", "verdict_low"] == pytest.approx(76 - q * math.sqrt(2 / 3), abs=1e-4)
+    assert csv.loc["lambda=0", "paper_runs"] == 3 and math.isnan(csv.loc["lambda=1", "paper_runs"])
+    assert csv.loc[["lambda=0", "lambda=0.5", "lambda=1", "lambda=2"], "verdict"].tolist() == \
+        ["not reproduced", "reproduced", "reproduced", "too few seeds"]
+
+
+def test_every_published_number_says_how_many_runs_it_averages_where_its_source_does():
+    pub = published.load_published()
+    rrkd = pub[pub["paper"] == "rrkd"]
+    # RRKD: Tables 1-2 are means of 3 runs (the paper); Tables 3 and 5 one run each (the notebook's cells).
+    assert set(rrkd[rrkd["table"].isin(["Table 1", "Table 2"])]["runs"]) == {3}
+    assert set(rrkd[rrkd["table"].isin(["Table 3", "Table 5"])]["runs"]) == {1}
+    for _, r in pub.iterrows():  # the count and the note never disagree
+        if "mean of 3 runs" in r["note"]:
+            assert r["runs"] == 3, r.to_dict()
+        if "one run" in r["note"]:
+            assert r["runs"] == 1, r.to_dict()
+    assert pub["runs"].map(lambda r: r is None or (isinstance(r, int) and r >= 1)).all()
 
 
 def test_coverage_says_why_each_published_number_is_missing(tmp_path, monkeypatch):
