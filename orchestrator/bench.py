@@ -54,6 +54,84 @@ def trainable_rate(root: str, teacher: str, student: str, steps: int, device: st
     return rates[-1]
 
 
+MNIST_BATCH = 128
+
+
+def _mnist_sweep(root: str, images: int, cpus: int) -> dict:
+    """RRKD Table 1's student trial (sweeps/rrkd_tables12_mnist_ssl.yaml) on IMAGES training images."""
+    return {"name": "bench", "dataset": {"name": "mnist", "root": root, "verify_checksum": False, "max_train": images,
+                                         "max_test": 128, "normalize": {"mean": [0.5], "std": [0.5]}},
+            "pairs": [{"teacher": {"model": "ae_encoder", "hidden": [128], "embedding_dim": 64},
+                       "student": {"model": "ae_encoder", "hidden": [64], "embedding_dim": 32}}],
+            "setting": "unsupervised", "method": "rrkd", "knobs": {"lambda_ce": 0, "anchors": "in_batch"},
+            "seeds": [0], "train": {"epochs": 2, "batch_size": MNIST_BATCH, "lr": 0.1, "momentum": 0.9,
+                                    "weight_decay": 0.0, "milestones": []},
+            "eval": {"knn": {"k": 10}}, "resources": {"cpu": cpus, "gpu": 0}}
+
+
+def mnist_trainable_rate(root: str, steps: int, cpus: int) -> float:
+    """Images/s of kd-sweep's trainable on RRKD's MNIST student (evaluation excluded: the second of two
+    epochs of `steps` batches, timed by the trial itself)."""
+    from trainables.models import build_model
+    from trainables.trial import fit
+
+    from .runner import preflight
+    from .spec import Sweep
+
+    plan = preflight(Sweep.model_validate(_mnist_sweep(root, steps * MNIST_BATCH, cpus)), "bench", root)
+    t_state = build_model("ae_encoder", 10, 1, 28, hidden=[128], embedding_dim=64).state_dict()
+    rates = []
+    fit(plan.students[0], lambda m, s, f: rates.append(m["train/images_per_s"]), t_state)
+    return rates[-1]
+
+
+def mnist_plain_rate(root: str, steps: int, threads: int) -> float:
+    out = subprocess.run([sys.executable, "-m", "orchestrator.plain_loop", root, "--task", "mnist-rrkd", "--steps",
+                          str(steps + WARMUP), "--batch", str(MNIST_BATCH), "--workers", "0", "--threads", str(threads)],
+                         capture_output=True, text=True, timeout=3600)
+    m = re.search(r"plain loop: ([\d.]+) images/s", out.stdout)
+    if not m:
+        raise RuntimeError(f"the plain loop printed no rate: {out.stdout[-500:]} {out.stderr[-1500:]}")
+    return float(m.group(1))
+
+
+def concurrent_rates(code: str, n: int) -> float:
+    """Summed images/s of N processes running CODE at once (each prints `rate R`)."""
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(n)]
+    total = 0.0
+    for p in procs:
+        out, err = p.communicate(timeout=3600)
+        m = re.search(r"^rate ([\d.]+)", out, re.M)
+        if p.returncode != 0 or not m:
+            raise RuntimeError(f"a concurrent trial failed: {out[-300:]} {err[-800:]}")
+        total += float(m.group(1))
+    return total
+
+
+def mnist_small(echo, steps: int, cpus: int) -> None:
+    """RRKD's MNIST MLPs on the CPU: kd-sweep's epoch against the plain loop's, and what the sweep files'
+    `resources.cpu` should be (one trial of all the cores, or one trial per core)."""
+    from trainables.datasets.synthetic import write_mnist
+
+    with tempfile.TemporaryDirectory() as root:
+        write_mnist(Path(root), (steps + WARMUP) * MNIST_BATCH, 256)
+        echo(f"\n[mnist] RRKD's MNIST student (AE-64 encoder -> AE-32, in-batch anchors, batch {MNIST_BATCH}),"
+             f" {steps} steps an epoch, evaluation excluded; generated MNIST in the release's format")
+        for threads in sorted({1, cpus}):
+            plain = mnist_plain_rate(root, steps, threads)
+            ours = mnist_trainable_rate(root, steps, threads)
+            echo(f"  resources.cpu {threads}: kd-sweep {ours:.0f} images/s, plain loop {plain:.0f} images/s:"
+                 f" kd-sweep's epoch takes {plain / ours:.2f}x the plain loop's")
+        if cpus > 1:
+            code = (f"from orchestrator.bench import mnist_trainable_rate; print('rate', mnist_trainable_rate({root!r},"
+                    f" {steps}, {{}}))")
+            one_big = concurrent_rates(code.format(cpus), 1)
+            per_core = concurrent_rates(code.format(1), cpus)
+            echo(f"  throughput on {cpus} cores: one trial of resources.cpu {cpus} {one_big:.0f} images/s; {cpus}"
+                 f" trials of cpu 1 at once {per_core:.0f} images/s in all ({per_core / one_big:.2f}x)")
+
+
 def plain_loop_rate(root: str, teacher: str, student: str, steps: int, device: str, workers: int) -> float:
     out = subprocess.run([sys.executable, "-m", "orchestrator.plain_loop", root, "--steps", str(steps + WARMUP),
                           "--batch", str(BATCH),
@@ -211,6 +289,7 @@ def run_bench(echo, steps: int = 10, faiss_n: int | None = None) -> None:
         echo(f"  bare {bare:.1f} s; sweep {swept:.1f} s (its own Ray started and stopped): overhead"
              f" {swept - bare:.1f} s = {(swept - bare) / 60:.0%} of a 60-second trial (paid once per sweep: Ray's"
              " start and stop, a trial actor's start per phase, MLflow)")
+    mnist_small(echo, steps * 20, cpus)
     n = faiss_n or (50_000 if torch.cuda.is_available() else 10_000)
     t = faiss_time(n)
     scale = "" if n == 50_000 else f"; 50k x 2048 by the n^2 law: ~{t * (50_000 / n) ** 2:.0f} s"

@@ -190,6 +190,43 @@ def report(
     _browse(uri, parent.info.experiment_id)
 
 
+@app.command()
+def record(
+    sweeps: list[str] = typer.Argument(..., metavar="SWEEP...", help="the sweeps the record covers, in its order"),
+    out: Optional[str] = typer.Option(None, "--out", "-o", metavar="FILE",
+                                      help="write the record to FILE (folders are made) instead of stdout"),
+    tracking_uri: Optional[str] = typer.Option(None, envvar="MLFLOW_TRACKING_URI", metavar="URI",
+                                               help="MLflow store (default: sqlite:///mlflow.db here)"),
+) -> None:
+    """A reproduction record of SWEEPs' latest runs (markdown): per sweep the command, commit, versions,
+    hardware, wall time and its `--paper` tables, and on top every published number against ours."""
+    from results.collect import sweep_runs
+    from results.mlflow_schema import NoRuns
+    from results.published import load_published
+    from results.record import SweepRun, render_record
+
+    from .resume import command_line
+    from .tracking import resolve_tracking_uri
+
+    uri = existing_store(resolve_tracking_uri(tracking_uri))
+    found = []
+    for name in sweeps:
+        try:
+            parent, runs = sweep_runs(uri, name)
+        except NoRuns as e:
+            _fail(str(e), 1)
+        found.append(SweepRun(name, parent.info.run_id, dict(parent.data.tags), parent.info.start_time,
+                              parent.info.end_time, parent.info.status, runs))
+    text = render_record(found, load_published(), command_line())
+    if out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(text)
+        typer.echo(f"wrote {out}", err=True)
+    else:
+        sys.stdout.write(text)
+
+
 def _browse(uri: str, exp_id: str) -> None:
     """The link to the runs, on stderr: stdout may be a table piped into a file."""
     from .tracking import Store

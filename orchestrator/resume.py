@@ -30,7 +30,8 @@ def driver_tag() -> str:
 def command_line() -> str:
     """The command as typed, `kd-sweep run ...` (what a reproduction record quotes)."""
     args = list(sys.argv)
-    if args and os.path.basename(args[0]) == "kd-sweep":
+    # The entry point, or `python -m orchestrator.cli` (the same program): as a user would type it.
+    if args and (os.path.basename(args[0]) == "kd-sweep" or args[0].endswith(os.path.join("orchestrator", "cli.py"))):
         args[0] = "kd-sweep"
     return shlex.join(args)
 

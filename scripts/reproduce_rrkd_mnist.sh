@@ -12,4 +12,4 @@ for s in "${sweeps[@]}"; do
   kd-sweep run "sweeps/$s.yaml" --set dataset.root="$root"
 done
 mkdir -p results/reproductions
-kd-sweep report "${sweeps[@]}" --paper --record results/reproductions/rrkd_mnist.md
+kd-sweep record "${sweeps[@]}" --out results/reproductions/rrkd_mnist.md

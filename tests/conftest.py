@@ -15,6 +15,13 @@ from trainables.datasets.synthetic import write_cifar100  # noqa: F401  (tests i
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPS = REPO / "sweeps"
+# A folder holding MNIST/raw/ with the official release: KD_SWEEP_TEST_DATA (.ci/run sets it), else the
+# project's shared data beside the checkout.
+REAL_MNIST = Path(os.environ.get("KD_SWEEP_TEST_DATA") or REPO.parent / "shared" / "data")
+needs_real_mnist = pytest.mark.skipif(
+    not (REAL_MNIST / "MNIST" / "raw").is_dir(),
+    reason=f"the official MNIST release is not at {REAL_MNIST}/MNIST/raw: set KD_SWEEP_TEST_DATA to a folder"
+           " holding MNIST/raw/ (its four .gz files)")
 
 
 @pytest.fixture(scope="session")

@@ -55,6 +55,37 @@ def test_the_plain_loop_is_the_projects_own_and_times_a_real_loop(tmp_path):
     assert m and float(m.group(1)) > 0, res.stdout
 
 
+def test_the_small_model_bench_times_rrkds_mnist_student_in_both_loops(tmp_path):
+    """`--task mnist-rrkd`: the plain loop trains RRKD's AE-32 on MNIST files (the release's .gz form),
+    and its loss really is RRKD's: the same value as kd-sweep's method on the same batch. kd-sweep's side of
+    the comparison is its own trial on the same files, timed by the trial."""
+    import re
+    import subprocess
+    import sys
+
+    import torch
+
+    from orchestrator.bench import mnist_trainable_rate
+    from orchestrator.plain_loop import rrkd_loss
+    from trainables.datasets.synthetic import write_mnist
+    from trainables.methods.rrkd import relative
+    from trainables.methods.rrkd import rrkd_loss as ours
+
+    write_mnist(tmp_path / "data", 16 * 8, 32, archives=True)
+    for f in (tmp_path / "data" / "MNIST" / "raw").glob("*-ubyte"):
+        f.unlink()  # the archives alone, as a mirror gives them
+    res = subprocess.run([sys.executable, "-m", "orchestrator.plain_loop", str(tmp_path / "data"), "--task", "mnist-rrkd",
+                          "--steps", "7", "--batch", "16", "--workers", "0", "--threads", "1"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    m = re.fullmatch(r"plain loop: ([\d.]+) images/s \(mnist ae_encoder-128->ae_encoder-64, RRKD, batch 16, cpu,"
+                     r" threads 1\)\n", res.stdout)
+    assert m and float(m.group(1)) > 0, res.stdout
+    s, t = torch.randn(8, 32), torch.randn(8, 64)
+    assert rrkd_loss(s, t).item() == pytest.approx(ours(relative(s, s), relative(t, t)).item(), abs=1e-6)
+    assert mnist_trainable_rate(str(tmp_path / "data"), 4, 1) > 0
+
+
 def test_product_code_reads_nothing_outside_the_package():
     """A user's clone has no ../shared: no module of kd-sweep names a path there."""
     import re

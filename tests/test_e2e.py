@@ -432,3 +432,31 @@ def browse(url: str, shot: str) -> str:
     subprocess.run([*args, f"--screenshot={png}", url], capture_output=True, timeout=120)
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     return subprocess.run([*args, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+
+
+def test_the_reproduction_record_of_a_run_says_how_it_was_made(quickstart):
+    """`kd-sweep record` writes, from the store alone, the command the user typed, the commit and
+    versions the runs recorded, the hardware, the wall time, and the same table `report` prints."""
+    from importlib.metadata import version
+
+    cwd, first = quickstart
+    uri = f"sqlite:///{cwd}/mlflow.db"
+    typed = readme_commands()[0].split("&&")[1].strip()
+    assert quickstart_parent(uri, first).data.tags["kd.command"] == typed  # as the user typed it
+    res = kd_sweep("record", "quickstart", "--out", "records/quickstart.md", cwd=cwd)
+    assert res.returncode == 0, res.stderr
+    text = (cwd / "records" / "quickstart.md").read_text()
+    assert text.startswith("# Reproduction record: quickstart\n")
+    assert "Written by `kd-sweep record quickstart --out records/quickstart.md`" in text
+    # The sweep's latest run (other tests of this module may have run it again, shrunk).
+    parent = MlflowClient(uri).get_run(text.split("- parent run: ", 1)[1].split()[0])
+    assert f"- command: `{parent.data.tags['kd.command']}`" in text and "kd-sweep run sweeps/quickstart.yaml" in text
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    commit = next(ln for ln in text.splitlines() if ln.startswith("- commit: "))
+    assert commit in (f"- commit: {head}", f"- commit: {head}-dirty")
+    assert f"torch {parent.data.tags['kd.versions.torch']}" in text and f"mlflow {version('mlflow')}" in text
+    assert f"- hardware: {parent.data.tags['kd.versions.cpu']}" in text and "trials ran on cpu" in text
+    wall = (parent.info.end_time - parent.info.start_time) / 1000
+    assert f"wall time {round(wall)} s" in text or f"({round(wall)} s)" in text
+    table = kd_sweep("report", "quickstart", "--paper", cwd=cwd).stdout
+    assert table.split("\n\n")[0] in text  # the table rows as `report --paper` prints them

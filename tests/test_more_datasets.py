@@ -12,7 +12,7 @@ import torchvision
 
 from trainables.datasets import DatasetMissing, ImageData, load_dataset
 
-from .conftest import write_cifar100
+from .conftest import REAL_MNIST, needs_real_mnist, write_cifar100
 from trainables.datasets.synthetic import write_cifar10, write_mnist, write_svhn
 
 WRITERS = {"cifar10": write_cifar10, "svhn": write_svhn, "mnist": write_mnist, "cifar100": write_cifar100}
@@ -117,14 +117,7 @@ def test_mnist_idx_files_alone_are_checked_by_their_content(tmp_path):
         load_dataset("mnist", str(tmp_path))
 
 
-# A folder holding MNIST/raw/ with the official release: KD_SWEEP_TEST_DATA (.ci/run sets it), else the
-# project's shared data beside the checkout.
-REAL_MNIST = Path(os.environ.get("KD_SWEEP_TEST_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
-
-
-@pytest.mark.skipif(not (REAL_MNIST / "MNIST" / "raw").is_dir(),
-                    reason=f"the official MNIST release is not at {REAL_MNIST}/MNIST/raw: set KD_SWEEP_TEST_DATA to"
-                           " a folder holding MNIST/raw/ (its four .gz files)")
+@needs_real_mnist
 def test_the_official_mnist_archives_load_as_they_come_and_equal_torchvisions_reading(tmp_path):
     """The four .gz files alone, in a folder kd-sweep cannot write to: read in memory, MD5-checked; the
     same tensors torchvision reads from the files it extracts."""

@@ -545,4 +545,5 @@ def _step(m: Member, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, t_out:
 def device_name(cfg: dict) -> str:
     if pick_device(cfg).type == "cuda":
         return torch.cuda.get_device_name()
-    return f"cpu ({torch.get_num_threads()} threads)"
+    n = torch.get_num_threads()
+    return f"cpu ({n} thread{'s' * (n != 1)})"
