@@ -35,6 +35,15 @@ def _fail(msg: str, code: int) -> None:
     raise typer.Exit(code)
 
 
+def usable_store(uri: str) -> str:
+    """URI, once it answers (tracking.store_problem); else the one-line reason, exit 1."""
+    from .tracking import store_problem
+
+    if (why := store_problem(uri)) is not None:
+        _fail(why, 1)
+    return uri
+
+
 def existing_store(uri: str) -> str:
     """Commands that only read (report, status) never create a store: MLflow would make an empty
     sqlite file (and its folders) at the path and then find no runs in it."""
@@ -42,6 +51,7 @@ def existing_store(uri: str) -> str:
 
     from .tracking import local_store_path, store_exists
 
+    usable_store(uri)
     if not store_exists(uri):
         raise NoRuns(f"no MLflow store at {local_store_path(uri)}: run `kd-sweep run SWEEP.yaml` here first, or point at the"
                      " store with --tracking-uri (or MLFLOW_TRACKING_URI)")
@@ -86,18 +96,19 @@ def run(
     from .runner import RunError, run_sweep
     from .tracking import resolve_tracking_uri
 
+    uri = usable_store(resolve_tracking_uri(tracking_uri))
     if dry_run:
         from .dryrun import dry_run as show
 
         try:
-            show(sweep, file, resolve_tracking_uri(tracking_uri))
+            show(sweep, file, uri)
         except SpecError as e:
             _fail(str(e), 2)
         return
     try:
         if rerun and resume:
             _fail("--rerun starts the sweep anew and --resume continues one: give one of them", 2)
-        code = run_sweep(sweep, file, address, resolve_tracking_uri(tracking_uri), storage, smoke=smoke,
+        code = run_sweep(sweep, file, address, uri, storage, smoke=smoke,
                          rerun=rerun, resume=resume)
     except SpecError as e:
         _fail(str(e), 2)

@@ -73,6 +73,30 @@ def owner_only_token() -> Path | None:
     return path
 
 
+def unreachable_cluster(address: str | None) -> str | None:
+    """Why nothing answers at the Ray address given (--address, else RAY_ADDRESS), in one line, or None:
+    one TCP connection to exactly that host and port, in seconds, before any store or lock is written
+    (ray.init would try for a minute, and warn about other addresses on the way). `auto` and `local`
+    are Ray's to resolve."""
+    import socket
+
+    given = address or os.environ.get("RAY_ADDRESS")
+    if not given or given in ("auto", "local"):
+        return None
+    hostport = given.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return f"the Ray address {given} is not HOST:PORT (e.g. 10.0.0.5:6379, the head's `ray start --head` port)"
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as e:
+        why = e.strerror or str(e) or type(e).__name__
+        src = "" if address else " (from RAY_ADDRESS)"
+        return (f"no Ray cluster answers at {given}{src}: {why.lower()}; start one there with `ray start --head"
+                f" --port {port}`, or leave --address out to run on a Ray of this sweep's own")
+    return None
+
+
 def _init_ray(address: str | None, sweep: Sweep, file: str) -> None:
     logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_AUTH_NOTE)
     logging.getLogger("ray.tune.tune").addFilter(_RESTORE_NOTE)

@@ -28,7 +28,7 @@ from .tracking import (Store, failure_reason, local_store_path, make_callback, s
                        unreachable_server, unwritable_store)
 from . import packing
 from .preflight import Plan, preflight
-from .ray_session import RunError, _init_ray, _shutdown_ray, check_storage
+from .ray_session import RunError, _init_ray, _shutdown_ray, check_storage, unreachable_cluster
 from .ui import browse_hint, sweep_view
 from .trials import evaluate_only, trial_name
 
@@ -154,6 +154,8 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
     if (why := unwritable_store(tracking_uri)) is not None:
         raise RunError(f"the MLflow store cannot take this sweep's runs: {why}; give a writable one with"
                        " --tracking-uri (or MLFLOW_TRACKING_URI), or fix its permissions")
+    if (why := unreachable_cluster(address)) is not None:
+        raise RunError(why)
     if (why := unreachable_server(tracking_uri)) is not None:
         raise RunError(f"the MLflow server {tracking_uri} does not answer ({why}): start it (`mlflow server`),"
                        " or give another store with --tracking-uri")

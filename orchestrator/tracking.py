@@ -106,15 +106,62 @@ def failure_reason(e: BaseException) -> str:
 
 def unreachable_server(uri: str) -> str | None:
     """Why an MLflow server at URI does not answer, or None (a local store, or a server that answers).
-    One quick request before Ray starts, where MLflow's client would retry for minutes."""
+    One quick request before anything else, where MLflow's client would retry for minutes."""
     if not uri.startswith(("http://", "https://")):
         return None
     import requests
 
     try:
-        requests.get(uri.rstrip("/") + "/health", timeout=10)
+        requests.get(uri.rstrip("/") + "/health", timeout=(5, 10))
     except requests.exceptions.RequestException as e:
         return failure_reason(e)
+    return None
+
+
+# The stores MLflow's tracking client takes (a database by its SQLAlchemy dialect, with or without a driver:
+# postgresql+psycopg2://...).
+STORE_SCHEMES = ("file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+
+
+def damaged_sqlite(path: str) -> str | None:
+    """Why the sqlite file at PATH is no MLflow store to read (damaged, cut short, another program's
+    database), as "it is ...", or None. Read-only: a sweep may be writing it."""
+    import sqlite3
+
+    if os.path.getsize(path) == 0:
+        return None  # an empty file: MLflow makes its tables in it
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            # quick_check reads every page: a file cut short passes the first page and fails here.
+            check = con.execute("PRAGMA quick_check(1)").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        return f"it is not a readable SQLite database ({e}: damaged or cut short?)"
+    if check != "ok":
+        return f"it is damaged (SQLite's check: {check})"
+    if tables and "experiments" not in tables:
+        return "it is another program's SQLite database, not an MLflow store (no experiments table)"
+    return None
+
+
+def store_problem(uri: str) -> str | None:
+    """Why the MLflow store at URI cannot be used, in one line, or None: a scheme MLflow does not take, a
+    server that does not answer, a damaged or foreign sqlite file. Every command asks this first, in
+    seconds, before it writes anything."""
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else "file"
+    if scheme not in STORE_SCHEMES:
+        return (f"the MLflow store URI {uri} has a scheme MLflow does not take ({scheme}://): give sqlite:///FILE,"
+                " a folder, http(s)://SERVER, or a database (postgresql://, mysql://, mssql://)")
+    if (why := unreachable_server(uri)) is not None:
+        return (f"the MLflow server {uri} does not answer ({why}): start it (`mlflow server`), or give another"
+                " store with --tracking-uri")
+    path = local_store_path(uri)
+    if uri.startswith("sqlite:") and path and os.path.isfile(path) and (why := damaged_sqlite(path)):
+        return (f"the MLflow store {uri} cannot be read: {why}; give another store with --tracking-uri, or move"
+                f" {path} aside and run again (a new store starts empty)")
     return None
 
 

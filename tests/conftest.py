@@ -78,8 +78,7 @@ def ray_cluster(tmp_path_factory):
 def kd_sweep(*args: str, cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """The real CLI in a subprocess, in its own working directory (its own MLflow store), joining the
     test process's Ray cluster."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
