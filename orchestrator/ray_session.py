@@ -4,10 +4,15 @@ storage before any trial starts. A Ray of the sweep's own costs ~2 s a sweep mor
 left running (README, Performance), and nothing outlives the command that started it."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
+import signal
+import threading
+import time
 from pathlib import Path
+from typing import Callable
 
 from .spec import SpecError, Sweep
 
@@ -95,6 +100,78 @@ def unreachable_cluster(address: str | None) -> str | None:
         return (f"no Ray cluster answers at {given}{src}: {why.lower()}; start one there with `ray start --head"
                 f" --port {port}`, or leave --address out to run on a Ray of this sweep's own")
     return None
+
+
+class ClusterWatch:
+    """The driver's watch on its Ray cluster: one TCP connection to the GCS (the head's control store)
+    every second. When it refuses or times out for `grace` seconds in a row (the head node is down, its
+    GCS was killed or ran out of memory), `on_lost(why)` runs in the watch's thread. Ray's own driver
+    waits 60 s for the GCS and then ends the process from C++, so no run would be closed; kd-sweep
+    says so in seconds and closes them itself. A listening GCS accepts the connection even when busy,
+    so a slow cluster is not taken for a lost one."""
+
+    def __init__(self, gcs_address: str, on_lost: Callable[[str], None], grace: float = 5.0, every: float = 1.0):
+        host, _, port = gcs_address.rpartition(":")
+        self.where, self.grace, self.every, self.on_lost = (host.strip("[]"), int(port)), grace, every, on_lost
+        self.gcs_address = gcs_address
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="kd-sweep-cluster-watch", daemon=True)
+
+    def start(self) -> ClusterWatch:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Before Ray is shut down on purpose: its GCS going away then is no loss."""
+        self._stop.set()
+
+    def _watch(self) -> None:
+        import socket
+
+        since = None
+        while not self._stop.wait(self.every):
+            try:
+                socket.create_connection(self.where, timeout=self.every).close()
+                since = None
+            except OSError as e:
+                since = since or time.monotonic()
+                if time.monotonic() - since >= self.grace and not self._stop.is_set():
+                    self.on_lost((e.strerror or str(e) or type(e).__name__).lower())
+                    return
+
+
+def gcs_address() -> str:
+    import ray
+
+    return ray.get_runtime_context().gcs_address
+
+
+def _children(pid: int) -> list[int]:
+    """PID's child processes, from /proc (Linux; elsewhere none)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    found = []
+    for task in tasks:
+        with contextlib.suppress(OSError, ValueError):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found += [int(c) for c in f.read().split()]
+    return found
+
+
+def kill_own_ray() -> None:
+    """After the sweep's own Ray lost its GCS: end what is left of it (raylet, workers, agents), the
+    driver's descendants, which would otherwise wait a minute for the GCS and then linger."""
+    todo, seen = _children(os.getpid()), set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        todo += _children(pid)
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _init_ray(address: str | None, sweep: Sweep, file: str) -> None:

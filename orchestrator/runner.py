@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 import yaml
 
-from results.mlflow_schema import SMOKE_SUFFIX, Param, Role, Status, Tag, cell_of, holds_result, smoke_tags
+from results.mlflow_schema import SMOKE_SUFFIX, Param, Role, State, Status, Tag, cell_of, holds_result, smoke_tags
 from trainables.config import PackConfig
 
 from .progress import Progress
@@ -28,7 +28,8 @@ from .tracking import (Store, failure_reason, local_store_path, make_callback, s
                        unreachable_server, unwritable_store)
 from . import packing
 from .preflight import Plan, preflight
-from .ray_session import RunError, _init_ray, _shutdown_ray, check_storage, unreachable_cluster
+from .ray_session import (ClusterWatch, RunError, _init_ray, _shutdown_ray, check_storage, gcs_address, kill_own_ray,
+                          unreachable_cluster)
 from .ui import browse_hint, sweep_view
 from .trials import evaluate_only, trial_name
 
@@ -54,6 +55,7 @@ class Interrupted(Exception):
 
 
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+CLUSTER_LOST_EXIT = 1
 
 
 def _term_as_int(signum, frame) -> None:
@@ -246,6 +248,31 @@ def _run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, 
     smoke_tag = smoke_tags(smoke)
     status = Status.FAILED
     callbacks: list = []
+    own_ray = not (address or os.environ.get("RAY_ADDRESS"))
+
+    def cluster_lost(why: str) -> None:
+        """From the watch's thread, while the main thread waits on a Ray that will never answer: close
+        the runs, say so in one line, and leave before Ray's driver ends the process from C++."""
+        gcs = watch.gcs_address
+        try:
+            stopped = sum(cb.close_unfinished(State.CLUSTER_LOST) or 0 for cb in callbacks)
+            store.set_tags(parent, {Tag.STATE: State.CLUSTER_LOST})
+            store.finish(parent, Status.KILLED)
+            closed = f"{stopped} started trial(s) and the parent run are marked KILLED (kd.state cluster_lost)"
+        except Exception as e:  # noqa: BLE001 - the line below must be said whatever the store does
+            closed = f"the runs could not be closed ({failure_reason(e)}); the same command closes or continues them"
+        what = (f"this sweep's own Ray stopped (its GCS at {gcs}: {why}; killed, or out of memory?)" if own_ray
+                else f"the Ray cluster's head at {gcs} no longer answers ({why}; node down, killed, or out of memory?)")
+        sys.stdout.flush()
+        sys.stderr.write(f"\nerror: lost the Ray cluster: {what}. {closed}; finished trials and epoch checkpoints"
+                         f" under {storage_path} are kept: run `{command_line()}` again to continue parent run"
+                         f" {parent[:8]}.\n")
+        sys.stderr.flush()
+        if own_ray:
+            kill_own_ray()
+        os._exit(CLUSTER_LOST_EXIT)
+
+    watch = ClusterWatch(gcs_address(), cluster_lost, grace=5.0 if own_ray else 15.0).start()
     on_term = signal.signal(signal.SIGTERM, _term_as_int) if threading.current_thread() is threading.main_thread() \
         else None
     try:
@@ -360,6 +387,7 @@ def _run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, 
         status = None  # the parent stays RUNNING: the next run of the same command continues it
         raise StoreFailed(tracking_uri, e, parent) from None
     finally:
+        watch.stop()
         if on_term is not None:
             signal.signal(signal.SIGTERM, on_term)
         _shutdown_ray()

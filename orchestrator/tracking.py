@@ -273,9 +273,10 @@ class Store:
     def finish(self, run_id: str, status: Status = Status.FINISHED) -> None:
         self.client.set_terminated(run_id, Status(status).value)
 
-    def interrupt(self, run_id: str) -> None:
-        """A trial its driver stopped before its end: KILLED, so no run stays RUNNING."""
-        self.set_state(run_id, State.INTERRUPTED)
+    def interrupt(self, run_id: str, why: State = State.INTERRUPTED) -> None:
+        """A trial stopped before its end (its driver stopped, its cluster was lost): KILLED, so no run
+        stays RUNNING."""
+        self.set_state(run_id, why)
         self.finish(run_id, Status.KILLED)
 
     def log_epoch(self, run_id: str, step: int, numbers: dict[str, float],
@@ -582,12 +583,12 @@ def make_callback(store: Store, exp_id: str, parent_id: str, progress=None, tags
                 progress.retrying(trial_name(trial.config), error_reason(trial))
 
         @_unless_store_failed
-        def close_unfinished(self) -> int:
-            """After an interrupt: the runs of trials that started and did not finish become KILLED
-            (kd.state interrupted), so no run stays RUNNING; a continued sweep reopens them."""
-            open_runs = [(key, run_id) for key, run_id in self.runs.items() if key not in self.closed]
+        def close_unfinished(self, why: State = State.INTERRUPTED) -> int:
+            """After an interrupt (or a lost cluster): the runs of trials that started and did not finish
+            become KILLED (kd.state WHY), so no run stays RUNNING; a continued sweep reopens them."""
+            open_runs = [(key, run_id) for key, run_id in list(self.runs.items()) if key not in self.closed]
             for key, run_id in open_runs:
-                store.interrupt(run_id)
+                store.interrupt(run_id, why)
                 self.closed.add(key)
             return len(open_runs)
 

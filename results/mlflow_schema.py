@@ -128,6 +128,7 @@ class State(StrEnum):
     REUSED = "reused"  # a link to the run of an earlier sweep that finished this very config; FINISHED
     STOPPED_EARLY = "stopped_early"  # the scheduler (ASHA) stopped it; KILLED
     INTERRUPTED = "interrupted"  # its driver stopped (Ctrl-C, SIGTERM, a kill) mid-trial; KILLED
+    CLUSTER_LOST = "cluster_lost"  # its Ray cluster was lost mid-trial (head node down, GCS killed); KILLED
     FAILED = "failed"  # kd.error says why; FAILED
 
 
