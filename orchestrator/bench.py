@@ -199,16 +199,7 @@ def shared_device_rates(root: str, device: str, cpus: int, steps: int, trials: i
     code = ("import sys; from orchestrator.bench import trainable_rate;"
             f" print('rate', trainable_rate({root!r}, 'resnet56', 'resnet20', {steps}, {device!r}, {threads},"
             f" {1 / trials}))")
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(trials)]
-    total = 0.0
-    for p in procs:
-        out, err = p.communicate(timeout=3600)
-        m = re.search(r"^rate ([\d.]+)", out, re.M)
-        if p.returncode != 0 or not m:
-            raise RuntimeError(f"a shared-device trial failed: {out[-300:]} {err[-800:]}")
-        total += float(m.group(1))
-    return total
+    return concurrent_rates(code, trials)
 
 
 def packing_cost(root: str, device: str, cpus: int, steps: int, lambdas=(0.25, 0.5, 1.0, 2.0)

@@ -38,6 +38,24 @@ def coss_loss(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return -(per_sample + per_dimension)
 
 
+def timed_rate(loader, step, steps: int, sync=lambda: None) -> float:
+    """Images/s of `step(images) -> batch size` over LOADER's batches, the first WARMUP steps untimed."""
+    done, seen, start = 0, 0, 0.0
+    while done < steps:
+        for images, _ in loader:
+            n = step(images)
+            done += 1
+            if done == WARMUP:
+                sync()
+                start = time.perf_counter()
+            elif done > WARMUP:
+                seen += n
+            if done >= steps:
+                break
+    sync()
+    return seen / (time.perf_counter() - start)
+
+
 def cifar100_train(root: str):
     """torchvision's CIFAR-100 with the CRD/RepDistiller augmentation. Its integrity check compares
     MD5s with the real release's, which generated test data cannot match: the files are read as they are."""
@@ -64,27 +82,19 @@ def images_per_s(root: str, teacher: str, student: str, steps: int, batch: int, 
                                          drop_last=True, pin_memory=device == "cuda")
     optimizer = torch.optim.SGD(model_s.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    step, seen, start = 0, 0, 0.0
-    while step < steps:
-        for images, _ in loader:
-            images = images.float().to(device, non_blocking=True)
-            with torch.no_grad():
-                feat_t = model_t(images).feature
-            loss = coss_loss(model_s(images).feature, feat_t)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            loss.item()
-            step += 1
-            if step == WARMUP:
-                sync()
-                start = time.perf_counter()
-            elif step > WARMUP:
-                seen += images.shape[0]
-            if step >= steps:
-                break
-    sync()
-    return seen / (time.perf_counter() - start)
+
+    def step(images: torch.Tensor) -> int:
+        images = images.float().to(device, non_blocking=True)
+        with torch.no_grad():
+            feat_t = model_t(images).feature
+        loss = coss_loss(model_s(images).feature, feat_t)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        loss.item()
+        return images.shape[0]
+
+    return timed_rate(loader, step, steps, sync)
 
 
 def rrkd_loss(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -119,25 +129,19 @@ def mnist_rrkd_images_per_s(root: str, steps: int, batch: int, device: str, work
     loader = torch.utils.data.DataLoader(mnist_train(root), batch_size=batch, shuffle=True, num_workers=workers,
                                          drop_last=True)
     optimizer = torch.optim.SGD(model_s.parameters(), lr=0.1, momentum=0.9)
-    step, seen, start = 0, 0, 0.0
-    while step < steps:
-        for images, _ in loader:
-            x = (images.to(device).float().div_(255).sub_(0.5).div_(0.5)).unsqueeze(1)
-            with torch.no_grad():
-                feat_t = model_t(x).feature
-            loss = rrkd_loss(model_s(x).feature, feat_t)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            loss.item()
-            step += 1
-            if step == WARMUP:
-                start = time.perf_counter()
-            elif step > WARMUP:
-                seen += x.shape[0]
-            if step >= steps:
-                break
-    return seen / (time.perf_counter() - start)
+
+    def step(images: torch.Tensor) -> int:
+        x = (images.to(device).float().div_(255).sub_(0.5).div_(0.5)).unsqueeze(1)
+        with torch.no_grad():
+            feat_t = model_t(x).feature
+        loss = rrkd_loss(model_s(x).feature, feat_t)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        loss.item()
+        return x.shape[0]
+
+    return timed_rate(loader, step, steps)
 
 
 def main(argv: list[str] | None = None) -> None:
