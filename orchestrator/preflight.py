@@ -19,7 +19,7 @@ from .trials import _dataset, file_digest, student_trials, teacher_trial
 class Plan:
     dataset: dict
     teachers: list[dict]                                  # one per distinct teacher config
-    pair_teacher: dict[int, str]                          # pair index -> teacher weights hash
+    pair_teacher: dict                                    # pair index (and seed, teacher_per_seed) -> teacher weights hash
     students: list[dict]
     given: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # weights hash -> checkpoint
     data: object = None  # the loaded dataset: packing measures the students on it
@@ -67,9 +67,12 @@ def preflight(sweep: Sweep, file: str, base: str) -> Plan:
             digest = file_digest(path)
             if not head:
                 check_headless_teacher(sweep, i, file)
-        cfg = teacher_trial(sweep, spec, dataset, digest, head)
-        teachers.setdefault(cfg["config_hash"], cfg)
-        pair_teacher[i] = cfg["weights_hash"]
+        # A given checkpoint is one teacher whatever the seeds; a trained one, one per seed when asked.
+        seeds = sweep.seeds if sweep.teacher_per_seed and not spec.checkpoint and pair.student is not None else [None]
+        for seed in seeds:
+            cfg = teacher_trial(sweep, spec, dataset, digest, head, *([] if seed is None else [seed]))
+            teachers.setdefault(cfg["config_hash"], cfg)
+            pair_teacher[i if seed is None else (i, seed)] = cfg["weights_hash"]
         if state is not None:
             given[cfg["weights_hash"]] = state
         if not cfg["student"].get("head", True):

@@ -75,10 +75,10 @@ def _curve(sweep: Sweep) -> dict:
 
 
 def teacher_trial(sweep: Sweep, spec: TeacherSpec, dataset: dict, checkpoint_digest: str | None,
-                  head: bool = True) -> dict:
-    """A teacher has two keys. `weights_hash` names its weights (model, data, schedule, or the file
-    it came from): students refer to it, and trained weights are reused by it. `config_hash` adds the
-    evaluation, so a sweep with another probe re-scores the same weights instead of retraining."""
+                  head: bool = True, seed: int = TEACHER_SEED) -> dict:
+    """A teacher has two keys. `weights_hash` names its weights (model, data, schedule and seed, or the
+    file it came from): students refer to it, and trained weights are reused by it. `config_hash` adds
+    the evaluation, so a sweep with another probe re-scores the same weights instead of retraining."""
     sched = sweep.teacher_schedule.model_dump()
     if checkpoint_digest is not None:
         sched = {"from_checkpoint": checkpoint_digest}
@@ -87,20 +87,20 @@ def teacher_trial(sweep: Sweep, spec: TeacherSpec, dataset: dict, checkpoint_dig
     trainer = method_class(sweep.teacher_method)
     head = head and trainer.student_needs_head(trainer.Knobs())
     model = _model(spec) if head else {**_model(spec), "head": False}
-    weights_hash = digest({"model": model, "dataset": ds, "train": sched, "seed": TEACHER_SEED,
+    weights_hash = digest({"model": model, "dataset": ds, "train": sched, "seed": seed,
                            "result_version": RESULT_VERSION, **_precision(sweep),
                            **({"method": sweep.teacher_method} if sweep.teacher_method != "none" else {})})
     cfg = {
         "role": "teacher", "sweep": sweep.name, "dataset": dataset, "student": model,
         "teacher": None, "method": sweep.teacher_method, "knobs": trainer.Knobs().model_dump(by_alias=True),
         "train": sweep.teacher_schedule.model_dump(), "eval": _eval(sweep, with_classifier=True),
-        "seed": TEACHER_SEED, "weights_hash": weights_hash, "deterministic": sweep.deterministic, **_compile(sweep),
+        "seed": seed, "weights_hash": weights_hash, "deterministic": sweep.deterministic, **_compile(sweep),
         "resources": sweep.resources.model_dump(), **_precision(sweep),
     }
     cfg["config_hash"] = config_hash(cfg)
     cfg["init"] = None
     cfg["labels"] = {"teacher": spec.label, "student": spec.label, "pair": spec.label, "cell": {},
-                     "run": f"teacher {spec.label}"}
+                     "run": f"teacher {spec.label}" + (f" · s{seed}" if seed != TEACHER_SEED else "")}
     cfg["name"] = f"teacher_{spec.label}_{weights_hash[:6]}"
     if checkpoint_digest is not None:
         cfg = evaluate_only(cfg)
@@ -113,9 +113,11 @@ def evaluate_only(teacher: dict) -> dict:
     return cfg
 
 
-def student_trials(sweep: Sweep, dataset: dict, teacher_hash: dict[int, str],
+def student_trials(sweep: Sweep, dataset: dict, teacher_hash: dict[int, str] | dict[tuple[int, int], str],
                    headless: frozenset[int] = frozenset()) -> list[dict]:
-    """One per grid cell x pair x seed, then the from-scratch students (one per student and seed)."""
+    """One per grid cell x pair x seed, then the from-scratch students (one per student and seed).
+    TEACHER_HASH: pair index -> the pair's teacher, or with `teacher_per_seed` (pair index, seed) -> the
+    teacher of that seed."""
     trials = []
     with_pair = sum(p.student is not None for p in sweep.pairs) > 1
     for i, pair in enumerate(sweep.pairs):
@@ -126,8 +128,9 @@ def student_trials(sweep: Sweep, dataset: dict, teacher_hash: dict[int, str],
             knobs = method_class(method).Knobs.model_validate(sweep.knobs_for(method, cell)).model_dump(by_alias=True)
             for seed in sweep.seeds:
                 needs_teacher = method_class(method).needs_teacher
+                teacher = teacher_hash.get((i, seed), teacher_hash.get(i))
                 cfg = _student(sweep, pair, dataset, method, knobs, seed, "student",
-                               teacher_hash[i] if needs_teacher else None, cell, i not in headless, i, with_pair)
+                               teacher if needs_teacher else None, cell, i not in headless, i, with_pair)
                 trials.append(cfg)
     if sweep.scratch:
         seen = set()

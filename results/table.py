@@ -236,10 +236,13 @@ def build(runs: pd.DataFrame, metric: str, seeds: list | None = None,
         named = [t for t in rows["teacher"].dropna() if t]
         student = rows["student"].iloc[0]
         pair_labels[pair] = {"teacher": named[0] if named else pair.split("/")[0], "student": student}
-        th = rows["teacher_hash"].dropna().unique()
-        if len(th) == 1 and th[0] in teachers.index and pd.notna(teachers.loc[th[0], col]):
-            t = teachers.loc[th[0]]
-            table.loc[pair, TEACHER] = Cell(float(t[col]), math.nan, 1, 1, 0, (t["run_id"],))
+        # One teacher, or one per seed (teacher_per_seed): mean ± std over the teachers the row's students used.
+        th = [h for h in rows["teacher_hash"].dropna().unique() if h]
+        if th and all(h in teachers.index and pd.notna(teachers.loc[h, col]) for h in th):
+            vals = [float(teachers.loc[h, col]) for h in th]
+            sd = float(pd.Series(vals).std()) if len(vals) > 1 else math.nan
+            table.loc[pair, TEACHER] = Cell(sum(vals) / len(vals), sd, len(vals), len(vals), 0,
+                                            tuple(teachers.loc[h, "run_id"] for h in th), values=tuple(vals))
         mine = scratch[scratch["student"] == student]
         if not mine.empty:
             table.loc[pair, SCRATCH] = _cell(mine, col, asked)

@@ -516,3 +516,14 @@ def test_coverage_says_why_each_published_number_is_missing(tmp_path, monkeypatc
 
 def T_runs():
     return runs.__wrapped__()
+
+
+def test_a_row_with_a_teacher_per_seed_shows_their_mean_and_spread():
+    """teacher_per_seed: the Teacher cell is mean ± std over the teachers the row's students learned from."""
+    rows = [run("teacher", f"t{seed}", {}, seed, v, "t", wh=f"T{seed}") for seed, v in enumerate([86.0, 88.0, 90.0])]
+    rows += [run("student", "t/s", {"lambda": 1}, seed, 70.0 + seed, "s", "t", th=f"T{seed}") for seed in range(3)]
+    table, _ = build(pd.DataFrame(rows), "linear_top1", seeds=[0, 1, 2])
+    c = table.loc["t/s", "Teacher"]
+    assert (c.mean, c.std, c.n, c.values) == (88.0, 2.0, 3, (86.0, 88.0, 90.0))
+    assert sorted(c.run_ids) == ["teacher:t0:{}:0", "teacher:t1:{}:1", "teacher:t2:{}:2"]
+    assert md_cells(render_md(table).splitlines()[2])[1] == "88.00 ± 2.00 (3)"

@@ -49,3 +49,30 @@ def test_torchvision_teachers_train_phase_comes_first():
     assert cfg["train"]["epochs"] == 0 and not scoring_only([cfg], {})
     given = evaluate_only(cfg)  # weights an earlier sweep trained, fetched by the driver
     assert scoring_only([given], {cfg["weights_hash"]: {}}) and not scoring_only([], {})
+
+
+def test_teacher_per_seed_gives_each_seed_its_own_teacher_and_leaves_seed_0_as_it_was(tmp_path):
+    """RRKD's notebook trains a teacher for each of its seeds: with `teacher_per_seed`, the student of seed
+    s learns from the teacher trained with seed s; seed 0's teacher is the one-teacher sweep's (reused)."""
+    from orchestrator.preflight import preflight
+    from trainables.datasets.synthetic import write_mnist
+
+    write_mnist(tmp_path, 64, 16)
+    sets = [f"dataset.root={tmp_path}", "dataset.verify_checksum=false", "dataset.train_split=1.0"]
+    path = SWEEPS / "rrkd_tables12_mnist_ssl.yaml"
+    per_seed = preflight(load_sweep(path, sets), str(path), str(SWEEPS))
+    one = preflight(load_sweep(path, [*sets, "teacher_per_seed=false"]), str(path), str(SWEEPS))
+    assert [t["seed"] for t in per_seed.teachers] == [0, 1, 2] and [t["seed"] for t in one.teachers] == [0]
+    assert len({t["weights_hash"] for t in per_seed.teachers}) == 3
+    assert per_seed.teachers[0]["weights_hash"] == one.teachers[0]["weights_hash"]
+    assert [t["labels"]["run"] for t in per_seed.teachers] == \
+        ["teacher ae_encoder-128", "teacher ae_encoder-128 · s1", "teacher ae_encoder-128 · s2"]
+    by_seed = {t["seed"]: t["weights_hash"] for t in per_seed.teachers}
+    distilled = [s for s in per_seed.students if s["teacher"]]
+    assert distilled and all(s["teacher"]["hash"] == by_seed[s["seed"]] for s in distilled)
+    same = {s["config_hash"] for s in one.students if s["seed"] == 0}
+    assert same == {s["config_hash"] for s in per_seed.students if s["seed"] == 0}  # seed 0: reused
+    # The baselines without a teacher are the same trials either way.
+    alone = lambda plan: {s["config_hash"] for s in plan.students if not s["teacher"]}  # noqa: E731
+    assert alone(per_seed) == alone(one)
+    assert "teacher_per_seed" not in load_sweep(path, [*sets, "teacher_per_seed=false"]).model_dump()

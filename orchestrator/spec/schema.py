@@ -389,6 +389,10 @@ class Sweep(Strict):
     # How kd-sweep trains a teacher it must make: `none` (cross-entropy) or a label-free objective of
     # a teacher-less method (`autoencoder`, RRKD's self-supervised MNIST teachers).
     teacher_method: str = "none"
+    # One teacher trained per seed, student seed s distilled from the teacher of seed s (as RRKD's notebook
+    # does: a teacher's own seed noise then enters the students' spread and averages out of their mean);
+    # default: one teacher for every seed.
+    teacher_per_seed: bool = False
     eval: EvalSpec = Field(default_factory=lambda: EvalSpec(linear=LinearProbe(), knn=KNN()))
     resources: Resources = Field(default_factory=Resources)
     # Bit-for-bit repeats: deterministic kernels (slower on GPU). Seeds fix init and data order anyway.
@@ -488,10 +492,13 @@ class Sweep(Strict):
 
     @model_serializer(mode="wrap")
     def _scratch_train_only_when_set(self, handler: Any) -> dict[str, Any]:
-        """`scratch_train` is dumped only when given: the sweep keys of earlier runs stay as they were."""
+        """`scratch_train` and `teacher_per_seed` are dumped only when set: the sweep keys of earlier runs
+        stay as they were."""
         out = handler(self)
         if self.scratch_train is None:
             out.pop("scratch_train", None)
+        if not self.teacher_per_seed:
+            out.pop("teacher_per_seed", None)
         return out
 
 
