@@ -450,7 +450,8 @@ def test_the_reproduction_record_of_a_run_says_how_it_was_made(quickstart):
     assert "Written by `kd-sweep record quickstart --out records/quickstart.md`" in text
     # The sweep's latest run (other tests of this module may have run it again, shrunk).
     parent = MlflowClient(uri).get_run(text.split("- parent run: ", 1)[1].split()[0])
-    assert f"- command: `{parent.data.tags['kd.command']}`" in text and "kd-sweep run sweeps/quickstart.yaml" in text
+    assert parent.data.tags["kd.command"].startswith("kd-sweep run ")
+    assert f"- command: `{parent.data.tags['kd.command']}`" in text
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     commit = next(ln for ln in text.splitlines() if ln.startswith("- commit: "))
     assert commit in (f"- commit: {head}", f"- commit: {head}-dirty")
