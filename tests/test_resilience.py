@@ -84,7 +84,8 @@ def test_killed_driver_resumes_and_a_second_run_links_every_trial(tmp_path, pack
     again = subprocess.run([*cmd, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "continuing parent run" in again.stdout
-    assert "from its epoch" in again.stdout  # an unfinished trial resumed from its checkpoint, not epoch 0
+    # An unfinished trial resumed from its checkpoint, not epoch 0.
+    assert "from its epoch" in again.stdout, f"killed with {killed_with}:\n{again.stdout}"
 
     (parent,) = parents(client)  # one parent: the second driver continued the first's
     assert parent.info.status == "FINISHED" and parent.data.tags["kd.attempt"] == "2"
