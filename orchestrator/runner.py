@@ -19,6 +19,7 @@ import yaml
 from results.mlflow_schema import SMOKE_SUFFIX, Param, Role, State, Status, Tag, cell_of, holds_result, smoke_tags
 from trainables.config import PackConfig
 
+from .claims import Claims, Holder, describe_holders, wait_for_holders
 from .progress import Progress
 from .resume import (SweepLock, SweepLocked, checkpoint_bytes, command_line, driver_alive, driver_tag, latest_checkpoints,
                      prune_checkpoints, sweep_key)
@@ -273,6 +274,8 @@ def _run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, 
         os._exit(CLUSTER_LOST_EXIT)
 
     watch = ClusterWatch(gcs_address(), cluster_lost, grace=5.0 if own_ray else 15.0).start()
+    # A search samples its own configs; every other trial is claimed before it is trained.
+    claims = None if sweep.search else Claims(store.client, parent, sweep.name).heartbeat()
     on_term = signal.signal(signal.SIGTERM, _term_as_int) if threading.current_thread() is threading.main_thread() \
         else None
     try:
@@ -294,13 +297,22 @@ def _run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, 
         if plan.students and not sweep.search and scoring_only(todo, weights):
             deferred, todo = todo, []
         later = {c["config_hash"] for c in deferred}
+        todo, theirs = _claimed(claims, todo, progress, "teacher")
+        prefix = f"{sweep.name}-teachers-{parent[:8]}"
         if todo:
-            prefix = f"{sweep.name}-teachers-{parent[:8]}"
             if attempt > 1:
                 todo = _with_checkpoints(todo, _checkpoints(storage_path, prefix, progress), progress)
             progress.begin(f"teachers: {len(todo)} trial(s)", len(todo))
             callbacks.append(make_callback(store, exp_id, parent, progress, smoke_tag))
             _fit_phase(f"{prefix}-{attempt}", packing.alone(todo), sweep, storage_path, callbacks[-1], weights)
+        if theirs:
+            taken = _await_claimed(claims, theirs, store, progress, lambda hashes: {
+                h for h in hashes if store.find_teacher("config_hash", h) is not None})
+            if taken:
+                progress.begin(f"teachers: {len(taken)} trial(s) taken over", len(taken))
+                callbacks.append(make_callback(store, exp_id, parent, progress, smoke_tag))
+                _fit_phase(f"{prefix}-{attempt}-taken", packing.alone(taken), sweep, storage_path, callbacks[-1],
+                           weights)
         for cfg in plan.teachers:
             if cfg["config_hash"] in later:
                 continue  # scored in phase 2; its weights are in `weights`
@@ -342,6 +354,8 @@ def _run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, 
             # Phase 2: the students of every cell x pair x seed, and the from-scratch students. A trial
             # that finished before (in this sweep before its driver stopped, or in any other) is not run again.
             todo = _students_to_run(plan.students, store, exp_id, parent, smoke_tag, progress, rerun)
+            # --rerun trains again on purpose: nothing to claim.
+            todo, theirs = _claimed(None if rerun else claims, todo, progress, "student")
             if attempt > 1:
                 todo = _with_checkpoints(todo, _checkpoints(storage_path, prefix, progress), progress)
             if todo or deferred:
@@ -349,6 +363,20 @@ def _run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, 
                 progress.begin(f"sweep {sweep.name}: {len(todo)} trials to run{scoring}", len(todo) + len(deferred))
                 _fit_phase(f"{prefix}-{attempt}", packing.alone(deferred) + _packed(todo, sweep, plan, progress),
                            sweep, storage_path, callback, weights, students=True)
+            if theirs:
+                def linked(hashes: set[str]) -> set[str]:
+                    found = store.find_finished(hashes)
+                    for h, runs in found.items():
+                        store.link(exp_id, parent, theirs[h][0], runs[0], smoke_tag)
+                        progress.note(f"linked {theirs[h][0]['name']}: trained by another sweep, run"
+                                      f" {runs[0].info.run_id[:8]}")
+                    return set(found)
+
+                taken = _await_claimed(claims, theirs, store, progress, linked)
+                if taken:
+                    progress.begin(f"sweep {sweep.name}: {len(taken)} trial(s) taken over", len(taken))
+                    _fit_phase(f"{prefix}-{attempt}-taken", _packed(taken, sweep, plan, progress), sweep,
+                               storage_path, callback, weights, students=True)
             for cfg in deferred:
                 if (run := store.find_teacher("config_hash", cfg["config_hash"])) is not None:
                     teacher_runs[cfg["weights_hash"]] = run.info.run_id
@@ -388,6 +416,8 @@ def _run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, 
         raise StoreFailed(tracking_uri, e, parent) from None
     finally:
         watch.stop()
+        if claims is not None:
+            claims.stop()
         if on_term is not None:
             signal.signal(signal.SIGTERM, on_term)
         _shutdown_ray()
@@ -487,3 +517,32 @@ def _students_to_run(students: list[dict], store: Store, exp_id: str, parent: st
         progress.note(f"{linked} trial(s) finished in an earlier sweep: linked into this one, not run"
                       " (`--rerun` runs them again)")
     return todo
+
+
+def _claimed(claims: Claims | None, cfgs: list[dict], progress: Progress, role: str
+             ) -> tuple[list[dict], dict[str, tuple[dict, Holder]]]:
+    """CFGS split into the ones this driver claimed (to train) and, by config hash, the ones another
+    live (or not yet found dead) driver holds, with their holder."""
+    if claims is None:
+        return cfgs, {}
+    mine, theirs = [], {}
+    for cfg in cfgs:
+        holder = claims.take(cfg["config_hash"])
+        if holder is None:
+            mine.append(cfg)
+        else:
+            theirs[cfg["config_hash"]] = (cfg, holder)
+    if theirs:
+        held = describe_holders({h: holder for h, (_, holder) in theirs.items()})
+        progress.note(f"{len(theirs)} {role} trial(s) are being trained {held}: this sweep waits for them and"
+                      " links them (a config is never trained twice)")
+    return mine, theirs
+
+
+def _await_claimed(claims: Claims, theirs: dict[str, tuple[dict, Holder]], store: Store, progress: Progress,
+                   finished) -> list[dict]:
+    """Wait for the configs THEIRS other drivers hold; FINISHED(hashes) resolves (links) the finished ones.
+    Returns the configs taken over from holders that died (or whose run of them ended unfinished)."""
+    taken = wait_for_holders(claims, {h: holder for h, (_, holder) in theirs.items()}, finished,
+                             store.ended_unfinished, progress.note)
+    return [theirs[h][0] for h in taken]

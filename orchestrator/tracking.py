@@ -356,6 +356,13 @@ class Store:
                 found.setdefault(h, []).append(r)
         return found
 
+    def ended_unfinished(self, config_hash: str, parent_id: str) -> bool:
+        """Whether PARENT's run of CONFIG_HASH has ended without finishing (FAILED or KILLED), none of its
+        runs of it going on or finished."""
+        runs = all_runs(self.client, experiments(self.client),
+                        f"{child_of(parent_id)} and {tag_is(Tag.CONFIG_HASH, config_hash)}")
+        return bool(runs) and all(r.info.status in (Status.FAILED, Status.KILLED) for r in runs)
+
     def finished_like(self, cfg: dict) -> dict[str, tuple[str, dict[str, float]]]:
         """config hash -> (run id, final metrics) of the finished trials, in any sweep, of CFG's method,
         pair and dataset: what a search may sample again."""

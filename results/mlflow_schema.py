@@ -62,6 +62,7 @@ class Tag:
     SWEEP_KEY = "kd.sweep_key"
     ATTEMPT = "kd.attempt"
     DRIVER = "kd.driver"
+    HEARTBEAT = "kd.heartbeat"  # unix time the driver last said it is alive (orchestrator/claims.py)
     COMMAND = "kd.command"  # the command line that started (or continued) it, for a reproduction record
     SEEDS = "kd.seeds"
     SETTING = "kd.setting"

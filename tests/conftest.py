@@ -32,7 +32,7 @@ def cifar_root(tmp_path_factory) -> Path:
 # Files of whole sweeps (tens of seconds a test) run first: with `-n 2` the two workers then end together
 # instead of one finishing the last long sweep alone.
 SWEEP_FILES = ("test_resilience", "test_methods_sweep", "test_smoke_sweeps", "test_e2e", "test_packing",
-               "test_search")
+               "test_search", "test_claims")
 
 
 def pytest_collection_modifyitems(items):
@@ -73,6 +73,92 @@ def ray_cluster(tmp_path_factory):
             head.wait(1)  # `ray start --block` takes ~30 s to stop on SIGTERM alone
             break
     log.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def mlflow_server(tmp_path: Path, port: int, backend: str | None = None) -> subprocess.Popen:
+    """A real `mlflow server` on PORT over BACKEND (default a sqlite file in TMP_PATH), in its own
+    process group."""
+    import urllib.request
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend or f"sqlite:///{tmp_path}/server.db",
+         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # as `kd-sweep ui` starts it
+        start_new_session=True)
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            return server
+        except OSError:
+            assert server.poll() is None, "mlflow server exited at start"
+            time.sleep(0.3)
+    raise AssertionError("mlflow server did not answer in 90 s")
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    os.killpg(server.pid, signal.SIGKILL)
+    server.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def postgres_server():
+    """A real PostgreSQL 15 server on loopback (the machine image's `initdb`/`pg_ctl`), its database
+    `mlflow` empty: what a team's MLflow server keeps its runs in. Yields its URL. Run as the `postgres`
+    user when this runs as root (PostgreSQL refuses root), its folder under /tmp where that user can
+    reach it."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="kd-pg.", dir="/tmp"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    data = folder / "data"
+
+    def pg(*cmd: str) -> None:
+        subprocess.run([*as_user, *cmd], check=True, capture_output=True, cwd=folder)
+
+    try:
+        pg("initdb", "-D", str(data), "-U", "kd", "--auth=trust", "-E", "UTF8")
+        pg("pg_ctl", "-D", str(data), "-l", str(folder / "server.log"), "-w", "-o",
+           f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start")
+        pg("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "kd", "mlflow")
+        yield f"postgresql://kd@127.0.0.1:{port}/mlflow"
+    finally:
+        subprocess.run([*as_user, "pg_ctl", "-D", str(data), "-m", "immediate", "stop"], capture_output=True,
+                       cwd=folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    import shutil
+
+    if shutil.which("pg_ctl") is None or shutil.which("initdb") is None:
+        pytest.skip("PostgreSQL (initdb, pg_ctl) is not installed")
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def team_server(postgres_url, tmp_path_factory):
+    """A real `mlflow server` over the PostgreSQL server: a team's store. Yields its http URI."""
+    port = free_port()
+    server = mlflow_server(tmp_path_factory.mktemp("team-server"), port, postgres_url)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_server(server)
 
 
 def kd_sweep(*args: str, cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -15,7 +15,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from orchestrator.tracking import Store
 
-from .conftest import digits_coss_sweep, kd_sweep
+from .conftest import digits_coss_sweep, kd_sweep, mlflow_server, stop_server as stop
 
 
 def children(client: MlflowClient, parent: str) -> list:
@@ -303,32 +303,6 @@ def test_a_damaged_newest_checkpoint_is_passed_over_for_an_intact_older_one(tmp_
     assert found == {"a": (1, ok_a), "b": (1, ok_b), "c": (1, ok_c)}
     assert any("state.pt is damaged" in n for n in notes) and any("epoch.json does not read" in n for n in notes)
     assert any(f"{whole}: its state.pt holds" in n and "cut short" in n for n in notes)
-
-
-def mlflow_server(tmp_path, port: int) -> subprocess.Popen:
-    """A real `mlflow server` on PORT over a sqlite file in TMP_PATH, in its own process group."""
-    import urllib.request
-
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # as `kd-sweep ui` starts it
-        start_new_session=True)
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-            return server
-        except OSError:
-            assert server.poll() is None, "mlflow server exited at start"
-            time.sleep(0.3)
-    raise AssertionError("mlflow server did not answer in 90 s")
-
-
-def stop(server: subprocess.Popen) -> None:
-    os.killpg(server.pid, signal.SIGKILL)
-    server.wait(timeout=30)
 
 
 def test_a_store_lost_mid_sweep_stops_it_in_one_line_and_the_same_command_continues(tmp_path):
