@@ -262,8 +262,10 @@ def _run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, 
             closed = f"{stopped} started trial(s) and the parent run are marked KILLED (kd.state cluster_lost)"
         except Exception as e:  # noqa: BLE001 - the line below must be said whatever the store does
             closed = f"the runs could not be closed ({failure_reason(e)}); the same command closes or continues them"
+        # The cluster by the address the user gave (Ray reports the head's GCS by the machine's IP).
+        head = address or os.environ.get("RAY_ADDRESS") or gcs
         what = (f"this sweep's own Ray stopped (its GCS at {gcs}: {why}; killed, or out of memory?)" if own_ray
-                else f"the Ray cluster's head at {gcs} no longer answers ({why}; node down, killed, or out of memory?)")
+                else f"the Ray cluster's head at {head} no longer answers ({why}; node down, killed, or out of memory?)")
         sys.stdout.flush()
         sys.stderr.write(f"\nerror: lost the Ray cluster: {what}. {closed}; finished trials and epoch checkpoints"
                          f" under {storage_path} are kept: run `{command_line()}` again to continue parent run"

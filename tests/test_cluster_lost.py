@@ -103,3 +103,54 @@ def test_a_sweep_whose_ray_loses_its_gcs_says_so_closes_its_runs_and_continues_a
     final = runs(uri)
     assert {r.info.status for r in final} == {"FINISHED"}
     assert len([r for r in final if r.data.tags.get("kd.role") in ("student", "scratch")]) == 4
+
+
+def test_a_sweep_on_a_cluster_whose_head_dies_says_so_and_closes_its_runs(tmp_path):
+    """--address: the head node of a team's cluster goes down mid-sweep (every process of `ray start
+    --head` killed at once, as a lost machine): one line naming the head within seconds, exit 1, the
+    parent and the started runs KILLED with kd.state cluster_lost."""
+    from .conftest import free_port
+
+    port = free_port()
+    ray = os.path.join(os.path.dirname(sys.executable), "ray")
+    head = subprocess.Popen([ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+                             "--include-dashboard=false", "--disable-usage-stats", "--block"],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while subprocess.run([ray, "status", f"--address={address}"], capture_output=True).returncode:
+            assert head.poll() is None and time.monotonic() < deadline, "the head did not start"
+            time.sleep(0.5)
+        (tmp_path / "sweeps").symlink_to(SWEEPS)
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+        env["PYTHONUNBUFFERED"] = "1"
+        uri = f"sqlite:///{tmp_path}/mlflow.db"
+        driver = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", "sweeps/quickstart.yaml",
+                                   "--address", address, *SHRINK], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 240
+            while not any(r.data.tags.get("kd.role") == "student" and r.info.status == "RUNNING" for r in runs(uri)):
+                assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()
+                time.sleep(0.5)
+            os.killpg(head.pid, signal.SIGKILL)  # the head node, gone: GCS, raylet, workers
+            killed = time.monotonic()
+            out, err = driver.communicate(timeout=90)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+    finally:
+        with __import__("contextlib").suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)
+        head.wait(30)
+    assert time.monotonic() - killed < 40, "Ray's own driver would wait 60 s for the GCS"
+    assert driver.returncode == 1, out[-2000:] + err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"error: lost the Ray cluster: the Ray cluster's head at {address} no longer answers"), \
+        err[-2000:]
+    assert "marked KILLED (kd.state cluster_lost)" in last and "--address" in last
+    after = runs(uri)
+    parent = next(r for r in after if r.data.tags.get("kd.role") == "sweep")
+    assert (parent.info.status, parent.data.tags.get("kd.state")) == ("KILLED", "cluster_lost")
+    assert not [r for r in after if r.info.status == "RUNNING"]
