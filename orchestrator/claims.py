@@ -22,14 +22,15 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from mlflow.exceptions import MlflowException
 
 from results.mlflow_schema import Status, Tag
 
-from .resume import driver_alive
+from .resume import kd_process
 
 PREFIX = "kd-sweep.claims/"
 OWNER = "kd.claim.owner"
@@ -59,7 +60,6 @@ class Claims:
         self.client, self.parent, self.sweep = client, parent, sweep
         self.owner = json.dumps({"parent": parent, "sweep": sweep, "host": socket.gethostname(), "pid": os.getpid()})
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def take(self, config_hash: str, over_dead: bool = False, force: bool = False) -> Holder | None:
         """None when this driver holds CONFIG_HASH's claim now (newly, or from an earlier attempt of its
@@ -77,9 +77,12 @@ class Claims:
             holder = self._holder(exp.tags.get(OWNER))
             if holder is not None and holder.parent == self.parent:
                 return None
-            later = self.client.get_experiment_by_name(f"{PREFIX}{config_hash}/{gen + 1}") is not None
-            if holder is not None and not later and not force and (holder.alive or not over_dead):
-                return holder
+            # Only the latest generation counts, and only it is asked whether its holder lives.
+            if holder is not None and not force and \
+                    self.client.get_experiment_by_name(f"{PREFIX}{config_hash}/{gen + 1}") is None:
+                holder = replace(holder, alive=self.alive(holder))
+                if holder.alive or not over_dead:
+                    return holder
             gen += 1  # superseded, unreadable, or taken over now
 
     def _create(self, name: str) -> bool:
@@ -92,25 +95,27 @@ class Claims:
         self.client.delete_experiment(exp_id)
         return True
 
-    def _holder(self, owner: str | None) -> Holder | None:
+    @staticmethod
+    def _holder(owner: str | None) -> Holder | None:
+        """Who a claim's OWNER tag names (`alive` not yet known: False)."""
         try:
             o = json.loads(owner or "")
-            parent, sweep, host, pid = str(o["parent"]), str(o["sweep"]), str(o["host"]), int(o["pid"])
+            return Holder(str(o["parent"]), str(o["sweep"]), str(o["host"]), int(o["pid"]), False)
         except (ValueError, KeyError, TypeError):
             return None
-        return Holder(parent, sweep, host, pid, self._alive(parent, host, pid))
 
-    def _alive(self, parent: str, host: str, pid: int) -> bool:
+    def alive(self, holder: Holder) -> bool:
+        """Whether HOLDER's driver is still at work: its parent run RUNNING, and its process alive (this
+        machine) or its heartbeat fresh (another machine)."""
         try:
-            run = self.client.get_run(parent)
+            run = self.client.get_run(holder.parent)
         except MlflowException:
             return False  # its parent run was deleted
         if run.info.status != Status.RUNNING:
             return False
-        if host == socket.gethostname():
-            if pid == os.getpid():
-                return True  # this very process, another parent run: it is not waiting on itself
-            return driver_alive(json.dumps({"host": host, "pid": pid})) is not None
+        if holder.host == socket.gethostname():
+            # This very process under another parent run is not waiting on itself.
+            return holder.pid == os.getpid() or kd_process(holder.host, holder.pid)
         try:
             beat = float(run.data.tags.get(Tag.HEARTBEAT, "0"))
         except ValueError:
@@ -128,8 +133,7 @@ class Claims:
                 if self._stop.wait(HEARTBEAT_S):
                     return
 
-        self._thread = threading.Thread(target=beat, name="kd-sweep-heartbeat", daemon=True)
-        self._thread.start()
+        threading.Thread(target=beat, name="kd-sweep-heartbeat", daemon=True).start()
         return self
 
     def stop(self) -> None:
@@ -154,7 +158,7 @@ def wait_for_holders(claims: Claims, pending: dict[str, Holder], finished: Calla
         alive: dict[str, bool] = {}
         for holder in pending.values():
             if holder.parent not in alive:
-                alive[holder.parent] = claims._alive(holder.parent, holder.host, holder.pid)
+                alive[holder.parent] = claims.alive(holder)
         for h in finished(set(pending)):
             pending.pop(h, None)
         for h, holder in list(pending.items()):
@@ -180,9 +184,7 @@ def wait_for_holders(claims: Claims, pending: dict[str, Holder], finished: Calla
 
 def describe_holders(pending: dict[str, Holder]) -> str:
     """"by sweep 'a' (pid 1, parent run 1234abcd)", or with several holders how many each holds."""
-    counts: dict[str, int] = {}
-    for holder in pending.values():
-        counts[holder.describe()] = counts.get(holder.describe(), 0) + 1
+    counts = Counter(holder.describe() for holder in pending.values())
     if len(counts) == 1:
         return f"by {next(iter(counts))}"
     return "by " + ", ".join(f"{d}: {n}" for d, n in counts.items())

@@ -40,17 +40,22 @@ def driver_alive(tag: str | None) -> int | None:
     """The pid of the driver that logged `tag`, when it is a live kd-sweep process on this machine."""
     try:
         d = json.loads(tag or "")
-        pid = int(d["pid"])
-    except (ValueError, KeyError, TypeError):
+        host, pid = d.get("host"), int(d["pid"])
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
-    if d.get("host") != socket.gethostname() or pid == os.getpid():
-        return None
+    return pid if pid != os.getpid() and kd_process(host, pid) else None
+
+
+def kd_process(host: str | None, pid: int) -> bool:
+    """Whether PID is a live kd-sweep process on this machine (HOST is this machine)."""
+    if host != socket.gethostname():
+        return False
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
-        return None
-    return pid if "kd-sweep" in cmd or "orchestrator" in cmd else None
+        return False
+    return "kd-sweep" in cmd or "orchestrator" in cmd
 
 
 def _filesystem(storage: str):

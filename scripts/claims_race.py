@@ -20,9 +20,8 @@ import mlflow
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from tests.conftest import digits_coss_sweep, free_port, mlflow_server, postgres_server, stop_server  # noqa: E402
-
-from results.mlflow_schema import Tag  # noqa: E402
+from tests.conftest import (digits_coss_sweep, free_port, mlflow_server, postgres_server, stop_server,  # noqa: E402
+                            trained_counts)
 
 
 def race(uri: str, folder: Path, i: int) -> tuple[int, int, float]:
@@ -43,13 +42,7 @@ def race(uri: str, folder: Path, i: int) -> tuple[int, int, float]:
     outs = [p.communicate()[0] for p in procs]
     if any(p.returncode for p in procs):
         sys.exit(f"pair {i}: a sweep failed:\n" + "\n----\n".join(outs))
-    client = mlflow.MlflowClient(uri)
-    count: dict[str, int] = {}
-    for n in names:
-        exp = client.get_experiment_by_name(n)
-        for r in client.search_runs([exp.experiment_id], max_results=1000):
-            if r.data.tags.get(Tag.STATE) == "done":
-                count[r.data.tags[Tag.CONFIG_HASH]] = count.get(r.data.tags[Tag.CONFIG_HASH], 0) + 1
+    count = trained_counts(mlflow.MlflowClient(uri), names)
     return len(count), sum(1 for c in count.values() if c > 1), time.time() - t0
 
 

@@ -161,6 +161,17 @@ def team_server(postgres_url, tmp_path_factory):
         stop_server(server)
 
 
+def trained_counts(client, names: list[str]) -> dict[str, int]:
+    """config hash -> how many runs of the sweeps NAMES trained it (kd.state done), teachers included."""
+    count: dict[str, int] = {}
+    for name in names:
+        exp = client.get_experiment_by_name(name)
+        for r in client.search_runs([exp.experiment_id], max_results=1000):
+            if r.data.tags.get("kd.state") == "done":
+                count[r.data.tags["kd.config_hash"]] = count.get(r.data.tags["kd.config_hash"], 0) + 1
+    return count
+
+
 def kd_sweep(*args: str, cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """The real CLI in a subprocess, in its own working directory (its own MLflow store), joining the
     test process's Ray cluster."""

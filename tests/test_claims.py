@@ -14,7 +14,7 @@ import pytest
 from orchestrator.claims import OWNER, PREFIX, Claims
 from results.mlflow_schema import Status, Tag
 
-from .conftest import REPO, digits_coss_sweep
+from .conftest import REPO, digits_coss_sweep, trained_counts
 
 HASHES = [f"{i:016x}" for i in range(40)]
 
@@ -101,18 +101,6 @@ def test_a_driver_on_another_machine_is_alive_while_its_heartbeat_is_fresh(tmp_p
     assert json.loads(tags[OWNER])["host"] == "another-machine"
 
 
-def _trained(client, names: list[str]) -> dict[str, int]:
-    """config hash -> how many runs of these sweeps trained it (kd.state done), teachers included."""
-    count: dict[str, int] = {}
-    for name in names:
-        exp = client.get_experiment_by_name(name)
-        for r in client.search_runs([exp.experiment_id], max_results=1000):
-            if r.data.tags.get(Tag.STATE) == "done":
-                h = r.data.tags[Tag.CONFIG_HASH]
-                count[h] = count.get(h, 0) + 1
-    return count
-
-
 def test_two_identical_sweeps_started_together_train_each_config_once(store_uri, tmp_path):
     """Same configs, different names, one store, started 0.1 s apart through `kd-sweep run`: the teacher
     and every student are trained by one of them; the other waits, links, and prints the same table."""
@@ -128,7 +116,7 @@ def test_two_identical_sweeps_started_together_train_each_config_once(store_uri,
     outs = [p.communicate(timeout=400)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     client = mlflow.MlflowClient(store_uri)
-    trained = _trained(client, ["twin_a", "twin_b"])
+    trained = trained_counts(client, ["twin_a", "twin_b"])
     assert len(trained) == 3 and set(trained.values()) == {1}, (trained, outs)
     assert any("waits for them and links them" in o for o in outs), outs
     tables = [o[o.index("| teacher/student"):o.index("twin_", o.index("| teacher/student"))] for o in outs]
@@ -169,5 +157,5 @@ def test_a_sweep_waiting_on_a_driver_that_is_killed_takes_its_trials_over(tmp_pa
     out = "".join(seen) + rest
     assert b.returncode == 0, out
     assert "sweep 'killed'" in out and "stopped before finishing it; training it here" in out, out
-    trained = _trained(client, ["killed", "waiter"])
+    trained = trained_counts(client, ["killed", "waiter"])
     assert len(trained) == 3 and set(trained.values()) == {1}, (trained, out)
