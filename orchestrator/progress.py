@@ -58,8 +58,9 @@ class Progress:
     """`every`: seconds between the plain status blocks when not on a terminal. `live`: redraw the
     running trials in place (default: when OUT is a terminal)."""
 
-    def __init__(self, out, every: float = 30.0, live: bool | None = None):
+    def __init__(self, out, every: float = 30.0, live: bool | None = None, tracebacks=lambda: None):
         self.out = out
+        self.tracebacks = tracebacks  # -> where the failures' tracebacks are written, or None
         self.every = every
         self.last_line = time.time()
         self.t0 = time.time()
@@ -187,6 +188,8 @@ class Progress:
             self._print(f"{len(self.failures)} trial(s) failed ({total}):")
             for name, reason in self.failures:
                 self._print(f"  {name}: {reason}")
+            if where := self.tracebacks():
+                self._print(f"  tracebacks: {where}")
         else:
             self._print(f"all trials finished ({total})")
         return len(self.failures)

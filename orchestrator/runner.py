@@ -31,6 +31,7 @@ from . import packing
 from .preflight import Plan, preflight
 from .ray_session import (ClusterWatch, RunError, _init_ray, _shutdown_ray, check_storage, gcs_address, kill_own_ray,
                           unreachable_cluster)
+from .sidelog import SideLog
 from .ui import browse_hint, sweep_view
 from .trials import evaluate_only, trial_name
 
@@ -38,12 +39,12 @@ from .trials import evaluate_only, trial_name
 class StoreFailed(RunError):
     """The MLflow store stopped taking the sweep's runs (read-only, full disk, server gone)."""
 
-    def __init__(self, uri: str, e: BaseException, parent: str | None = None):
+    def __init__(self, uri: str, e: BaseException, parent: str | None = None, tracebacks: str | None = None):
         then = f" and run the same command again to continue parent run {parent[:8]}" if parent else \
             " and run the same command again"
         super().__init__(f"the MLflow store {uri} stopped taking this sweep's runs ({failure_reason(e)}). Trials"
                          " keep their epoch checkpoints: fix the store (free disk space, make it writable,"
-                         f" start the server again){then}")
+                         f" start the server again){then}{f'. Tracebacks: {tracebacks}' if tracebacks else ''}")
 
 
 class Interrupted(Exception):
@@ -172,7 +173,8 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
         lock = SweepLock(folder, sweep.name, key).acquire()
     except SweepLocked as e:
         raise RunError(str(e)) from None
-    progress = Progress(out)
+    sidelog = SideLog(sweep.name).start()
+    progress = Progress(out, tracebacks=sidelog.where)
     try:
         store = None
         if not (rerun or resume or sweep.search) and store_exists(tracking_uri):
@@ -193,9 +195,10 @@ def run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, s
     except Exception as e:
         if isinstance(e, RunError) or not store_failure(e):
             raise
-        raise StoreFailed(tracking_uri, e) from None
+        raise StoreFailed(tracking_uri, e, tracebacks=sidelog.where()) from None
     finally:
         progress.close()
+        sidelog.stop()
         lock.release()
 
 
@@ -269,7 +272,7 @@ def _run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, 
         sys.stdout.flush()
         sys.stderr.write(f"\nerror: lost the Ray cluster: {what}. {closed}; finished trials and epoch checkpoints"
                          f" under {storage_path} are kept: run `{command_line()}` again to continue parent run"
-                         f" {parent[:8]}.\n")
+                         f" {parent[:8]}{f'. Tracebacks: {where}' if (where := progress.tracebacks()) else ''}.\n")
         sys.stderr.flush()
         if own_ray:
             kill_own_ray()
@@ -415,7 +418,7 @@ def _run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, 
         if not store_failure(e):
             raise
         status = None  # the parent stays RUNNING: the next run of the same command continues it
-        raise StoreFailed(tracking_uri, e, parent) from None
+        raise StoreFailed(tracking_uri, e, parent, progress.tracebacks()) from None
     finally:
         watch.stop()
         if claims is not None:
@@ -424,7 +427,13 @@ def _run_sweep(sweep: Sweep, file: str, address: str | None, tracking_uri: str, 
             signal.signal(signal.SIGTERM, on_term)
         _shutdown_ray()
         if status is not None:
-            store.finish(parent, status)
+            try:
+                store.finish(parent, status)
+            except Exception as e:
+                if not store_failure(e):
+                    raise
+                # The sweep's end is not recorded: the parent stays RUNNING and the same command continues it.
+                raise StoreFailed(tracking_uri, e, parent, progress.tracebacks()) from None
 
 
 def report_name(name: str, smoke: bool) -> str:

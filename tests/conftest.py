@@ -32,7 +32,7 @@ def cifar_root(tmp_path_factory) -> Path:
 # Files of whole sweeps (tens of seconds a test) run first: with `-n 2` the two workers then end together
 # instead of one finishing the last long sweep alone.
 SWEEP_FILES = ("test_resilience", "test_methods_sweep", "test_smoke_sweeps", "test_e2e", "test_packing",
-               "test_search", "test_claims")
+               "test_search", "test_claims", "test_full_disk")
 
 
 def pytest_collection_modifyitems(items):

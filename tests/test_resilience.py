@@ -141,9 +141,16 @@ def test_a_diverging_trial_fails_at_once_and_a_crashed_one_resumes_from_its_chec
     """Packed, the diverging student fails alone and the crash retries the pack from its checkpoint."""
     (tmp_path / "s.yaml").write_text(digits_coss_sweep("resilience", "[1.0, 1.0e+30]", 3, pack))
     faults = tmp_path / "faults"
-    res = kd_sweep("run", "s.yaml", cwd=tmp_path, env={"KD_SWEEP_FAULT": f"crash:2:{faults}"})
+    logs = tmp_path / "logs"
+    res = kd_sweep("run", "s.yaml", cwd=tmp_path, env={"KD_SWEEP_FAULT": f"crash:2:{faults}", "KD_SWEEP_LOGS": str(logs)})
     assert res.returncode == 1, res.stdout + res.stderr
     out = res.stdout
+    # Tune's traceback of each failure goes to the log file the summary names, not to the terminal.
+    assert "Traceback" not in res.stderr, res.stderr
+    (log,) = logs.iterdir()
+    assert f"  tracebacks: {log}" in out.split("1 trial(s) failed")[1]
+    assert "Trial task failed for trial" in log.read_text() and "Traceback" in log.read_text()
+    assert log.stat().st_mode & 0o777 == 0o600
     assert f"retry  {'student_lambda=1.0_' if pack == 'off' else 'pack2_coss_s0_'}" in out
     assert "1 trial(s) failed" in out
     assert "λ=1e+30 · s0: loss is not finite" in out.split("1 trial(s) failed")[1]

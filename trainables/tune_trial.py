@@ -21,6 +21,11 @@ from .config import FAILED, MEMBERS, REUSED, VERSIONS, trial_members
 from .trial import MemberReport, PackReport, device_name, fit_pack, member_key, pick_device
 from .versions import versions
 
+# Set on import, which on a worker comes before Tune restores a retried trial: Ray's INFO lines ("Restored
+# on <ip> from checkpoint", one per checkpoint) would reach the driver's terminal, where a cluster started
+# with `ray start` logs at INFO; the driver says each retry itself.
+logging.getLogger("ray").setLevel(logging.WARNING)
+
 
 def member_state(state: dict[str, Any], cfg: dict) -> dict[str, Any] | None:
     """CFG's part of a checkpoint's state: a trial's holds each student's under "members"; a student that
@@ -82,7 +87,6 @@ def tune_trainable(config: dict, teachers: dict[str, dict[str, torch.Tensor]] | 
     resumed driver fails it again without training."""
     import ray
 
-    logging.getLogger("ray").setLevel(logging.WARNING)  # one INFO line per checkpoint otherwise
     sys.unraisablehook = _quiet_stop
     teachers = teachers or {}
     cfgs = trial_members(config)
