@@ -87,12 +87,14 @@ def test_every_csv_loads_with_the_schema():
 def test_row_counts(published):
     counts = published.groupby("paper").size().to_dict()
     # CoSS: supp. T1 33 + T2 6 + T3 8 + T4 6 + supp. §3 2 + ImageNet 22; RRKD: T1 3 + T2 3 + T3 12 + T5 4;
-    # Miles: T1 12 + T2 14 + T3 6 + T4 23 (10 pairs, 5 teachers, 8 students) + T4 RandAugment block 45
+    # Miles: T1 12 + T2 14 + T3 6 + T4 73 (first block: KD, FitNet, AT, CRD, SSKD, Our Method x 10 pairs, 5
+    # teachers, 8 students) + T4 RandAugment block 45
     # (KD, CRD, DKD, Our Method x 10 pairs, 5 teachers) + T6 8 (teacher, student, 5 methods, ReviewKD)
     # CRD: the five teachers of its Tables 1-2 that kd-sweep's CIFAR-100 sweeps use.
-    assert counts == {"coss": 77, "rrkd": 22, "miles": 108, "crd": 5}
+    assert counts == {"coss": 77, "rrkd": 22, "miles": 158, "crd": 5}
     by_table = published.groupby(["paper", "table"]).size().to_dict()
     assert by_table[("miles", "Table 4 (RandAugment)")] == 45 and by_table[("miles", "Table 6")] == 8
+    assert by_table[("miles", "Table 4")] == 73
     assert by_table[("coss", "supp. §3")] == 2
 
 
@@ -158,6 +160,13 @@ def test_miles_spot_checks(published):
     assert v("Table 4", "cifar100", "wrn_40_2/ShuffleV1", "recipe") == 79.22
     assert v("Table 4", "cifar100", "resnet32x4", "teacher") == 79.63
     assert v("Table 4", "cifar100", "vgg8", "scratch") == 70.68
+    # the first block's baselines and SSKD (printed beside Our Method)
+    assert v("Table 4", "cifar100", "wrn_40_2/wrn_16_2", "kd") == 74.92
+    assert v("Table 4", "cifar100", "resnet56/resnet20", "fitnet") == 71.60
+    assert v("Table 4", "cifar100", "vgg13/MobileNetV2", "at") == 69.34
+    assert v("Table 4", "cifar100", "ResNet50/MobileNetV2", "crd") == 70.32
+    assert v("Table 4", "cifar100", "resnet32x4/ShuffleV2", "sskd") == 78.61
+    assert v("Table 4", "cifar100", "wrn_40_2/ShuffleV1", "sskd") == 77.40
     # the RandAugment block (KD†, CRD†, DKD†, Our Method)
     ra = "Table 4 (RandAugment)"
     assert v(ra, "cifar100", "wrn_40_2/wrn_16_2", "kd") == 75.94

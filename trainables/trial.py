@@ -250,7 +250,8 @@ def fit_pack(cfgs: list[dict], report: PackReport, teacher_state: dict[str, torc
     torch.use_deterministic_algorithms(deterministic)  # set either way: a process may run several trials
     torch.backends.cudnn.benchmark = not deterministic
     ds = lead["dataset"]
-    data = load_dataset(ds["name"], ds["root"], **loader_kwargs(ds)).to(device)
+    data = training_data(load_dataset(ds["name"], ds["root"], **loader_kwargs(ds)), method_class(lead["method"]))
+    data = data.to(device)
     teacher = teacher_forward = None
     if method_class(lead["method"]).needs_teacher:
         if teacher_state is None:
@@ -388,6 +389,17 @@ def _member(cfg: dict, data: ImageData, teacher: Backbone | None, device: torch.
     if after_teacher is not None:
         m.rng = RngState(device)
     return m
+
+
+def training_data(data, method: type) -> Any:
+    """DATA as METHOD trains on it: its rotated views where it asks for them (packing keeps a pack's
+    methods alike in this, through their batch keys)."""
+    if not method.rotated_views:
+        return data
+    if not hasattr(data, "with_rotations"):
+        raise ValueError("rotated views (sskd) are built for in-memory datasets (digits, mnist, CIFAR, SVHN);"
+                         " this dataset streams from disk")
+    return data.with_rotations()
 
 
 def train_forward(model: Backbone, cfg: dict, device: torch.device, own_outputs: bool = False

@@ -74,7 +74,7 @@ def test_matches_the_authors_code(case):
 
 
 def test_fixture_covers_each_method_and_names_its_source():
-    assert {c["method"] for c in CASES} == {"rrkd", "lpkd", "dkd", "dist", "srrl", "recipe", "coss"}
+    assert {c["method"] for c in CASES} == {"rrkd", "lpkd", "dkd", "dist", "srrl", "recipe", "coss", "sskd"}
     assert {c["knobs"].get("distance") for c in CASES if c["method"] == "rrkd"} == {"cos", "mse", "sce"}
     for c in CASES:
         assert len(c["source"]["commit"]) == 40 and c["source"]["repository"] and c["source"]["function"]

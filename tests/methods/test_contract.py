@@ -24,7 +24,7 @@ from trainables.datasets import load_dataset
 from trainables.methods import METHODS, Method, method_class
 from trainables.methods.base import Context
 from trainables.models import Backbone
-from trainables.trial import _member, _step, make_model
+from trainables.trial import _member, _step, make_model, training_data
 
 from ..method_helpers import smoke_fit
 
@@ -87,7 +87,7 @@ def one_step(name: str) -> OneStep:
     digits, with a teacher that could take a gradient (eval mode, parameters not frozen, its forward
     with autograd on)."""
     cls = method_class(name)
-    data = digits()
+    data = training_data(digits(), cls)
     cfg = {"method": name, "seed": 0, "dataset": {"name": "digits"},
            "knobs": without_base_terms(name, contract_knobs(name, pre_stage_epochs=0)),
            "student": {"model": STUDENT, "options": {}}, "teacher": {"model": TEACHER, "options": {}, "hash": "t"},

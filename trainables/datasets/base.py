@@ -42,6 +42,7 @@ class ImageData:
     flip: bool = False
     eval_split: str = "test"  # what test_x/test_y hold: "test", or "val" (a part held out of train by `holdout`)
     randaugment: bool = False  # RandAugment after the crop and flip (augment "randaugment")
+    rotations: bool = False  # every training image as 4 views, rotated 0/90/180/270 degrees (SSKD)
     # mean and std as tensors, one pair per device: made once, so a step on a GPU copies nothing from the host.
     _stats: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -79,6 +80,15 @@ class ImageData:
         pad = self.crop_padding or max(1, self.image_size // 8)
         return replace(self, crop_padding=pad if augment in ("crop_flip", "crop", "randaugment") else 0,
                        flip=augment in ("crop_flip", "flip", "randaugment"), randaugment=augment == "randaugment")
+
+    def with_rotations(self) -> "ImageData":
+        """Training batches of 4 views an image (a method that asks, SSKD): each image flipped or not,
+        then rotated by 0, 90, 180 and 270 degrees, then each view cropped on its own, as SSKD's
+        cifar.py builds its training items (flip, np.rot90, RandomCrop). A batch of b indices gives 4b
+        images, the views of one image adjacent (rows 4i..4i+3, rotation 0 first) and b labels."""
+        if self.randaugment:
+            raise ValueError("rotated views (sskd) take crop_flip, crop, flip or none as augment, not randaugment")
+        return replace(self, rotations=True)
 
     def subset(self, fraction: float, seed: int = 0, split: str = "train") -> "ImageData":
         """Only a stratified, seeded `fraction` of one split (the other untouched)."""
@@ -158,6 +168,20 @@ class ImageData:
     def augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Training view of a uint8 batch: torchvision's RandomCrop(pad, fill 0) + flip, then RandAugment when
         asked (`randaugment`), then normalise."""
+        if self.rotations:
+            if self.flip:  # before rotating: the views of an image share its flip
+                x = self._flipped(x, gen)
+            x = torch.stack([torch.rot90(x, k, (-2, -1)) for k in range(4)], 1).flatten(0, 1)
+            return self.normalise(self._cropped(x, gen))
+        x = self._cropped(x, gen)
+        if self.flip:
+            x = self._flipped(x, gen)
+        if self.randaugment:
+            x = rand_augment(x, gen)
+        return self.normalise(x)
+
+    def _cropped(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """torchvision's RandomCrop(size, padding, fill 0) of each image."""
         b, _, h, w = x.shape
         if self.crop_padding:
             p = self.crop_padding
@@ -168,12 +192,13 @@ class ImageData:
             cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
             x = x[torch.arange(b, device=x.device)[:, None, None, None],
                   torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
-        if self.flip:
-            flip = torch.rand(b, generator=gen, device=gen.device).to(x.device) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        if self.randaugment:
-            x = rand_augment(x, gen)
-        return self.normalise(x)
+        return x
+
+    @staticmethod
+    def _flipped(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """RandomHorizontalFlip (p 1/2) of each image."""
+        flip = torch.rand(x.shape[0], generator=gen, device=gen.device).to(x.device) < 0.5
+        return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
 def stratified_mask(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:

@@ -2,7 +2,7 @@
 FT's paraphraser. A small training loop of its own, on the trial's batches."""
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -10,14 +10,16 @@ from .base import Context, NonFiniteLoss
 
 
 def run_stage(ctx: Context, params: Iterable[torch.Tensor], epochs: int,
-              batch_loss: Callable[[torch.Tensor], torch.Tensor], lr: float | None = None) -> float:
+              batch_loss: Callable[[torch.Tensor], torch.Tensor], lr: float | None = None,
+              milestones: Sequence[int] = (), gamma: float = 0.1) -> float:
     """A stage before distillation: SGD (the trial's momentum and weight decay; its lr unless `lr` is
-    given) over `params` for `epochs` passes of `ctx.batches`, minimising `batch_loss(x)`. Stage epoch e
-    draws ctx.batches(-e), so its order and augmentation differ from those of main epoch e.
-    Returns the last epoch's mean loss."""
+    given, times `gamma` after each of the stage's epochs in `milestones`) over `params` for `epochs`
+    passes of `ctx.batches`, minimising `batch_loss(x)`. Stage epoch e draws ctx.batches(-e), so its
+    order and augmentation differ from those of main epoch e. Returns the last epoch's mean loss."""
     tr = ctx.cfg["train"]
     opt = torch.optim.SGD(list(params), lr=lr if lr is not None else tr["lr"], momentum=tr["momentum"],
                           weight_decay=tr["weight_decay"])
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(milestones), gamma)
     mean = float("nan")
     for e in range(1, epochs + 1):
         total, steps = torch.zeros((), device=ctx.device), 0
@@ -31,6 +33,7 @@ def run_stage(ctx: Context, params: Iterable[torch.Tensor], epochs: int,
             total += loss.detach()
             steps += 1
         mean = float(total) / max(steps, 1)
+        sched.step()
     return mean
 
 

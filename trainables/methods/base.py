@@ -116,6 +116,9 @@ class Method(nn.Module):
     needs_maps: ClassVar[bool] = False   # ask the models for their stage maps
     preact: ClassVar[bool] = False       # ...taken before the last ReLU of each stage
     teacher_logits: ClassVar[bool] = False  # the method itself reads the teacher's logits
+    # Trains on 4 rotated views of each image (`ImageData.with_rotations`): a step's x, and the models'
+    # outputs, hold 4b rows for its b labels.
+    rotated_views: ClassVar[bool] = False
     # Largest values `kd-sweep run --smoke` gives these knobs (a pre-stage's epochs): a smoke run is a
     # pipeline check of a minute or so, and a 30-epoch pre-stage would be most of it.
     smoke_limits: ClassVar[dict[str, int]] = {}
