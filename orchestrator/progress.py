@@ -1,7 +1,8 @@
 """What `kd-sweep run` prints: a line per finished or failed trial with its numbers, the trials that run
 (each with its epoch, loss, last score and ETA), then a summary. On a terminal the running trials are
 a block redrawn in place under the finished lines (rich); elsewhere (a log file, CI) the same block
-is printed as plain lines every `every` seconds. Everything fits 100 columns.
+is printed as plain lines every `every` seconds. Lines fit 100 columns; on a terminal narrower than
+that, the redrawn block is cut to its width and the printed lines wrap.
 
 Everything is per student trial (a trial config), so a pack's students count one by one."""
 from __future__ import annotations
@@ -76,7 +77,10 @@ class Progress:
             from rich.console import Console
             from rich.live import Live
 
-            self._live = Live("", console=Console(file=out, width=WIDTH, highlight=False, force_terminal=True),
+            # The terminal's own width (rich reads it at each draw, so a resized window is followed): a
+            # block line longer than the terminal would wrap, and the redraw, counting lines, would leave
+            # the wrapped rows behind.
+            self._live = Live("", console=Console(file=out, highlight=False, force_terminal=True),
                               auto_refresh=False,
                               transient=True, redirect_stdout=False, redirect_stderr=False)
             self._live.start()
@@ -85,10 +89,14 @@ class Progress:
         """Tune pickles its callbacks, and so this, into the experiment's state: the terminal stays here."""
         return {**self.__dict__, "_live": None}
 
+    def width(self) -> int:
+        """Columns to fill: the terminal's, at most WIDTH; WIDTH when not on a terminal."""
+        return min(WIDTH, self._live.console.width) if self._live is not None else WIDTH
+
     # --- lines ---------------------------------------------------------------------------------------
     def _print(self, line: str) -> None:
         if self._live is not None:
-            self._live.console.print(line, markup=False, highlight=False, soft_wrap=True)
+            self._live.console.print(line, markup=False, highlight=False, soft_wrap=False)
             self._redraw()
         else:
             print(line, file=self.out, flush=True)
@@ -140,7 +148,8 @@ class Progress:
             return
         from rich.text import Text
 
-        self._live.update(Text("\n".join(self.block()) if self.trials else ""), refresh=True)
+        self._live.update(Text("\n".join(self.block()) if self.trials else "", no_wrap=True, overflow="ellipsis"),
+                          refresh=True)
 
     def _eta(self) -> str:
         """The running trials' longest remaining time, then the trials not started yet in waves of as
@@ -167,8 +176,10 @@ class Progress:
         took = time.time() - t.t0 if t else 0.0
         self.took.append(took)
         scores = _scores(t.last if t else {})
-        self._print(f"[{self.done}/{self.total}] done   {_label(cfg):<26} {scores:<40} {_fmt_time(took):>6}"
-                    f"  eta {self._eta()}"[:WIDTH])
+        # Aligned columns where the terminal has room for them; packed on a narrower one.
+        wide = self.width() >= WIDTH
+        self._print(f"[{self.done}/{self.total}] done   {_label(cfg):<{26 if wide else 22}} {scores:<{40 if wide else 0}}"
+                    f" {_fmt_time(took):>6}  eta {self._eta()}"[:WIDTH])
 
     def stopped_early(self, cfg: dict, epoch: int) -> None:
         self._end(cfg)

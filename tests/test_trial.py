@@ -221,6 +221,52 @@ def test_progress_on_a_terminal_redraws_the_running_trials_in_place():
     assert "[1/1] done   λ=0 · s0" in text and "all trials finished" in text
 
 
+@pytest.mark.parametrize("columns", [80, 120])
+def test_the_live_view_fits_the_terminal_and_leaves_no_stale_lines(columns, monkeypatch):
+    """Six students redrawn on a terminal of COLUMNS (pyte, a VT100 emulator, plays the terminal): while
+    they run, one screen row per line, each cut to the width; at the end only the printed lines stay."""
+    import io
+
+    import pyte
+
+    from orchestrator.progress import Progress
+
+    monkeypatch.setenv("COLUMNS", str(columns))
+    out = io.StringIO()
+    p = Progress(out, live=True)
+    p.begin("sweep quickstart: 6 trials to run", 6)
+    trials = [{"name": f"t{i}", "labels": {"pair": "mlp-256-256/mlp-64", "run": f"λ={i / 2:g} · s{i % 2}"},
+               "train": {"epochs": 30}} for i in range(6)]
+    for t in trials:
+        p.started(t)
+    for epoch in (1, 2, 3):
+        for t in trials:
+            p.result(t, {"epoch": epoch, "train/loss": -0.6937, "train/epoch_s": 0.9, "curve/knn_top1": 91.23,
+                         "eval/linear_top1": 95.0, "eval/knn_top1": 94.5})
+
+    def screen() -> list[str]:
+        term = pyte.Screen(columns, 30)
+        pyte.Stream(term).feed(out.getvalue().replace("\n", "\r\n"))
+        return [row.rstrip() for row in term.display if row.strip()]
+
+    running = screen()
+    assert running[0] == "sweep quickstart: 6 trials to run"
+    assert running[1].startswith("... 0/6 finished (0 failed), 6 running;")
+    assert len(running) == 8 and all(row.startswith("  λ=") and "epoch   3/30" in row for row in running[2:])
+    for t in trials[:4]:
+        p.completed(t)
+    p.failed(trials[4], "loss is not finite at epoch 4, step 2 (coss=nan)")
+    p.completed(trials[5])
+    p.summary()
+    p.close()
+    done = screen()
+    assert done[0] == "sweep quickstart: 6 trials to run"
+    assert [row.split()[:2] for row in done[1:5]] == [[f"[{i}/6]", "done"] for i in range(1, 5)]
+    assert all(len(row) <= min(columns, 100) for row in done)
+    assert not [row for row in done if row.startswith("...") or "/30 " in row]  # no block left behind
+    assert done[-1] == "  λ=2 · s0: loss is not finite at epoch 4, step 2 (coss=nan)"
+
+
 def test_gpu_out_of_memory_names_the_trial_and_its_batch_size(plan, monkeypatch):
     import trainables.trial as trial
 
