@@ -53,7 +53,11 @@ def cells_link(tracking_uri: str, exp_id: str):
 
     def link(run_ids: tuple[str, ...]) -> str:
         filt = f"attributes.run_id IN ({', '.join(repr(r) for r in run_ids)})"
-        return f"{base}/#/experiments/{exp_id}/runs?searchFilter={quote(filt)}&workflowType=machine_learning"
+        # Ordered by name: ordered by start time (the default), the UI folds the runs under their parent
+        # and shows only the parent's row.
+        order = quote(f"tags.`{Tag.RUN_NAME}`")
+        return (f"{base}/#/experiments/{exp_id}/runs?searchFilter={quote(filt)}&orderByKey={order}&orderByAsc=true"
+                "&workflowType=machine_learning")
     return link
 
 

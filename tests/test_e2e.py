@@ -211,6 +211,21 @@ def test_the_printed_link_opens_the_sweeps_runs_in_kd_sweep_ui(quickstart):
         if shutil.which("chromium"):  # what a person sees at the link: the trials by name, not a collapsed parent
             dom = browse(f"http://127.0.0.1:{port}{link}", "mlflow_link")
             assert "λ=0.5 · s1" in dom and "scratch · mlp-64 · s0" in dom, dom[-2000:]
+            # A cell link of the HTML report opens that cell's runs, listed by name (not folded under the parent).
+            import html
+            import re
+
+            latest = max((r for r in runs(f"sqlite:///{cwd}/mlflow.db", "sweep") if r.data.tags["kd.sweep"] == "quickstart"),
+                         key=lambda r: r.info.start_time)  # what `report quickstart` reports
+            cell = [r for r in runs(f"sqlite:///{cwd}/mlflow.db") if r.data.tags.get("mlflow.parentRunId") ==
+                    latest.info.run_id and r.data.tags.get("kd.cell_label") == "λ=0.5"]
+            out = kd_sweep("report", "quickstart", "--format", "html", "-o", "cells.html", cwd=cwd)
+            assert out.returncode == 0 and cell, out.stderr
+            found = [html.unescape(a) for a in re.findall(r'<a href="([^"]+)"', (cwd / "cells.html").read_text())
+                     if all(r.info.run_id in a for r in cell)]
+            assert found and "orderByKey=" in found[0]
+            dom = browse(found[0].replace("127.0.0.1:5000", f"127.0.0.1:{port}"), "mlflow_cell_link")
+            assert all(r.info.run_name in dom for r in cell), dom[-2000:]
     finally:
         os.killpg(ui.pid, 15)
         ui.wait(timeout=30)
